@@ -1,0 +1,190 @@
+"""Domain definitions: the one source of truth for features, targets, datasets and tasks.
+
+Every stage (training, registry, service) reads column names, units, physical bounds and the paper's ranges from
+here. Nothing in this module imports TensorFlow or touches the file system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["electrode", "gdl"]
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A measured column: its CSV name, unit, and the physically possible closed interval."""
+
+    column: str
+    unit: str
+    description: str
+    physical_min: float
+    physical_max: float
+
+    def physical_range_text(self) -> str:
+        return f"[{self.physical_min:g}, {self.physical_max:g}] {self.unit}"
+
+
+# Physical bounds say what is impossible (a negative gap, a percentage over 100), not what is unusual: values
+# inside them but outside a dataset's range are accepted and reported as out of ___domain.
+ELECTRODE_FEATURES: tuple[Quantity, ...] = (
+    Quantity("am_wt_pct", "wt%", "active material mass fraction of the dry electrode "
+             "(for si_gra: the Si share of the composite)", 0.0, 100.0),
+    Quantity("solid_content_pct", "%", "solid content of the slurry by mass", 0.0, 100.0),
+    Quantity("coating_speed_m_min", "m/min", "comma-coater web speed", 0.0, 100.0),
+    Quantity("comma_gap_um", "µm", "comma-bar gap of the coater", 0.0, 5000.0),
+    Quantity("roll_speed_m_min", "m/min", "calender roll speed", 0.0, 100.0),
+    Quantity("roll_gap_um", "µm", "initial gap between the calender rolls", 0.0, 5000.0),
+)
+GDL_FEATURES: tuple[Quantity, ...] = (
+    Quantity("fiber_diameter_um", "µm", "carbon fiber diameter", 0.0, 100.0),
+    Quantity("fiber_concentration_pct", "vol%", "fiber volume fraction", 0.0, 100.0),
+    Quantity("binder_concentration_pct", "vol%", "binder (PTFE) volume fraction", 0.0, 100.0),
+    Quantity("thickness_um", "µm", "uncompressed layer thickness", 0.0, 5000.0),
+    Quantity("compression_factor", "1", "fraction of compression along z", 0.0, 0.95),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A predicted property: the task name used in model names and the CSV column that holds it."""
+
+    task: str
+    quantity: Quantity
+
+    @property
+    def column(self) -> str:
+        return self.quantity.column
+
+    @property
+    def unit(self) -> str:
+        return self.quantity.unit
+
+
+DENSITY = Target("density", Quantity("density_g_cm3", "g/cm³", "calendered electrode density", 0.0, 25.0))
+MASS_LOADING = Target("mass_loading", Quantity("mass_loading_mg_cm2", "mg/cm²", "active-material mass loading",
+                                               0.0, 500.0))
+TORTUOSITY = Target("tortuosity", Quantity("tortuosity", "1", "geometric tortuosity through the plane", 1.0, 10.0))
+
+TARGETS: dict[str, Target] = {t.task: t for t in (DENSITY, MASS_LOADING, TORTUOSITY)}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset of the paper: its kind, role, paper row count and per-feature range (min, max)."""
+
+    name: str
+    kind: Kind
+    role: Literal["source", "target"]
+    paper_rows: int
+    ranges: dict[str, tuple[float, float]]
+    description: str
+
+    @property
+    def features(self) -> tuple[Quantity, ...]:
+        return features_for(self.kind)
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return targets_for(self.kind)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("graphite", "electrode", "source", 235, {
+            "am_wt_pct": (91.0, 95.5), "solid_content_pct": (22.0, 42.0), "coating_speed_m_min": (0.3, 0.3),
+            "comma_gap_um": (100.0, 300.0), "roll_speed_m_min": (0.27, 0.54), "roll_gap_um": (1.0, 135.0),
+        }, "Graphite anodes (water, Na-CMC, carbon black, Cu foil)"),
+        DatasetSpec("si_gra", "electrode", "target", 53, {
+            "am_wt_pct": (8.0, 15.0), "solid_content_pct": (24.0, 32.0), "coating_speed_m_min": (0.3, 0.3),
+            "comma_gap_um": (100.0, 300.0), "roll_speed_m_min": (0.27, 0.54), "roll_gap_um": (15.0, 102.0),
+        }, "Si-graphite anodes; am_wt_pct is the Si share, total active material fixed at 91 wt%"),
+        DatasetSpec("nmc", "electrode", "target", 63, {
+            "am_wt_pct": (85.0, 97.5), "solid_content_pct": (42.0, 66.0), "coating_speed_m_min": (0.2, 1.0),
+            "comma_gap_um": (50.0, 400.0), "roll_speed_m_min": (0.27, 0.54), "roll_gap_um": (20.0, 206.0),
+        }, "NMC111 cathodes (NMP, PVDF, carbon black, Al foil)"),
+        DatasetSpec("gdl200", "gdl", "source", 240, {
+            "fiber_diameter_um": (6.0, 12.0), "fiber_concentration_pct": (10.0, 25.0),
+            "binder_concentration_pct": (5.0, 10.0), "thickness_um": (280.0, 320.0),
+            "compression_factor": (0.0, 0.5),
+        }, "Stochastic GDL microstructures on a thin slab ___domain (2000 x 200 µm in the paper)"),
+        DatasetSpec("gdl1000", "gdl", "target", 78, {
+            "fiber_diameter_um": (6.0, 12.0), "fiber_concentration_pct": (10.0, 25.0),
+            "binder_concentration_pct": (5.0, 10.0), "thickness_um": (280.0, 320.0),
+            "compression_factor": (0.0, 0.5),
+        }, "Stochastic GDL microstructures on a square ___domain (1000 x 1000 µm in the paper)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One predicted property on one dataset; `source` is the dataset a transfer model is pretrained on."""
+
+    target: Target
+    dataset: str
+    source: str | None  # None: this is a pretrained (source) model
+
+    @property
+    def model_name(self) -> str:
+        return model_name(self.target.task, self.dataset)
+
+    @property
+    def role(self) -> Literal["pretrained", "transfer"]:
+        return "pretrained" if self.source is None else "transfer"
+
+
+def model_name(task: str, dataset: str) -> str:
+    """Registered model name, e.g. `density_si_gra`."""
+    return f"{task}_{dataset}"
+
+
+# The paper's eight nets: three pretrained on the source sets, five transferred to the small target sets.
+TASKS: tuple[Task, ...] = (
+    Task(DENSITY, "graphite", None),
+    Task(MASS_LOADING, "graphite", None),
+    Task(TORTUOSITY, "gdl200", None),
+    Task(DENSITY, "si_gra", "graphite"),
+    Task(DENSITY, "nmc", "graphite"),
+    Task(MASS_LOADING, "si_gra", "graphite"),
+    Task(MASS_LOADING, "nmc", "graphite"),
+    Task(TORTUOSITY, "gdl1000", "gdl200"),
+)
+MODEL_NAMES: tuple[str, ...] = tuple(t.model_name for t in TASKS)
+
+
+def features_for(kind: Kind) -> tuple[Quantity, ...]:
+    return ELECTRODE_FEATURES if kind == "electrode" else GDL_FEATURES
+
+
+def targets_for(kind: Kind) -> tuple[Target, ...]:
+    return (DENSITY, MASS_LOADING) if kind == "electrode" else (TORTUOSITY,)
+
+
+def feature_columns(kind: Kind) -> list[str]:
+    return [q.column for q in features_for(kind)]
+
+
+def all_quantities(kind: Kind) -> dict[str, Quantity]:
+    """Every column of a kind (features then targets) by CSV name."""
+    quantities = {q.column: q for q in features_for(kind)}
+    quantities.update({t.column: t.quantity for t in targets_for(kind)})
+    return quantities
+
+
+def kind_of_columns(columns: list[str]) -> Kind:
+    """Guess a CSV's kind from its header: the kind whose feature columns overlap most."""
+    present = set(columns)
+    electrode = len(present & set(feature_columns("electrode")))
+    gdl = len(present & set(feature_columns("gdl")))
+    return "electrode" if electrode >= gdl else "gdl"
+
+
+def task_for(task: str, dataset: str) -> Task:
+    for candidate in TASKS:
+        if candidate.target.task == task and candidate.dataset == dataset:
+            return candidate
+    known = ", ".join(MODEL_NAMES)
+    raise KeyError(f"no task {model_name(task, dataset)!r}; known: {known}")

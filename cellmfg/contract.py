@@ -1,0 +1,274 @@
+"""The model contract and the model bundle: everything a served model needs, travelling with it.
+
+A contract (JSON, versioned schema) describes one ONNX model: task, target and unit, features in input order with
+units and training ranges, metrics, the conformal quantile for prediction intervals, a SHAP background, lineage
+and library versions, and the sha256 of the ONNX file. The registry writes it; the service reads it and never
+imports TensorFlow.
+
+A bundle is a directory of ONNX files, their contracts and a `manifest.json` with checksums, so a server can run
+without reaching MLflow. `load_bundle` refuses a tampered or incomplete bundle, naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONTRACT_SCHEMA_VERSION: Literal[1] = 1
+MANIFEST_NAME = "manifest.json"
+CONTRACT_ARTIFACT = "contract.json"
+SERVING_INPUTS_ARTIFACT = "serving_inputs.json"  # written by training, read by the registry to build a contract
+ONNX_METADATA_KEY = "cellmfg_contract"
+ONNX_INPUT_NAME = "features"
+
+
+class ContractError(ValueError):
+    """A contract, bundle or model file that cannot be trusted; the message names the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    name: str
+    unit: str
+    train_min: float
+    train_max: float
+    physical_min: float
+    physical_max: float
+
+
+class TargetSpec(_Strict):
+    task: str
+    column: str
+    unit: str
+
+
+class Metrics(_Strict):
+    test_mape_pct: float = Field(description="test MAPE on the paper's single 70/30 split")
+    test_mape_pct_mean: float | None = Field(default=None, description="mean test MAPE over repeated random splits")
+    test_mape_pct_std: float | None = None
+    n_splits: int | None = None
+    test_mae: float | None = None
+    test_r2: float | None = None
+    zero_shot_test_mape_pct: float | None = Field(default=None, description="the pretrained net as is, same split")
+
+
+class Conformal(_Strict):
+    coverage: float = 0.9
+    # Relative residual |y - p| / |p|: the nets are trained on a relative loss (MAPE), so errors scale with p.
+    relative_quantile: float
+    n_calibration: int
+    method: str = "split-conformal on relative residuals of held-out rows"
+
+
+class BaseModelRef(_Strict):
+    name: str
+    version: str
+
+
+class Lineage(_Strict):
+    keras_model_name: str
+    keras_model_version: str
+    run_id: str
+    base_model: BaseModelRef | None = None
+    data_sha256: str
+    data_rows: int
+    git_commit: str
+
+
+class Contract(_Strict):
+    schema_version: Literal[1] = CONTRACT_SCHEMA_VERSION
+    name: str = Field(description="registered ONNX model name, e.g. density_nmc_onnx")
+    task: str
+    dataset: str
+    kind: Literal["electrode", "gdl"]
+    role: Literal["pretrained", "transfer"]
+    target: TargetSpec
+    input_name: str = ONNX_INPUT_NAME
+    output_name: str
+    features: list[FeatureSpec]
+    metrics: Metrics
+    conformal: Conformal
+    shap_background: list[list[float]] = Field(description="representative training rows, in feature order")
+    lineage: Lineage
+    opset: int
+    versions: dict[str, str]
+    onnx_sha256: str | None = Field(default=None, description="sha256 of the ONNX file; None inside the ONNX itself")
+    created_at: str
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return sha256_bytes(Path(path).read_bytes())
+
+
+def parse_contract(text: str | bytes, source: str) -> Contract:
+    try:
+        return Contract.model_validate_json(text)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ContractError(f"{source}: contract does not match schema v{CONTRACT_SCHEMA_VERSION}: "
+                            f"{where}: {first['msg']}") from error
+
+
+class LoadedModel(BaseModel):
+    """An ONNX model with its verified contract, as the service consumes it."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    name: str
+    version: str
+    alias: str
+    contract: Contract
+    onnx_bytes: bytes
+
+
+def verify_model(contract: Contract, onnx_bytes: bytes, source: str) -> None:
+    """The ONNX bytes are the ones the contract describes."""
+    actual = sha256_bytes(onnx_bytes)
+    if contract.onnx_sha256 != actual:
+        raise ContractError(f"{source}: sha256 {actual[:12]}… does not match the contract's "
+                            f"{(contract.onnx_sha256 or 'none')[:12]}…; the ONNX file was changed or swapped")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bundles
+
+
+class ManifestEntry(_Strict):
+    name: str
+    version: str
+    alias: str
+    onnx: str
+    contract: str
+    onnx_sha256: str
+    contract_sha256: str
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = 1
+    created_at: str
+    models: list[ManifestEntry]
+
+
+def write_bundle(models: list[LoadedModel], out: Path) -> Path:
+    """Write ONNX files, contracts and the manifest; the manifest goes last so a half-written bundle is refused."""
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for model in models:
+        onnx_file = f"{model.name}.onnx"
+        contract_file = f"{model.name}.contract.json"
+        contract_text = model.contract.to_json().encode()
+        (out / onnx_file).write_bytes(model.onnx_bytes)
+        (out / contract_file).write_bytes(contract_text)
+        entries.append(ManifestEntry(
+            name=model.name, version=model.version, alias=model.alias, onnx=onnx_file, contract=contract_file,
+            onnx_sha256=sha256_bytes(model.onnx_bytes), contract_sha256=sha256_bytes(contract_text)))
+    manifest = Manifest(created_at=now_iso(), models=entries)
+    with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp") as handle:
+        handle.write(manifest.model_dump_json(indent=2))
+    Path(handle.name).replace(out / MANIFEST_NAME)
+    return out / MANIFEST_NAME
+
+
+def load_bundle(directory: str | Path) -> list[LoadedModel]:
+    """Read a bundle, verifying the manifest, every checksum and every contract; refuse anything off."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ContractError(f"{manifest_path}: bundle manifest missing")
+    try:
+        manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+    except ValidationError as error:
+        raise ContractError(f"{manifest_path}: not a valid bundle manifest: {error.errors()[0]['msg']}") from error
+    models = []
+    for entry in manifest.models:
+        onnx_path, contract_path = directory / entry.onnx, directory / entry.contract
+        for path in (onnx_path, contract_path):
+            if not path.is_file():
+                raise ContractError(f"{path}: listed in the manifest but missing from the bundle")
+        contract_bytes = contract_path.read_bytes()
+        if sha256_bytes(contract_bytes) != entry.contract_sha256:
+            raise ContractError(f"{contract_path}: checksum does not match the manifest; the file was changed")
+        onnx_bytes = onnx_path.read_bytes()
+        if sha256_bytes(onnx_bytes) != entry.onnx_sha256:
+            raise ContractError(f"{onnx_path}: checksum does not match the manifest; the file was changed")
+        contract = parse_contract(contract_bytes, str(contract_path))
+        verify_model(contract, onnx_bytes, str(onnx_path))
+        models.append(LoadedModel(name=entry.name, version=entry.version, alias=entry.alias, contract=contract,
+                                  onnx_bytes=onnx_bytes))
+    if not models:
+        raise ContractError(f"{manifest_path}: the bundle lists no models")
+    return models
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MLflow registry (mlflow-skinny is enough: the service uses this path too)
+
+
+def fetch_registered(tracking_uri: str, name: str, alias: str) -> LoadedModel:
+    """Download the ONNX model version behind `alias` and its contract artifact, and verify them."""
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    version = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
+        name, alias)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp,
+                                            tracking_uri=tracking_uri))
+        onnx_files = sorted(model_dir.rglob("*.onnx"))
+        if not onnx_files:
+            raise ContractError(f"models:/{name}/{version.version}: no .onnx file in the model artifacts")
+        onnx_bytes = onnx_files[0].read_bytes()
+        contract_path = Path(download_artifacts(run_id=version.run_id, artifact_path=CONTRACT_ARTIFACT,
+                                                dst_path=tmp, tracking_uri=tracking_uri))
+        contract = parse_contract(contract_path.read_bytes(), f"runs:/{version.run_id}/{CONTRACT_ARTIFACT}")
+    verify_model(contract, onnx_bytes, f"models:/{name}/{version.version}")
+    return LoadedModel(name=name, version=str(version.version), alias=alias, contract=contract,
+                       onnx_bytes=onnx_bytes)
+
+
+def contract_summary(contract: Contract) -> dict[str, Any]:
+    """The part of a contract clients see at GET /models."""
+    return {
+        "task": contract.task, "dataset": contract.dataset, "role": contract.role,
+        "target": contract.target.model_dump(), "metrics": contract.metrics.model_dump(),
+        "features": [f.model_dump() for f in contract.features], "lineage": contract.lineage.model_dump(),
+    }
+
+
+def contract_from_onnx_metadata(onnx_bytes: bytes, source: str) -> Contract:
+    """The contract embedded in the ONNX file's metadata (written with onnx_sha256=None)."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    for prop in model.metadata_props:
+        if prop.key == ONNX_METADATA_KEY:
+            return parse_contract(prop.value, source)
+    raise ContractError(f"{source}: no {ONNX_METADATA_KEY!r} metadata in the ONNX file")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)

@@ -1,0 +1,176 @@
+"""One loader for shipped and user CSVs: columns, types, NaN/inf, duplicates and physical bounds.
+
+A violation raises `DataValidationError` naming the file, row, column, value and allowed range, before anything
+downstream runs. Values inside physical bounds but outside a dataset's paper range are accepted and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellmfg.___domain import DATASETS, Kind, all_quantities, feature_columns, kind_of_columns
+
+SAMPLE_ID = "sample_id"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+class DataValidationError(ValueError):
+    """A CSV that cannot be used; the message names file, row, column, value and the allowed range."""
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    column: str
+    rows: int
+    observed_min: float
+    observed_max: float
+    paper_min: float
+    paper_max: float
+
+
+@dataclass
+class LoadedData:
+    frame: pd.DataFrame
+    kind: Kind
+    source: str
+    sha256: str
+    ignored_columns: list[str] = field(default_factory=list)
+    out_of_range: list[OutOfRange] = field(default_factory=list)
+
+
+def _row_label(position: int) -> str:
+    # CSV line numbers are what a user sees in an editor: header is line 1.
+    return f"row {position + 1} (line {position + 2})"
+
+
+def validate_frame(
+    frame: pd.DataFrame,
+    kind: Kind,
+    required_targets: list[str],
+    source: str = "<frame>",
+) -> tuple[pd.DataFrame, list[str]]:
+    """Check a raw frame and return it with canonical column order and float dtypes, plus ignored columns."""
+    features = feature_columns(kind)
+    quantities = all_quantities(kind)
+    wanted = features + required_targets
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataValidationError(
+            f"{source}: missing column(s) {', '.join(missing)}; a {kind} CSV needs {', '.join(wanted)}"
+        )
+    unknown_targets = [c for c in required_targets if c not in quantities]
+    if unknown_targets:
+        raise DataValidationError(f"{source}: unknown target column(s) {', '.join(unknown_targets)}")
+    optional_targets = [c for c in quantities if c not in wanted and c in frame.columns]
+    keep = ([SAMPLE_ID] if SAMPLE_ID in frame.columns else []) + wanted + optional_targets
+    ignored = [c for c in frame.columns if c not in keep]
+    if ignored:
+        warnings.warn(f"{source}: ignoring extra column(s) {', '.join(map(str, ignored))}", stacklevel=2)
+
+    out = frame[keep].copy().reset_index(drop=True)
+    for column in wanted + optional_targets:
+        quantity = quantities[column]
+        raw_values = out[column].to_numpy(dtype=object)
+        numbers = pd.to_numeric(out[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        allowed = f"allowed {quantity.physical_range_text()}"
+        for position, (raw, value) in enumerate(zip(raw_values, numbers, strict=True)):
+            if column in optional_targets and _is_blank(raw):
+                continue
+            if math.isnan(value) and not _is_nan_text(raw):
+                raise DataValidationError(
+                    f"{source}: {_row_label(position)}, column {column}: {raw!r} is not a number ({allowed})"
+                )
+            if not math.isfinite(value):
+                raise DataValidationError(
+                    f"{source}: {_row_label(position)}, column {column}: {raw!r} is not finite ({allowed})"
+                )
+            if not quantity.physical_min <= value <= quantity.physical_max:
+                raise DataValidationError(
+                    f"{source}: {_row_label(position)}, column {column}: {value:g} {quantity.unit} "
+                    f"is physically impossible ({allowed})"
+                )
+        out[column] = numbers
+
+    if SAMPLE_ID in out.columns:
+        out[SAMPLE_ID] = out[SAMPLE_ID].astype(str)
+        repeated = out[SAMPLE_ID].duplicated(keep="first")
+        if repeated.any():
+            position = int(np.flatnonzero(repeated.to_numpy())[0])
+            raise DataValidationError(
+                f"{source}: {_row_label(position)}, column {SAMPLE_ID}: {out[SAMPLE_ID].iat[position]!r} "
+                f"repeats an earlier sample_id (allowed: unique ids)"
+            )
+    repeated_rows = out[wanted].duplicated(keep="first")
+    if repeated_rows.any():
+        position = int(np.flatnonzero(repeated_rows.to_numpy())[0])
+        first = int(np.flatnonzero((out[wanted] == out[wanted].iloc[position]).all(axis=1).to_numpy())[0])
+        raise DataValidationError(
+            f"{source}: {_row_label(position)}: every column equals {_row_label(first)}; "
+            f"an exact duplicate (allowed: replicates differ in their measured values)"
+        )
+    if out.empty:
+        raise DataValidationError(f"{source}: no data rows")
+    return out, ignored
+
+
+def _is_blank(raw: object) -> bool:
+    return raw is None or (isinstance(raw, float) and math.isnan(raw)) or (isinstance(raw, str) and not raw.strip())
+
+
+def _is_nan_text(raw: object) -> bool:
+    # NaN that pandas parsed from an empty cell or "nan" reaches the finiteness check with its own message.
+    return _is_blank(raw) or (isinstance(raw, str) and raw.strip().lower() in {"nan", "inf", "-inf", "+inf"})
+
+
+def out_of_paper_range(frame: pd.DataFrame, dataset: str) -> list[OutOfRange]:
+    """Features inside physical bounds but outside the paper's range for `dataset`."""
+    report = []
+    for column, (low, high) in DATASETS[dataset].ranges.items():
+        values = frame[column].to_numpy(dtype=float)
+        outside = (values < low - 1e-9) | (values > high + 1e-9)
+        if outside.any():
+            report.append(OutOfRange(column, int(outside.sum()), float(values.min()), float(values.max()), low, high))
+    return report
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_csv(
+    path: str | Path,
+    required_targets: list[str] | None = None,
+    kind: Kind | None = None,
+    dataset: str | None = None,
+) -> LoadedData:
+    """Read and validate a CSV. `dataset` (a paper dataset name) enables the out-of-range report."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: no such file")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
+        raise DataValidationError(f"{path}: not a readable CSV ({error})") from error
+    kind = kind or (DATASETS[dataset].kind if dataset else kind_of_columns(list(raw.columns)))
+    frame, ignored = validate_frame(raw, kind, list(required_targets or []), source=str(path))
+    report = out_of_paper_range(frame, dataset) if dataset else []
+    return LoadedData(frame, kind, str(path), file_sha256(path), ignored, report)
+
+
+def shipped_path(dataset: str) -> Path:
+    """Path of a shipped dataset CSV under data/."""
+    if dataset not in DATASETS:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    return DATA_DIR / f"{dataset}.csv"
+
+
+def load_shipped(dataset: str) -> LoadedData:
+    spec = DATASETS[dataset]
+    return load_csv(shipped_path(dataset), [t.column for t in spec.targets], spec.kind, dataset)

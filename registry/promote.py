@@ -1,0 +1,354 @@
+"""Registry stage: promote a registered Keras model to an ONNX `champion` the service can trust.
+
+The flow, one step each in `promote()`:
+
+1. pick the candidate: the given version, or the registered version with the lowest test MAPE;
+2. export it to ONNX (tf2onnx from a `tf.function`), one named input `features`, dynamic batch dimension;
+3. parity gate: on a probe set spanning the training ranges plus the test rows, onnxruntime and Keras agree
+   within 1e-5 relative; otherwise stop;
+4. metric gate: test MAPE no worse than the current champion's, and for a transfer model better than the
+   zero-shot pretrained net on the same split; otherwise stop and say by how much;
+5. write the contract and log the ONNX model (contract in its metadata and as `contract.json`) as a version of
+   `{name}_onnx`, tagged with the Keras version it came from; read it back and verify its checksum;
+6. move alias `champion` to it and `previous` to the former champion.
+
+A failed gate raises `GateError` before anything is logged, so no alias moves. `rollback()` swaps `champion` and
+`previous`. The Keras model's run carries `serving_inputs.json` (written by training) with the feature ranges,
+test rows, SHAP background and conformal quantile the contract needs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellmfg import contract as contracts
+from cellmfg.___domain import all_quantities
+
+CHAMPION, PREVIOUS = "champion", "previous"
+ONNX_SUFFIX = "_onnx"
+OPSET = 17
+PARITY_RTOL = 1e-5
+PROBE_ROWS = 256
+
+
+class GateError(RuntimeError):
+    """A promotion gate failed; nothing was logged and no alias moved."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    keras_version: str
+    onnx_name: str
+    onnx_version: str
+    previous_version: str | None
+    parity_max_relative_error: float
+    test_mape_pct: float
+    skipped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def _uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
+
+
+def onnx_name(name: str) -> str:
+    return f"{name}{ONNX_SUFFIX}"
+
+
+# -- step 1 ------------------------------------------------------------------------------------------------------
+
+
+def pick_candidate(name: str, version: str | None) -> Any:
+    """The requested version, or the one whose run has the lowest test MAPE."""
+    client = _client()
+    if version is not None:
+        return client.get_model_version(name, version)
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise GateError(f"no registered versions of {name!r}; run `cellmfg train all` first")
+    return min(versions, key=lambda v: (test_mape_of(v), -int(v.version)))
+
+
+def test_mape_of(model_version: Any) -> float:
+    metrics = _client().get_run(model_version.run_id).data.metrics
+    return float(metrics.get("test_mape_pct", float("inf")))
+
+
+def serving_inputs(model_version: Any) -> dict[str, Any]:
+    from mlflow.artifacts import download_artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_artifacts(run_id=model_version.run_id, artifact_path=contracts.SERVING_INPUTS_ARTIFACT,
+                                  dst_path=tmp)
+        return dict(json.loads(Path(path).read_text()))
+
+
+# -- step 2 ------------------------------------------------------------------------------------------------------
+
+
+def load_keras(model_version: Any) -> Any:
+    import mlflow
+
+    return mlflow.keras.load_model(f"models:/{model_version.name}/{model_version.version}")
+
+
+def export_onnx(keras_model: Any, n_features: int) -> Any:
+    """ONNX graph of the Keras model: input `features` [batch, n], output `prediction` [batch, 1]."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec([None, n_features], tf.float32, name=contracts.ONNX_INPUT_NAME),)
+
+    @tf.function(input_signature=signature)
+    def serve(features: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"prediction": keras_model(features, training=False)}
+
+    onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
+    return onnx_model
+
+
+# -- step 3 ------------------------------------------------------------------------------------------------------
+
+
+def probe_set(inputs: dict[str, Any], seed: int = 0) -> np.ndarray:
+    """Random rows inside the training ranges, their corners' extremes, and the test rows."""
+    low, high = np.asarray(inputs["train_min"]), np.asarray(inputs["train_max"])
+    rng = np.random.default_rng(seed)
+    random_rows = low + rng.random((PROBE_ROWS, len(low))) * (high - low)
+    return np.vstack([random_rows, low, high, np.asarray(inputs["test_x"])]).astype("float32")
+
+
+def onnx_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run(None, {name: x.astype("float32")})[0], dtype=float).reshape(-1)
+
+
+def parity_error(keras_model: Any, onnx_bytes: bytes, probe: np.ndarray) -> float:
+    """Largest relative difference between onnxruntime and Keras on the probe rows."""
+    expected = np.asarray(keras_model(probe, training=False), dtype=float).reshape(-1)
+    actual = onnx_predict(onnx_bytes, probe)
+    return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-12)))
+
+
+def parity_gate(keras_model: Any, onnx_bytes: bytes, probe: np.ndarray) -> float:
+    error = parity_error(keras_model, onnx_bytes, probe)
+    if not error <= PARITY_RTOL:
+        raise GateError(f"parity gate: onnxruntime and Keras differ by up to {error:.3g} relative on "
+                        f"{len(probe)} probe rows (allowed {PARITY_RTOL:g})")
+    return error
+
+
+# -- step 4 ------------------------------------------------------------------------------------------------------
+
+
+def champion_contract(name: str) -> contracts.Contract | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return contracts.fetch_registered(_uri(), onnx_name(name), CHAMPION).contract
+    except MlflowException:
+        return None
+
+
+def metric_gate(inputs: dict[str, Any], champion: contracts.Contract | None, role: str) -> None:
+    mape = float(inputs["metrics"]["test_mape_pct"])
+    if champion is not None and mape > champion.metrics.test_mape_pct:
+        raise GateError(f"metric gate: test MAPE {mape:.3f}% is worse than the champion's "
+                        f"{champion.metrics.test_mape_pct:.3f}% (version {champion.lineage.keras_model_version}) "
+                        f"by {mape - champion.metrics.test_mape_pct:.3f} points")
+    zero_shot = inputs["metrics"].get("zero_shot_test_mape_pct")
+    if role == "transfer" and zero_shot is not None and not mape < zero_shot:
+        raise GateError(f"metric gate: transfer test MAPE {mape:.3f}% is not better than the zero-shot "
+                        f"pretrained net's {zero_shot:.3f}% on the same split (by {mape - zero_shot:.3f} points)")
+
+
+# -- step 5 ------------------------------------------------------------------------------------------------------
+
+
+def build_contract(model_version: Any, inputs: dict[str, Any], onnx_model: Any) -> contracts.Contract:
+    tags = model_version.tags
+    quantities = all_quantities(inputs["kind"])
+    features = [contracts.FeatureSpec(name=f, unit=quantities[f].unit, train_min=low, train_max=high,
+                                      physical_min=quantities[f].physical_min,
+                                      physical_max=quantities[f].physical_max)
+                for f, low, high in zip(inputs["feature_names"], inputs["train_min"], inputs["train_max"],
+                                        strict=True)]
+    metrics = inputs["metrics"]
+    base = (contracts.BaseModelRef(name=tags["base_model_name"], version=tags["base_model_version"])
+            if tags.get("base_model_name") else None)
+    return contracts.Contract(
+        name=onnx_name(model_version.name), task=inputs["task"], dataset=inputs["dataset"], kind=inputs["kind"],
+        role=tags.get("role", "pretrained"), target=contracts.TargetSpec(**inputs["target"]),
+        output_name=onnx_model.graph.output[0].name, features=features,
+        metrics=contracts.Metrics(
+            test_mape_pct=metrics["test_mape_pct"], test_mape_pct_mean=metrics.get("test_mape_pct_mean"),
+            test_mape_pct_std=metrics.get("test_mape_pct_std"), n_splits=metrics.get("n_splits"),
+            test_mae=metrics.get("test_mae"), test_r2=metrics.get("test_r2"),
+            zero_shot_test_mape_pct=metrics.get("zero_shot_test_mape_pct")),
+        conformal=contracts.Conformal(**inputs["conformal"]),
+        shap_background=inputs["shap_background"],
+        lineage=contracts.Lineage(
+            keras_model_name=model_version.name, keras_model_version=str(model_version.version),
+            run_id=model_version.run_id, base_model=base, data_sha256=inputs["data_sha256"],
+            data_rows=inputs["data_rows"], git_commit=tags.get("git_commit", "unknown")),
+        opset=OPSET,
+        versions={p: package_version(p) for p in ("onnx", "onnxruntime", "tf2onnx", "tensorflow-cpu", "keras")},
+        created_at=contracts.now_iso(),
+    )
+
+
+def embed_contract(onnx_model: Any, contract: contracts.Contract) -> tuple[bytes, contracts.Contract]:
+    """Put the contract in the ONNX metadata, then return the bytes and the contract with their checksum."""
+    del onnx_model.metadata_props[:]
+    entry = onnx_model.metadata_props.add()
+    entry.key, entry.value = contracts.ONNX_METADATA_KEY, contract.to_json()
+    onnx_bytes = onnx_model.SerializeToString()
+    return onnx_bytes, contract.model_copy(update={"onnx_sha256": contracts.sha256_bytes(onnx_bytes)})
+
+
+def log_onnx(model_version: Any, onnx_bytes: bytes, contract: contracts.Contract) -> str:
+    """Log and register the ONNX model in its own run; returns the new `{name}_onnx` version."""
+    import mlflow
+    import onnx
+
+    from training.tracking import experiment_name
+
+    mlflow.set_experiment(experiment_name(contract.task))
+    tags = {"keras_model_name": model_version.name, "keras_model_version": str(model_version.version),
+            "task": contract.task, "dataset": contract.dataset, "role": contract.role,
+            "test_mape_pct": f"{contract.metrics.test_mape_pct:.4f}", "onnx_sha256": contract.onnx_sha256 or ""}
+    with mlflow.start_run(run_name=f"promote-{model_version.name}-v{model_version.version}", tags=tags):
+        mlflow.log_text(contract.to_json(), contracts.CONTRACT_ARTIFACT)
+        info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model",
+                                     registered_model_name=contract.name, save_as_external_data=False,
+                                     pip_requirements=[f"onnxruntime=={package_version('onnxruntime')}"])
+    version = str(info.registered_model_version)
+    client = _client()
+    for key, value in tags.items():
+        client.set_model_version_tag(contract.name, version, key, value)
+    return version
+
+
+# -- step 6 ------------------------------------------------------------------------------------------------------
+
+
+def move_aliases(onnx_model_name: str, new_version: str) -> str | None:
+    client = _client()
+    former = _alias_version(onnx_model_name, CHAMPION)
+    if former is not None:
+        client.set_registered_model_alias(onnx_model_name, PREVIOUS, former)
+    client.set_registered_model_alias(onnx_model_name, CHAMPION, new_version)
+    return former
+
+
+def _alias_version(model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+# -- the recipe --------------------------------------------------------------------------------------------------
+
+
+def promote(name: str, version: str | None = None) -> Promotion:
+    # 1. pick the candidate
+    candidate = pick_candidate(name, version)
+    inputs = serving_inputs(candidate)
+    champion = champion_contract(name)
+    if champion is not None and champion.lineage.keras_model_version == str(candidate.version):
+        return Promotion(name, str(candidate.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION)
+                         or "", None, 0.0, champion.metrics.test_mape_pct, skipped=True)
+    # 2. export it to ONNX
+    keras_model = load_keras(candidate)
+    onnx_model = export_onnx(keras_model, len(inputs["feature_names"]))
+    # 3. parity gate
+    parity = parity_gate(keras_model, onnx_model.SerializeToString(), probe_set(inputs))
+    # 4. metric gate
+    metric_gate(inputs, champion, candidate.tags.get("role", "pretrained"))
+    # 5. write the contract, log the ONNX model, read it back and verify
+    onnx_bytes, contract = embed_contract(onnx_model, build_contract(candidate, inputs, onnx_model))
+    new_version = log_onnx(candidate, onnx_bytes, contract)
+    fetched = contracts.LoadedModel(name=contract.name, version=new_version, alias="", contract=contract,
+                                    onnx_bytes=onnx_bytes)
+    _verify_logged(fetched, _uri())
+    # 6. move the aliases
+    former = move_aliases(contract.name, new_version)
+    return Promotion(name, str(candidate.version), contract.name, new_version, former, parity,
+                     contract.metrics.test_mape_pct)
+
+
+def _verify_logged(expected: contracts.LoadedModel, uri: str) -> None:
+    """What MLflow stored is byte for byte what was gated (a re-serialisation would break the checksum)."""
+    from mlflow.artifacts import download_artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(download_artifacts(artifact_uri=f"models:/{expected.name}/{expected.version}", dst_path=tmp,
+                                         tracking_uri=uri))
+        stored = next(folder.rglob("*.onnx")).read_bytes()
+    contracts.verify_model(expected.contract, stored, f"models:/{expected.name}/{expected.version}")
+
+
+def rollback(name: str) -> tuple[str, str]:
+    """Champion back to `previous`; `previous` then points at the demoted version, so a second rollback undoes."""
+    model = onnx_name(name) if not name.endswith(ONNX_SUFFIX) else name
+    current_champion, former = _alias_version(model, CHAMPION), _alias_version(model, PREVIOUS)
+    if former is None or current_champion is None:
+        raise GateError(f"{model}: no `previous` version to roll back to")
+    client = _client()
+    client.set_registered_model_alias(model, CHAMPION, former)
+    client.set_registered_model_alias(model, PREVIOUS, current_champion)
+    return current_champion, former
+
+
+def listing() -> list[dict[str, Any]]:
+    """Every registered model with its versions, aliases and test MAPE."""
+    client = _client()
+    rows = []
+    for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        versions = []
+        for mv in client.search_model_versions(f"name='{model.name}'"):
+            mape = mv.tags.get("test_mape_pct")
+            versions.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
+                             "test_mape_pct": float(mape) if mape else test_mape_of(mv),
+                             "role": mv.tags.get("role"), "keras_model_version": mv.tags.get("keras_model_version")})
+        rows.append({"name": model.name, "versions": sorted(versions, key=lambda v: int(v["version"]))})
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def export_bundle(alias: str, out: Path) -> Path:
+    """Every `*_onnx` model behind `alias`, verified, written as a self-contained bundle."""
+    client = _client()
+    models = []
+    for model in client.search_registered_models():
+        if model.name.endswith(ONNX_SUFFIX) and alias in (model.aliases or {}):
+            models.append(contracts.fetch_registered(_uri(), model.name, alias))
+    if not models:
+        raise GateError(f"no ONNX model has alias {alias!r}; run `cellmfg registry promote --all` first")
+    return contracts.write_bundle(sorted(models, key=lambda m: m.name), out)

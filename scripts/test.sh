@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command (README; .ci/run calls exactly this): set-up, lint, type-check, then the unit and
+# integration tiers. Extra arguments go to pytest, e.g. `scripts/test.sh -m "not integration"` for the fast tier.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh train
+echo "== ruff" && .venv/bin/ruff check .
+echo "== mypy" && .venv/bin/mypy
+echo "== pytest"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+exec .venv/bin/python -m pytest -m "not slow"

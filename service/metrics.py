@@ -1,0 +1,43 @@
+"""The service's own Prometheus metrics, served at /metrics beside BentoML's.
+
+They use `prometheus_client` directly (BentoML 1.4 deprecates `bentoml.metrics`). With more than one worker
+BentoML starts each worker with PROMETHEUS_MULTIPROC_DIR already in its environment, so `prometheus_client` is
+first imported in multiprocess mode and every sample below lands in the shared directory that BentoML's /metrics
+aggregates. The integration tests check this with two workers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PREDICTIONS = Counter(
+    "cellmfg_predictions", "Prediction requests answered, per model and version", ["model", "version"])
+PREDICTED_ROWS = Counter(
+    "cellmfg_predicted_rows", "Rows predicted, per model and version", ["model", "version"])
+OUT_OF_DOMAIN_ROWS = Counter(
+    "cellmfg_out_of_domain_rows",
+    "Rows with this feature outside the model's training range (such predictions can be off by 50-80 %)",
+    ["model", "feature"])
+EXPLANATION_SECONDS = Histogram(
+    "cellmfg_explanation_seconds", "Time to compute exact SHAP values for one request, per model", ["model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+EXPLAINED_ROWS = Counter("cellmfg_explained_rows", "Rows explained with SHAP, per model", ["model"])
+MODEL_RELOADS = Counter(
+    "cellmfg_model_reloads", "Models swapped in while serving because their alias or bundle moved", ["model"])
+MODEL_RELOAD_FAILURES = Counter(
+    "cellmfg_model_reload_failures", "Model versions that failed to load or verify and were not swapped in",
+    ["model"])
+# 1 for the version a worker serves, 0 once replaced; "livemax" keeps the value of any live worker still serving it.
+MODEL_INFO = Gauge(
+    "cellmfg_model_info", "Served model version and alias (1 = serving)", ["model", "version", "alias"],
+    multiprocess_mode="livemax")
+
+
+def sample(metric: Counter | Gauge, **labels: str) -> float:
+    """Sum of a counter's or gauge's samples in this process whose labels include `labels` (tests, diagnostics)."""
+    total = 0.0
+    for family in metric.collect():
+        for s in family.samples:
+            if not s.name.endswith("_created") and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += float(s.value)
+    return total

@@ -1,0 +1,383 @@
+"""Loading, verifying and hot-swapping the served ONNX models.
+
+A `ModelSource` (the MLflow registry by alias, or a bundle directory) says which revision of each model is current
+and fetches it as a `cellmfg.contract.LoadedModel`, whose checksums the contract module has already verified.
+`build_served` then checks that the ONNX graph matches its contract and predicts finite values on the contract's
+own background rows before anything is served. The `ModelStore` keeps one `ServedModel` (with its own
+onnxruntime session) per name, and a poller thread swaps in a new one when the source's revision moves: the swap
+replaces one dict reference, so a request that already took its models finishes on them, and a candidate that
+fails is dropped while the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from cellmfg.___domain import feature_columns, model_name
+from cellmfg.contract import Contract, ContractError, LoadedModel, load_bundle, now_iso
+from service import metrics
+from service.config import Settings
+
+log = logging.getLogger("cellmfg.service")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be served; the message names the model, the version and the problem."""
+
+
+class SourceUnavailable(RuntimeError):
+    """Neither the registry nor the bundle can provide models."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Served models
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A verified model with its session; immutable once built, replaced as a whole on reload."""
+
+    name: str
+    version: str
+    alias: str
+    revision: str
+    source: str
+    contract: Contract
+    session: ort.InferenceSession
+    loaded_at: str
+    train_min: np.ndarray = field(repr=False)
+    train_max: np.ndarray = field(repr=False)
+    background: np.ndarray = field(repr=False)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.contract.feature_names
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions for float32 rows [n, n_features] in contract order, as float64 [n]."""
+        out = self.session.run([self.contract.output_name], {self.contract.input_name: x})[0]
+        return np.asarray(out, dtype=np.float64).reshape(len(x))
+
+    def ref(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "alias": self.alias}
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    # Explicit counts: onnxruntime's default is one thread per core for every session, and eight sessions times
+    # several workers would oversubscribe a small machine.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads would burn the cores the HTTP workers need between requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def build_served(model: LoadedModel, expected_name: str, threads: int, source: str, revision: str) -> ServedModel:
+    """A session for `model` after checking its graph against the contract and a smoke prediction."""
+    where = f"{model.name} version {model.version} from {source}"
+    contract = model.contract
+    if model.name != expected_name or contract.name != expected_name:
+        raise ModelLoadError(f"{where}: expected model {expected_name!r}, the contract describes {contract.name!r}")
+    if f"{model_name(contract.task, contract.dataset)}_onnx" != expected_name:
+        raise ModelLoadError(f"{where}: the contract is for task {contract.task!r} on {contract.dataset!r}")
+    expected_features = feature_columns(contract.kind)
+    if contract.feature_names != expected_features:
+        # The API validates rows against the ___domain's feature list and feeds them in this order.
+        raise ModelLoadError(f"{where}: contract features {contract.feature_names}, the service sends "
+                             f"{expected_features}")
+    try:
+        session = ort.InferenceSession(model.onnx_bytes, session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises several unrelated types for unreadable graphs
+        raise ModelLoadError(f"{where}: onnxruntime cannot load the ONNX graph: {error}") from error
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    n_features = len(contract.features)
+    if len(inputs) != 1 or inputs[0].name != contract.input_name:
+        raise ModelLoadError(f"{where}: graph inputs {[i.name for i in inputs]}, contract expects exactly "
+                             f"[{contract.input_name!r}]")
+    shape = inputs[0].shape
+    if len(shape) != 2 or shape[1] != n_features:
+        raise ModelLoadError(f"{where}: input shape {shape}, contract lists {n_features} features")
+    if contract.output_name not in [o.name for o in outputs]:
+        raise ModelLoadError(f"{where}: no graph output {contract.output_name!r} "
+                             f"(has {[o.name for o in outputs]})")
+    background = np.asarray(contract.shap_background, dtype=np.float64)
+    if background.ndim != 2 or background.shape[1] != n_features or len(background) == 0:
+        raise ModelLoadError(f"{where}: SHAP background has shape {background.shape}, needs [rows, {n_features}]")
+    served = ServedModel(
+        name=model.name, version=model.version, alias=model.alias, revision=revision, source=source,
+        contract=contract, session=session, loaded_at=now_iso(),
+        train_min=np.array([f.train_min for f in contract.features]),
+        train_max=np.array([f.train_max for f in contract.features]),
+        background=background)
+    try:
+        smoke = served.predict(background.astype(np.float32))
+    except Exception as error:
+        raise ModelLoadError(f"{where}: prediction on the contract's background rows failed: {error}") from error
+    if not np.all(np.isfinite(smoke)):
+        raise ModelLoadError(f"{where}: non-finite predictions on the contract's own background rows")
+    return served
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+class ModelSource(Protocol):
+    description: str
+
+    def check(self) -> None:
+        """Raise SourceUnavailable unless the source answers at all."""
+
+    def revision(self, name: str) -> str:
+        """Cheap: an identifier of what `fetch` would return now."""
+
+    def revision_of(self, model: LoadedModel) -> str: ...
+
+    def fetch(self, name: str) -> LoadedModel: ...
+
+    def origin(self, model: LoadedModel) -> str: ...
+
+
+class RegistrySource:
+    """The model versions an MLflow registry alias points to."""
+
+    def __init__(self, tracking_uri: str, alias: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.alias = alias
+        self.description = f"MLflow registry {tracking_uri} (alias {alias!r})"
+
+    def _client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def check(self) -> None:
+        try:
+            self._client().search_registered_models(max_results=1)
+        except Exception as error:
+            raise SourceUnavailable(f"{self.description} is unreachable: {type(error).__name__}: "
+                                    f"{str(error)[:300]}") from error
+
+    def revision(self, name: str) -> str:
+        return str(self._client().get_model_version_by_alias(name, self.alias).version)
+
+    def revision_of(self, model: LoadedModel) -> str:
+        return model.version
+
+    def fetch(self, name: str) -> LoadedModel:
+        from cellmfg.contract import fetch_registered
+
+        return fetch_registered(self.tracking_uri, name, self.alias)
+
+    def origin(self, model: LoadedModel) -> str:
+        return f"models:/{model.name}/{model.version} (@{self.alias}) at {self.tracking_uri}"
+
+
+class BundleSource:
+    """A bundle directory; rewriting the bundle (the manifest goes last) is picked up like a moved alias."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.description = f"bundle {directory}"
+
+    def _manifest(self) -> dict[str, Any]:
+        text = (self.directory / "manifest.json").read_text()
+        return {entry["name"]: entry for entry in json.loads(text)["models"]}
+
+    def check(self) -> None:
+        try:
+            self._manifest()
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SourceUnavailable(f"{self.description}: no readable manifest.json ({error})") from error
+
+    def revision(self, name: str) -> str:
+        entry = self._manifest().get(name)
+        if entry is None:
+            raise KeyError(f"{name} is not in {self.directory / 'manifest.json'}")
+        return f"{entry['version']}@{entry['onnx_sha256'][:16]}"
+
+    def revision_of(self, model: LoadedModel) -> str:
+        return f"{model.version}@{(model.contract.onnx_sha256 or '')[:16]}"
+
+    def fetch(self, name: str) -> LoadedModel:
+        for model in load_bundle(self.directory):
+            if model.name == name:
+                return model
+        raise ContractError(f"{self.directory / 'manifest.json'}: no model {name!r} in the bundle")
+
+    def origin(self, model: LoadedModel) -> str:
+        return f"{self.directory}/{model.name}.onnx"
+
+
+def open_source(settings: Settings) -> ModelSource:
+    """The registry when configured and reachable, else the bundle; raise SourceUnavailable naming both."""
+    problems = []
+    if settings.tracking_uri:
+        # MLflow's default HTTP retries take minutes against a dead server; start-up should fail (or fall back)
+        # quickly, and the poller simply tries again next interval.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        registry = RegistrySource(settings.tracking_uri, settings.alias)
+        try:
+            registry.check()
+            return registry
+        except SourceUnavailable as error:
+            problems.append(str(error))
+            if settings.bundle is None:
+                raise SourceUnavailable(f"{error}; set CELLMFG_BUNDLE to serve from a bundle instead") from error
+            log.warning("%s; falling back to bundle %s", error, settings.bundle)
+    if settings.bundle is not None:
+        bundle = BundleSource(settings.bundle)
+        try:
+            bundle.check()
+            return bundle
+        except SourceUnavailable as error:
+            problems.append(str(error))
+    raise SourceUnavailable("no usable model source: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The store
+
+
+class ModelStore:
+    """The served models by name, loaded at start and kept current by a poller thread."""
+
+    def __init__(self, source: ModelSource, names: Iterable[str], threads: int = 1) -> None:
+        self.source = source
+        self.names = tuple(names)
+        self.threads = threads
+        self._models: dict[str, ServedModel] = {}
+        self._problems: dict[str, str] = {name: "not loaded yet" for name in self.names}
+        self._rejected: dict[str, str] = {}
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.last_poll: str | None = None
+        self.last_poll_error: str | None = None
+        self.on_swap: list[Callable[[ServedModel], None]] = []
+
+    # -- reading (request path: no locks, one dict lookup)
+
+    def get(self, name: str) -> ServedModel | None:
+        return self._models.get(name)
+
+    def models(self) -> list[ServedModel]:
+        current = self._models
+        return [current[name] for name in self.names if name in current]
+
+    @property
+    def ready(self) -> bool:
+        current = self._models
+        return all(name in current for name in self.names)
+
+    def problems(self) -> dict[str, str]:
+        current = self._models
+        return {name: self._problems.get(name, "") for name in self.names if name not in current}
+
+    # -- loading
+
+    def _load(self, name: str) -> ServedModel:
+        try:
+            loaded = self.source.fetch(name)
+        except Exception as error:
+            raise ModelLoadError(f"{name}: cannot fetch from {self.source.description}: "
+                                 f"{type(error).__name__}: {error}") from error
+        return build_served(loaded, name, self.threads, self.source.origin(loaded), self.source.revision_of(loaded))
+
+    def _install(self, served: ServedModel) -> ServedModel | None:
+        with self._swap_lock:
+            old = self._models.get(served.name)
+            # Copy-on-write: readers holding the old dict (and old model) are never disturbed.
+            self._models = {**self._models, served.name: served}
+            self._problems.pop(served.name, None)
+            self._rejected.pop(served.name, None)
+        if old is not None and (old.version, old.alias) != (served.version, served.alias):
+            metrics.MODEL_INFO.labels(model=old.name, version=old.version, alias=old.alias).set(0)
+        metrics.MODEL_INFO.labels(model=served.name, version=served.version, alias=served.alias).set(1)
+        for callback in self.on_swap:
+            callback(served)
+        return old
+
+    def load_all(self) -> None:
+        """Load every model once; failures are recorded (and retried by the poller), not raised."""
+        for name in self.names:
+            try:
+                self._install(self._load(name))
+                log.info("loaded %s version %s from %s", name, self._models[name].version, self.source.description)
+            except ModelLoadError as error:
+                self._problems[name] = str(error)
+                metrics.MODEL_RELOAD_FAILURES.labels(model=name).inc()
+                log.error("not serving %s: %s", name, error)
+
+    def poll_once(self) -> list[str]:
+        """Swap in every model whose revision moved; return the names swapped."""
+        swapped = []
+        errors = []
+        for name in self.names:
+            current = self._models.get(name)
+            try:
+                revision = self.source.revision(name)
+            except Exception as error:
+                errors.append(f"{name}: {type(error).__name__}: {str(error)[:200]}")
+                continue
+            if current is not None and revision == current.revision:
+                continue
+            if self._rejected.get(name) == revision:
+                continue  # already failed verification; wait until the alias moves again
+            try:
+                served = self._load(name)
+            except ModelLoadError as error:
+                self._rejected[name] = revision
+                metrics.MODEL_RELOAD_FAILURES.labels(model=name).inc()
+                if current is None:
+                    self._problems[name] = str(error)
+                log.error("keeping %s: candidate %s rejected: %s",
+                          f"{name} version {current.version}" if current else f"{name} unloaded", revision, error)
+                continue
+            old = self._install(served)
+            metrics.MODEL_RELOADS.labels(model=name).inc()
+            swapped.append(name)
+            log.info("swapped %s: version %s -> %s", name, old.version if old else "none", served.version)
+        self.last_poll = now_iso()
+        self.last_poll_error = "; ".join(errors) or None
+        if errors:
+            log.warning("model poll could not read some revisions: %s", self.last_poll_error)
+        return swapped
+
+    def start_polling(self, interval: float) -> None:
+        if interval <= 0 or self._poller is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                started = time.monotonic()
+                try:
+                    self.poll_once()
+                except Exception:  # a poller that dies silently would freeze the served versions forever
+                    log.exception("model poll failed")
+                log.debug("model poll took %.3f s", time.monotonic() - started)
+
+        self._poller = threading.Thread(target=loop, name="cellmfg-model-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
+            self._poller = None

@@ -1,0 +1,135 @@
+"""The prediction path behind both endpoints: rows -> array, ___domain check, ONNX, intervals, SHAP, metrics.
+
+Kept apart from the BentoML class so the endpoints stay thin and this can be tested and benchmarked directly.
+The result is a plain dict in the documented response shape (`service.schemas.ElectrodeResponse` /
+`GdlResponse`); building 10,000 pydantic row objects would cost more than the prediction itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cellmfg.___domain import Kind, Target, targets_for
+from service import metrics
+from service.config import Settings, served_name
+from service.explain import Explainers, ExplanationsUnavailable
+from service.model_store import ModelStore, ServedModel
+
+
+class RequestRejected(Exception):
+    """A request that cannot be answered as asked; `status` is the HTTP status to send."""
+
+    def __init__(self, status: int, message: str, detail: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail or []
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class _Answering:
+    target: Target
+    model: ServedModel
+
+
+_NO_PROBLEMS: list[dict[str, Any]] = []  # shared by every in-___domain row; serialised, never mutated
+
+
+class Predictor:
+    def __init__(self, store: ModelStore, explainers: Explainers, settings: Settings,
+                 explain_wait_seconds: float = 60.0) -> None:
+        self.store = store
+        self.explainers = explainers
+        self.settings = settings
+        self.explain_wait_seconds = explain_wait_seconds
+
+    def _answering(self, kind: Kind, dataset: str) -> list[_Answering]:
+        # Each model is looked up once per request, so a hot swap mid-request cannot mix versions in one answer.
+        answering = []
+        for target in targets_for(kind):
+            name = served_name(target.task, dataset)
+            model = self.store.get(name)
+            if model is None:
+                reason = self.store.problems().get(name, "not loaded")
+                raise RequestRejected(503, f"model {name} is not loaded, so {target.column} for {dataset} cannot be "
+                                           f"predicted: {reason}")
+            answering.append(_Answering(target, model))
+        return answering
+
+    def predict(self, kind: Kind, dataset: str, rows: list[dict[str, float]], explain: bool = False,
+                interval: bool = False) -> dict[str, Any]:
+        n = len(rows)
+        if n > self.settings.max_rows:
+            raise RequestRejected(413, f"{n} rows in one request; the limit is {self.settings.max_rows} rows per "
+                                       f"request (CELLMFG_MAX_ROWS): split the batch")
+        if n == 0:
+            raise RequestRejected(422, "rows: at least one row is required, got an empty list")
+        answering = self._answering(kind, dataset)
+        columns = answering[0].model.feature_names
+        x = _to_array(rows, columns)
+        x32 = x.astype(np.float32)
+
+        # The range reported per row is where every answering model was trained (identical for the paper's
+        # nets, which share the dataset); the metric is counted per model.
+        low = np.max([a.model.train_min for a in answering], axis=0)
+        high = np.min([a.model.train_max for a in answering], axis=0)
+        outside = (x < low) | (x > high)
+        in_domain = ~outside.any(axis=1)
+
+        predictions = {a.target.column: a.model.predict(x32) for a in answering}
+        keys = (*predictions, "in_domain", "out_of_domain")
+        result_rows: list[dict[str, Any]] = [
+            dict(zip(keys, (*values, flag, _NO_PROBLEMS), strict=True))
+            for *values, flag in zip(*(p.tolist() for p in predictions.values()), in_domain.tolist(), strict=True)
+        ]
+        if not in_domain.all():
+            for i in np.flatnonzero(~in_domain).tolist():
+                result_rows[i]["out_of_domain"] = [
+                    {"feature": columns[j], "value": float(x[i, j]), "min": float(low[j]), "max": float(high[j])}
+                    for j in np.flatnonzero(outside[i]).tolist()]
+
+        if interval:
+            for a in answering:
+                p = predictions[a.target.column]
+                half = np.abs(p) * a.model.contract.conformal.relative_quantile
+                for row, lo, hi in zip(result_rows, (p - half).tolist(), (p + half).tolist(), strict=True):
+                    row.setdefault("interval", {})[a.target.column] = [lo, hi]
+
+        if explain:
+            x_seen = x32.astype(np.float64)  # explain what the model saw: the float32-rounded inputs
+            for a in answering:
+                try:
+                    base, values = self.explainers.explain(a.model, x_seen, wait=self.explain_wait_seconds)
+                except ExplanationsUnavailable as error:
+                    raise RequestRejected(503, str(error)) from error
+                for row, contributions in zip(result_rows, values.tolist(), strict=True):
+                    row.setdefault("explanation", {})[a.target.column] = {
+                        "base_value": base, "contributions": dict(zip(columns, contributions, strict=True))}
+
+        for a in answering:
+            model = a.model
+            metrics.PREDICTIONS.labels(model=model.name, version=model.version).inc()
+            metrics.PREDICTED_ROWS.labels(model=model.name, version=model.version).inc(n)
+            counts = ((x < model.train_min) | (x > model.train_max)).sum(axis=0)
+            for feature, count in zip(columns, counts.tolist(), strict=True):
+                if count:
+                    metrics.OUT_OF_DOMAIN_ROWS.labels(model=model.name, feature=feature).inc(count)
+
+        return {"models": {a.target.task: a.model.ref() for a in answering}, "predictions": result_rows}
+
+
+def _to_array(rows: list[dict[str, float]], columns: list[str]) -> np.ndarray:
+    """Rows (validated dicts) -> float64 [n, n_features] in contract order, without a Python loop per cell."""
+    if len(columns) == 1:
+        return np.array([[row[columns[0]]] for row in rows], dtype=np.float64)
+    get = operator.itemgetter(*columns)
+    flat = itertools.chain.from_iterable(map(get, rows))
+    return np.fromiter(flat, dtype=np.float64, count=len(rows) * len(columns)).reshape(len(rows), len(columns))

@@ -1,0 +1,293 @@
+"""Request and response models of the HTTP API, and the examples shown in the OpenAPI docs and used by tests.
+
+Rows are TypedDicts rather than models: pydantic validates 10,000 of them into plain dicts in ~10 ms, and the JSON
+schema still lists every feature with its unit and physical bounds. A request that fails validation is answered
+400 by BentoML with one `detail` entry per problem; the wrap validators below rewrite each message so it names the
+row, the field, the value sent and what is allowed, since pydantic's own messages leave the value out.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from typing_extensions import TypedDict
+
+from cellmfg.___domain import ELECTRODE_FEATURES, GDL_FEATURES, feature_columns
+
+Chemistry = Literal["graphite", "si_gra", "nmc"]
+GdlDataset = Literal["gdl200", "gdl1000"]
+
+_ELECTRODE_COLUMNS = feature_columns("electrode")
+_GDL_COLUMNS = feature_columns("gdl")
+_CHEMISTRIES: tuple[str, ...] = get_args(Chemistry)
+_GDL_DATASETS: tuple[str, ...] = get_args(GdlDataset)
+_QUANTITIES = {q.column: q for q in (*ELECTRODE_FEATURES, *GDL_FEATURES)}
+# A response lists at most this many problems: a 10,000-row batch with one bad column would otherwise answer
+# with 10,000 entries.
+MAX_ERRORS_REPORTED = 20
+
+
+def _feature(column: str) -> Any:
+    q = _QUANTITIES[column]
+    return Field(ge=q.physical_min, le=q.physical_max, allow_inf_nan=False, strict=True,
+                 description=f"{q.description} [{q.unit}]; physically possible {q.physical_range_text()}")
+
+
+class ElectrodeRow(TypedDict):
+    """Electrode manufacturing parameters of one sample, in raw physical units."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    am_wt_pct: Annotated[float, _feature("am_wt_pct")]
+    solid_content_pct: Annotated[float, _feature("solid_content_pct")]
+    coating_speed_m_min: Annotated[float, _feature("coating_speed_m_min")]
+    comma_gap_um: Annotated[float, _feature("comma_gap_um")]
+    roll_speed_m_min: Annotated[float, _feature("roll_speed_m_min")]
+    roll_gap_um: Annotated[float, _feature("roll_gap_um")]
+
+
+class GdlRow(TypedDict):
+    """Gas-diffusion-layer structure parameters of one sample, in raw physical units."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    fiber_diameter_um: Annotated[float, _feature("fiber_diameter_um")]
+    fiber_concentration_pct: Annotated[float, _feature("fiber_concentration_pct")]
+    binder_concentration_pct: Annotated[float, _feature("binder_concentration_pct")]
+    thickness_um: Annotated[float, _feature("thickness_um")]
+    compression_factor: Annotated[float, _feature("compression_factor")]
+
+
+EXAMPLE_INPUT: dict[str, Any] = {
+    "chemistry": "nmc",
+    "rows": [
+        {"am_wt_pct": 94.0, "solid_content_pct": 60.0, "coating_speed_m_min": 0.5, "comma_gap_um": 200.0,
+         "roll_speed_m_min": 0.4, "roll_gap_um": 100.0},
+        {"am_wt_pct": 94.0, "solid_content_pct": 60.0, "coating_speed_m_min": 0.5, "comma_gap_um": 200.0,
+         "roll_speed_m_min": 0.4, "roll_gap_um": 250.0},
+    ],
+    "explain": False,
+    "interval": True,
+}
+GDL_EXAMPLE_INPUT: dict[str, Any] = {
+    "dataset": "gdl1000",
+    "rows": [
+        {"fiber_diameter_um": 9.0, "fiber_concentration_pct": 18.0, "binder_concentration_pct": 7.5,
+         "thickness_um": 300.0, "compression_factor": 0.25},
+    ],
+    "explain": False,
+    "interval": True,
+}
+
+_ROWS_DESCRIPTION = ("samples to predict, at least one; at most CELLMFG_MAX_ROWS (default 10,000) per request, "
+                     "larger batches are refused with 413")
+_EXPLAIN_DESCRIPTION = ("add per row the exact SHAP base value and one contribution per feature, which add up to "
+                        "the prediction")
+_INTERVAL_DESCRIPTION = "add per row a 90 % split-conformal prediction interval per target"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(error: Any, columns: list[str], top_fields: list[str], choice_field: str,
+              choices: tuple[str, ...]) -> str:
+    """One human message per pydantic error: where (row, field), what was sent, what is allowed."""
+    loc, kind, msg = tuple(error["loc"]), error["type"], error["msg"]
+    value = error.get("input")
+    if loc and loc[0] == "rows" and len(loc) >= 2 and isinstance(loc[1], int):
+        where = f"row {loc[1]}"
+        if len(loc) == 2:
+            return f"{where}: {msg}; each row is an object with the features {', '.join(columns)}, got {_short(value)}"
+        field = str(loc[2])
+        if kind == "missing":
+            return f"{where}: feature {field!r} is missing; every row needs {', '.join(columns)}"
+        if kind == "extra_forbidden":
+            return f"{where}: unknown feature {field!r} = {_short(value)}; allowed features: {', '.join(columns)}"
+        q = _QUANTITIES.get(field)
+        allowed = f"; allowed: a number in {q.physical_range_text()}" if q else ""
+        return f"{where}, {field} = {_short(value)}: {msg}{allowed}"
+    if loc == ("rows",):
+        if kind == "too_short":
+            return "rows: at least one row is required, got an empty list"
+        return f"rows: {msg}; expected a list of row objects, got {_short(value)}"
+    if loc == (choice_field,):
+        if kind == "missing":
+            return f"{choice_field} is missing; allowed values: {', '.join(choices)}"
+        return f"{choice_field} = {_short(value)} is unknown; allowed values: {', '.join(choices)}"
+    if len(loc) == 1 and kind == "extra_forbidden":
+        return f"unknown field {loc[0]!r}; allowed fields: {', '.join(top_fields)}"
+    if loc:
+        field = ".".join(str(part) for part in loc)
+        if kind == "missing":
+            return f"{field} is missing"
+        return f"{field} = {_short(value)}: {msg}"
+    return f"{msg}; expected a JSON object with the fields {', '.join(top_fields)}, got {_short(value)}"
+
+
+def _explained(title: str, model: type[BaseModel], exc: ValidationError, columns: list[str], choice_field: str,
+               choices: tuple[str, ...]) -> ValidationError:
+    errors = exc.errors(include_url=False)
+    top_fields = list(model.model_fields)
+    details: list[InitErrorDetails] = []
+    for error in errors[:MAX_ERRORS_REPORTED]:
+        message = _describe(error, columns, top_fields, choice_field, choices)
+        details.append(InitErrorDetails(type=PydanticCustomError(error["type"], "{message}", {"message": message}),
+                                        loc=tuple(error["loc"]), input=error.get("input")))
+    if len(errors) > MAX_ERRORS_REPORTED:
+        more = f"{len(errors) - MAX_ERRORS_REPORTED} more problems not listed; fix the ones above first"
+        details.append(InitErrorDetails(type=PydanticCustomError("too_many_errors", "{message}", {"message": more}),
+                                        loc=(), input=None))
+    return ValidationError.from_exception_data(title, details)
+
+
+class ElectrodeRequest(BaseModel):
+    """Electrode properties for a batch of manufacturing settings of one chemistry."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
+    chemistry: Chemistry = Field(description="electrode chemistry: which transfer (or source) model answers")
+    rows: list[ElectrodeRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
+    explain: bool = Field(False, description=_EXPLAIN_DESCRIPTION)
+    interval: bool = Field(False, description=_INTERVAL_DESCRIPTION)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_the_problem(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise _explained("ElectrodeRequest", cls, exc, _ELECTRODE_COLUMNS, "chemistry", _CHEMISTRIES) from None
+
+
+class GdlRequest(BaseModel):
+    """Gas-diffusion-layer tortuosity for a batch of structures."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": GDL_EXAMPLE_INPUT})
+    dataset: GdlDataset = Field(description="GDL ___domain: gdl200 (thin slab, source) or gdl1000 (square, transfer)")
+    rows: list[GdlRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
+    explain: bool = Field(False, description=_EXPLAIN_DESCRIPTION)
+    interval: bool = Field(False, description=_INTERVAL_DESCRIPTION)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_the_problem(cls, data: Any, handler: Any) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise _explained("GdlRequest", cls, exc, _GDL_COLUMNS, "dataset", _GDL_DATASETS) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Responses (documentation of what the endpoints send; the endpoints serialise plain dicts of this shape)
+
+
+class ModelRef(BaseModel):
+    name: str = Field(description="registered ONNX model name")
+    version: str
+    alias: str
+
+
+class OutOfDomain(BaseModel):
+    feature: str
+    value: float
+    min: float = Field(description="smallest value of this feature in the model's training data")
+    max: float = Field(description="largest value of this feature in the model's training data")
+
+
+class Explanation(BaseModel):
+    base_value: float = Field(description="mean prediction over the SHAP background (the contract's rows)")
+    contributions: dict[str, float] = Field(description="exact Shapley value per feature; base_value plus their "
+                                                        "sum is the prediction")
+
+
+_IN_DOMAIN = ("every feature lies inside the training range of the answering models; outside it the paper's nets "
+              "were off by 50-80 %")
+
+
+class ElectrodePrediction(BaseModel):
+    density_g_cm3: float = Field(description="calendered electrode density [g/cm³]")
+    mass_loading_mg_cm2: float = Field(description="active-material mass loading [mg/cm²]")
+    in_domain: bool = Field(description=_IN_DOMAIN)
+    out_of_domain: list[OutOfDomain] = Field(description="the features outside the training range, with the range")
+    interval: dict[str, tuple[float, float]] | None = Field(
+        None, description="only with interval=true: target -> [low, high], a 90 % prediction interval")
+    explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
+
+
+class GdlPrediction(BaseModel):
+    tortuosity: float = Field(description="geometric through-plane tortuosity [1]")
+    in_domain: bool = Field(description=_IN_DOMAIN)
+    out_of_domain: list[OutOfDomain]
+    interval: dict[str, tuple[float, float]] | None = Field(
+        None, description="only with interval=true: target -> [low, high], a 90 % prediction interval")
+    explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
+
+
+_ELECTRODE_RESPONSE_EXAMPLE = {
+    "models": {"density": {"name": "density_nmc_onnx", "version": "3", "alias": "champion"},
+               "mass_loading": {"name": "mass_loading_nmc_onnx", "version": "2", "alias": "champion"}},
+    "predictions": [{
+        "density_g_cm3": 3.1, "mass_loading_mg_cm2": 21.4, "in_domain": False,
+        "out_of_domain": [{"feature": "roll_gap_um", "value": 250.0, "min": 20.0, "max": 206.0}],
+        "interval": {"density_g_cm3": [2.9, 3.3], "mass_loading_mg_cm2": [19.8, 23.0]},
+    }],
+}
+
+
+class ElectrodeResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": _ELECTRODE_RESPONSE_EXAMPLE})
+    models: dict[str, ModelRef] = Field(description="target task (density, mass_loading) -> the model that answered")
+    predictions: list[ElectrodePrediction] = Field(description="one per request row, in request order")
+
+
+class GdlResponse(BaseModel):
+    models: dict[str, ModelRef] = Field(description="target task (tortuosity) -> the model that answered")
+    predictions: list[GdlPrediction] = Field(description="one per request row, in request order")
+
+
+class FeatureRange(BaseModel):
+    name: str
+    unit: str
+    train_min: float
+    train_max: float
+    physical_min: float
+    physical_max: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    alias: str
+    source: str = Field(description="where it was loaded from: a models:/ URI or a bundle directory")
+    loaded_at: str
+    task: str
+    dataset: str
+    role: str
+    target: dict[str, str]
+    test_mape_pct: float
+    metrics: dict[str, Any]
+    conformal: dict[str, Any]
+    lineage: dict[str, Any]
+    features: list[FeatureRange]
+
+
+class ModelsResponse(BaseModel):
+    ready: bool = Field(description="every served model is loaded")
+    explanations_ready: bool = Field(description="shap is loaded; until then explain=true waits or answers 503")
+    source: str
+    alias: str
+    poll_seconds: float
+    models: list[ModelInfo]
+    missing: dict[str, str] = Field(description="served model names not loaded, with the reason")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: list[ErrorDetail] = []

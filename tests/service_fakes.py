@@ -1,0 +1,202 @@
+"""Small but real ONNX models with valid contracts, so the service can be tested before training exists.
+
+Each fake is an MLP built with `onnx.helper` (standardise, two ReLU layers, linear head), deterministic from a
+fixed seed, taking raw physical units like the real exported nets. `fake_models` gives all eight served models;
+`write_fake_bundle` writes them as a bundle; `register_fakes` puts them into an MLflow registry with the layout
+`cellmfg.contract.fetch_registered` reads (ONNX model version + run artifact `contract.json`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cellmfg.___domain import DATASETS, MODEL_NAMES, TASKS, Kind, Task, feature_columns, model_name
+from cellmfg.contract import (
+    CONTRACT_ARTIFACT,
+    Conformal,
+    Contract,
+    FeatureSpec,
+    Lineage,
+    LoadedModel,
+    Metrics,
+    TargetSpec,
+    now_iso,
+    sha256_bytes,
+    write_bundle,
+)
+
+OPSET = 17
+OUTPUT_NAME = "prediction"
+HIDDEN = 32
+BACKGROUND_ROWS = 50
+SERVED_NAMES: tuple[str, ...] = tuple(f"{name}_onnx" for name in MODEL_NAMES)
+
+# Typical target values, so fake predictions look like the quantity they stand for (and stay positive).
+_TARGET_LEVEL = {"density": 2.0, "mass_loading": 15.0, "tortuosity": 1.5}
+
+
+def _seed(name: str, salt: int) -> int:
+    return int(sha256_bytes(f"{name}:{salt}".encode())[:8], 16)
+
+
+def build_mlp(n_features: int, mean: np.ndarray, scale: np.ndarray, level: float, seed: int) -> bytes:
+    """ONNX bytes of y = level + MLP((x - mean) / scale): input `features` [N, F], output `prediction` [N, 1]."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 1 / np.sqrt(n_features), (n_features, HIDDEN)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, HIDDEN).astype(np.float32)
+    w2 = rng.normal(0, 1 / np.sqrt(HIDDEN), (HIDDEN, HIDDEN)).astype(np.float32)
+    b2 = rng.normal(0, 0.1, HIDDEN).astype(np.float32)
+    # A small head keeps the output within roughly ±40 % of `level`: positive, like every target here.
+    w3 = (rng.normal(0, 0.25 / np.sqrt(HIDDEN), (HIDDEN, 1)) * level).astype(np.float32)
+    b3 = np.array([level], dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(mean.astype(np.float32), "mean"),
+        numpy_helper.from_array(scale.astype(np.float32), "scale"),
+        numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
+        numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(b2, "b2"),
+        numpy_helper.from_array(w3, "w3"), numpy_helper.from_array(b3, "b3"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["features", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "scale"], ["z"]),
+        helper.make_node("MatMul", ["z", "w1"], ["h1m"]), helper.make_node("Add", ["h1m", "b1"], ["h1a"]),
+        helper.make_node("Relu", ["h1a"], ["h1"]),
+        helper.make_node("MatMul", ["h1", "w2"], ["h2m"]), helper.make_node("Add", ["h2m", "b2"], ["h2a"]),
+        helper.make_node("Relu", ["h2a"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w3"], ["ym"]), helper.make_node("Add", ["ym", "b3"], [OUTPUT_NAME]),
+    ]
+    graph = helper.make_graph(
+        nodes, "fake_mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 1])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellmfg-fakes")
+    model.ir_version = 9  # what onnxruntime releases of the last years all read
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def in_range_rows(dataset: str, n: int, seed: int = 0) -> np.ndarray:
+    """`n` rows uniformly inside the dataset's training range, in feature order (float64)."""
+    spec = DATASETS[dataset]
+    rng = np.random.default_rng(seed)
+    lows = np.array([spec.ranges[q.column][0] for q in spec.features])
+    highs = np.array([spec.ranges[q.column][1] for q in spec.features])
+    return lows + rng.random((n, len(lows))) * (highs - lows)
+
+
+def fake_contract(task: Task, onnx_bytes: bytes, relative_quantile: float = 0.08) -> Contract:
+    spec = DATASETS[task.dataset]
+    features = [
+        FeatureSpec(name=q.column, unit=q.unit, train_min=spec.ranges[q.column][0],
+                    train_max=spec.ranges[q.column][1], physical_min=q.physical_min, physical_max=q.physical_max)
+        for q in spec.features
+    ]
+    base = None
+    if task.source is not None:
+        from cellmfg.contract import BaseModelRef
+
+        base = BaseModelRef(name=model_name(task.target.task, task.source), version="1")
+    name = f"{task.model_name}_onnx"
+    return Contract(
+        name=name, task=task.target.task, dataset=task.dataset, kind=spec.kind, role=task.role,
+        target=TargetSpec(task=task.target.task, column=task.target.column, unit=task.target.unit),
+        output_name=OUTPUT_NAME, features=features,
+        metrics=Metrics(test_mape_pct=4.2, test_mape_pct_mean=4.5, test_mape_pct_std=0.7, n_splits=10),
+        conformal=Conformal(relative_quantile=relative_quantile, n_calibration=20),
+        shap_background=in_range_rows(task.dataset, BACKGROUND_ROWS, seed=_seed(name, 2)).round(4).tolist(),
+        lineage=Lineage(keras_model_name=task.model_name, keras_model_version="1", run_id="fake-run",
+                        base_model=base, data_sha256="0" * 64, data_rows=spec.paper_rows, git_commit="fake"),
+        opset=OPSET, versions={"onnx": onnx.__version__, "fake": "tests/service_fakes.py"},
+        onnx_sha256=sha256_bytes(onnx_bytes), created_at=now_iso(),
+    )
+
+
+def fake_model(task: Task, version: str = "1", alias: str = "champion", salt: int = 0) -> LoadedModel:
+    """One served model; a different `salt` gives different weights (a "retrained" version)."""
+    spec = DATASETS[task.dataset]
+    lows = np.array([spec.ranges[q.column][0] for q in spec.features])
+    highs = np.array([spec.ranges[q.column][1] for q in spec.features])
+    # Constant columns (coating speed on graphite) would divide by zero: scale by 1 there, as a scaler does.
+    scale = np.where(highs > lows, (highs - lows) / 2, 1.0)
+    name = f"{task.model_name}_onnx"
+    onnx_bytes = build_mlp(len(spec.features), (lows + highs) / 2, scale, _TARGET_LEVEL[task.target.task],
+                           _seed(name, salt))
+    return LoadedModel(name=name, version=version, alias=alias, contract=fake_contract(task, onnx_bytes),
+                       onnx_bytes=onnx_bytes)
+
+
+def fake_models(version: str = "1", alias: str = "champion", salt: int = 0) -> list[LoadedModel]:
+    return [fake_model(task, version, alias, salt) for task in TASKS]
+
+
+def write_fake_bundle(out: Path, version: str = "1", salt: int = 0) -> Path:
+    """A complete, valid bundle of all eight fakes in `out`; returns `out`."""
+    write_bundle(fake_models(version=version, salt=salt), out)
+    return out
+
+
+def onnx_predict(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
+    """The ONNX model's own prediction, independent of the service code: the reference the tests compare to."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    out = session.run([model.contract.output_name], {model.contract.input_name: rows.astype(np.float32)})[0]
+    return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MLflow registry
+
+
+def sqlite_tracking_uri(directory: Path) -> str:
+    return f"sqlite:///{(directory / 'mlflow.db').resolve()}"
+
+
+def register_model(tracking_uri: str, model: LoadedModel, alias: str = "champion",
+                   artifact_root: Path | None = None) -> str:
+    """Log `model` as a new registered version (ONNX flavour + run artifact contract.json); point `alias` at it.
+
+    Returns the new version number as a string.
+    """
+    import mlflow
+    import mlflow.onnx
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = "cellmfg-service-tests"
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if client.get_experiment_by_name(experiment) is None:
+        location = (artifact_root or Path(tempfile.mkdtemp(prefix="mlruns-"))).resolve().as_uri()
+        client.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(), tempfile.TemporaryDirectory() as tmp:
+        contract_path = Path(tmp) / CONTRACT_ARTIFACT
+        contract_path.write_text(model.contract.to_json())
+        mlflow.log_artifact(str(contract_path))
+        # External data would move the weights out of model.onnx and break the contract's sha256.
+        info = mlflow.onnx.log_model(onnx.load_from_string(model.onnx_bytes), name="model",
+                                     registered_model_name=model.name, save_as_external_data=False)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(model.name, alias, version)
+    return version
+
+
+def register_fakes(tracking_uri: str, alias: str = "champion", salt: int = 0,
+                   artifact_root: Path | None = None) -> dict[str, str]:
+    """Register all eight fakes; returns name -> version."""
+    return {m.name: register_model(tracking_uri, m, alias, artifact_root) for m in fake_models(salt=salt)}
+
+
+def example_rows(kind: Kind, dataset: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """JSON-ready request rows inside the dataset's range."""
+    columns = feature_columns(kind)
+    return [dict(zip(columns, map(float, row), strict=True)) for row in in_range_rows(dataset, n, seed)]

@@ -1,0 +1,157 @@
+"""Registry: ONNX export with parity, metric gate, aliases, rollback and bundles (quick-preset models)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from cellmfg import contract as contracts
+from cellmfg.dataio import load_shipped
+from cellmfg.___domain import DENSITY
+from registry import promote
+from training import tracking, train
+from training.config import load_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Two versions of density_graphite (different seeds) and one density_nmc transfer, in a fresh store."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    tracking.configure()
+    mlflow.set_experiment("registry-test")
+    source = train.prepare(load_shipped("graphite"), DENSITY, "graphite")
+    target = train.prepare(load_shipped("nmc"), DENSITY, "nmc")
+    results = []
+    for seed in (1, 2):
+        config = dataclasses.replace(load_config("quick", seed), repeats=1)
+        with tracking.run(f"seed-{seed}"):
+            results.append(train.run_source(source, config, "density_graphite"))
+    base = train.BaseRef(results[0].model, "density_graphite", "1", "graphite")
+    with tracking.run("transfer"):
+        transfer = train.run_target(target, base, dataclasses.replace(load_config("quick", 1), repeats=1),
+                                    "density_nmc")
+    mapes = {r.registered_version: r.scores["pretrained"].paper for r in results}
+    assert mapes["1"] != mapes["2"]
+    worse, better = sorted(mapes, key=lambda v: -mapes[v])
+    yield {"uri": uri, "worse": worse, "better": better, "mapes": mapes, "transfer": transfer}
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+    mlflow.set_tracking_uri(previous or tracking.DEFAULT_TRACKING_URI)
+
+
+def _aliases(name: str) -> dict[str, str]:
+    try:
+        model = mlflow.tracking.MlflowClient().get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        return {}
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def test_perturbed_onnx_fails_parity_and_moves_nothing(registry: dict[str, Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx.numpy_helper
+
+    real_export = promote.export_onnx
+
+    def perturbed(keras_model: Any, n_features: int) -> Any:
+        model = real_export(keras_model, n_features)
+        weights = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        array = onnx.numpy_helper.to_array(weights).copy()
+        array.flat[0] += 0.5
+        weights.CopyFrom(onnx.numpy_helper.from_array(array, weights.name))
+        return model
+
+    monkeypatch.setattr(promote, "export_onnx", perturbed)
+    with pytest.raises(promote.GateError, match="parity gate: onnxruntime and Keras differ by up to"):
+        promote.promote("density_graphite", registry["worse"])
+    assert _aliases("density_graphite_onnx") == {}
+
+
+def test_promotion_aliases_metric_gate_and_rollback(registry: dict[str, Any]) -> None:
+    first = promote.promote("density_graphite", registry["worse"])
+    assert first.parity_max_relative_error <= 1e-5
+    assert _aliases("density_graphite_onnx") == {"champion": first.onnx_version}
+    second = promote.promote("density_graphite")  # no version: picks the lowest test MAPE
+    assert second.keras_version == registry["better"]
+    assert _aliases("density_graphite_onnx") == {"champion": second.onnx_version, "previous": first.onnx_version}
+
+    with pytest.raises(promote.GateError, match=r"metric gate: test MAPE .* worse than the champion's .* by "):
+        promote.promote("density_graphite", registry["worse"])
+    assert _aliases("density_graphite_onnx") == {"champion": second.onnx_version, "previous": first.onnx_version}
+
+    again = promote.promote("density_graphite", registry["better"])
+    assert again.skipped
+
+    demoted, restored = promote.rollback("density_graphite")
+    assert (demoted, restored) == (second.onnx_version, first.onnx_version)
+    assert _aliases("density_graphite_onnx") == {"champion": first.onnx_version, "previous": second.onnx_version}
+    champion = contracts.fetch_registered(registry["uri"], "density_graphite_onnx", "champion")
+    assert champion.contract.lineage.keras_model_version == registry["worse"]
+
+
+def test_transfer_gate_against_zero_shot_and_contract(registry: dict[str, Any]) -> None:
+    transfer = registry["transfer"]
+    zero_shot = transfer.scores["zero_shot"].paper
+    if transfer.scores["transfer"].paper >= zero_shot:
+        with pytest.raises(promote.GateError, match="not better than the zero-shot"):
+            promote.promote("density_nmc")
+        return
+    result = promote.promote("density_nmc")
+    model = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion")
+    contract = model.contract
+    assert contract.role == "transfer" and contract.lineage.base_model is not None
+    assert contract.lineage.base_model.name == "density_graphite"
+    assert contract.feature_names[0] == "am_wt_pct" and contract.target.unit == "g/cm³"
+    assert contract.onnx_sha256 == contracts.sha256_bytes(model.onnx_bytes)
+    assert contract.metrics.zero_shot_test_mape_pct == pytest.approx(zero_shot)
+    assert contract.conformal.relative_quantile > 0 and len(contract.shap_background) <= 20
+    assert contracts.contract_from_onnx_metadata(model.onnx_bytes, "x").onnx_sha256 is None
+    assert result.onnx_version == _aliases("density_nmc_onnx")["champion"]
+
+
+def test_onnx_equals_keras_on_random_in_range_inputs(registry: dict[str, Any]) -> None:
+    model = contracts.fetch_registered(registry["uri"], "density_graphite_onnx", "champion")
+    keras_model = mlflow.keras.load_model(
+        f"models:/density_graphite/{model.contract.lineage.keras_model_version}")
+    low = np.array([f.train_min for f in model.contract.features])
+    high = np.array([f.train_max for f in model.contract.features])
+    x = (low + np.random.default_rng(11).random((500, len(low))) * (high - low)).astype("float32")
+    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {model.contract.input_name: x})[0].reshape(-1)
+    keras_out = np.asarray(keras_model(x), dtype=float).reshape(-1)
+    assert np.allclose(onnx_out, keras_out, rtol=1e-5, atol=0)
+
+
+def test_bundle_loads_with_onnxruntime_and_refuses_tampering(registry: dict[str, Any], tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    promote.export_bundle("champion", bundle)
+    models = contracts.load_bundle(bundle)
+    assert {m.name for m in models} >= {"density_graphite_onnx"}
+    for model in models:
+        session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+        rows = np.asarray(model.contract.shap_background, dtype="float32")
+        assert session.run(None, {model.contract.input_name: rows})[0].shape == (len(rows), 1)
+
+    onnx_file = bundle / f"{models[0].name}.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(contracts.ContractError, match=rf"{onnx_file.name}: checksum does not match"):
+        contracts.load_bundle(bundle)
+    onnx_file.unlink()
+    with pytest.raises(contracts.ContractError, match="missing from the bundle"):
+        contracts.load_bundle(bundle)
