@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -16,7 +17,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -52,7 +53,7 @@ def promote_command(
             result = promote.promote(name, version)
         except promote.GateError as error:
             failures.append({"name": name, "error": str(error)})
-            err.print(f"[red]{name}: {error}[/]", highlight=False)
+            err.print(f"[red]{escape(f'{name}: {error}')}[/]", highlight=False, soft_wrap=True)
             continue
         results.append(result.to_json())
         if not as_json:

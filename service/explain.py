@@ -29,7 +29,7 @@ from service.model_store import ServedModel
 log = logging.getLogger("cellmfg.service")
 
 
-class ExplanationsUnavailable(RuntimeError):
+class ExplanationsUnavailableError(RuntimeError):
     """shap is not loaded (yet, or at all); the message says which."""
 
 
@@ -111,11 +111,11 @@ class Explainers:
     def explain(self, model: ServedModel, x: np.ndarray, wait: float = 60.0) -> tuple[float, np.ndarray]:
         """(base value, Shapley values [n, n_features]) for float64 rows `x` exactly as the model sees them."""
         if not self._ready.wait(wait):
-            raise ExplanationsUnavailable(
+            raise ExplanationsUnavailableError(
                 "explanations are not available yet: shap is still loading after start-up (about 15-20 s); "
                 "retry shortly or send explain=false")
         if self._failure is not None:
-            raise ExplanationsUnavailable(self._failure)
+            raise ExplanationsUnavailableError(self._failure)
         started = time.perf_counter()
         base, values = self._compute(model, x)
         metrics.EXPLANATION_SECONDS.labels(model=model.name).observe(time.perf_counter() - started)

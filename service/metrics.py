@@ -41,3 +41,17 @@ def sample(metric: Counter | Gauge, **labels: str) -> float:
             if not s.name.endswith("_created") and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += float(s.value)
     return total
+
+
+def declare(model: str, version: str | None = None, features: list[str] | tuple[str, ...] = ()) -> None:
+    """Create a model's series at zero, so dashboards and rate() see them before the first event (and, in
+    multiprocess mode, so /metrics lists them at all)."""
+    MODEL_RELOADS.labels(model=model)
+    MODEL_RELOAD_FAILURES.labels(model=model)
+    EXPLAINED_ROWS.labels(model=model)
+    EXPLANATION_SECONDS.labels(model=model)
+    if version is not None:
+        PREDICTIONS.labels(model=model, version=version)
+        PREDICTED_ROWS.labels(model=model, version=version)
+    for feature in features:
+        OUT_OF_DOMAIN_ROWS.labels(model=model, feature=feature)

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +36,7 @@ class ModelLoadError(RuntimeError):
     """A model that cannot be served; the message names the model, the version and the problem."""
 
 
-class SourceUnavailable(RuntimeError):
+class SourceUnavailableError(RuntimeError):
     """Neither the registry nor the bundle can provide models."""
 
 
@@ -141,7 +141,7 @@ class ModelSource(Protocol):
     description: str
 
     def check(self) -> None:
-        """Raise SourceUnavailable unless the source answers at all."""
+        """Raise SourceUnavailableError unless the source answers at all."""
 
     def revision(self, name: str) -> str:
         """Cheap: an identifier of what `fetch` would return now."""
@@ -160,17 +160,21 @@ class RegistrySource:
         self.tracking_uri = tracking_uri
         self.alias = alias
         self.description = f"MLflow registry {tracking_uri} (alias {alias!r})"
+        self._mlflow_client: Any = None
 
     def _client(self) -> Any:
-        from mlflow import MlflowClient
+        # One client for the source's life: building one opens (and for SQL stores migrates) a store connection.
+        if self._mlflow_client is None:
+            from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self._mlflow_client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._mlflow_client
 
     def check(self) -> None:
         try:
             self._client().search_registered_models(max_results=1)
         except Exception as error:
-            raise SourceUnavailable(f"{self.description} is unreachable: {type(error).__name__}: "
+            raise SourceUnavailableError(f"{self.description} is unreachable: {type(error).__name__}: "
                                     f"{str(error)[:300]}") from error
 
     def revision(self, name: str) -> str:
@@ -203,7 +207,7 @@ class BundleSource:
         try:
             self._manifest()
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise SourceUnavailable(f"{self.description}: no readable manifest.json ({error})") from error
+            raise SourceUnavailableError(f"{self.description}: no readable manifest.json ({error})") from error
 
     def revision(self, name: str) -> str:
         entry = self._manifest().get(name)
@@ -225,7 +229,7 @@ class BundleSource:
 
 
 def open_source(settings: Settings) -> ModelSource:
-    """The registry when configured and reachable, else the bundle; raise SourceUnavailable naming both."""
+    """The registry when configured and reachable, else the bundle; raise SourceUnavailableError naming both."""
     problems = []
     if settings.tracking_uri:
         # MLflow's default HTTP retries take minutes against a dead server; start-up should fail (or fall back)
@@ -236,19 +240,19 @@ def open_source(settings: Settings) -> ModelSource:
         try:
             registry.check()
             return registry
-        except SourceUnavailable as error:
+        except SourceUnavailableError as error:
             problems.append(str(error))
             if settings.bundle is None:
-                raise SourceUnavailable(f"{error}; set CELLMFG_BUNDLE to serve from a bundle instead") from error
+                raise SourceUnavailableError(f"{error}; set CELLMFG_BUNDLE to serve from a bundle instead") from error
             log.warning("%s; falling back to bundle %s", error, settings.bundle)
     if settings.bundle is not None:
         bundle = BundleSource(settings.bundle)
         try:
             bundle.check()
             return bundle
-        except SourceUnavailable as error:
+        except SourceUnavailableError as error:
             problems.append(str(error))
-    raise SourceUnavailable("no usable model source: " + "; ".join(problems))
+    raise SourceUnavailableError("no usable model source: " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,7 +274,8 @@ class ModelStore:
         self._poller: threading.Thread | None = None
         self.last_poll: str | None = None
         self.last_poll_error: str | None = None
-        self.on_swap: list[Callable[[ServedModel], None]] = []
+        for name in self.names:
+            metrics.declare(name)
 
     # -- reading (request path: no locks, one dict lookup)
 
@@ -310,8 +315,7 @@ class ModelStore:
         if old is not None and (old.version, old.alias) != (served.version, served.alias):
             metrics.MODEL_INFO.labels(model=old.name, version=old.version, alias=old.alias).set(0)
         metrics.MODEL_INFO.labels(model=served.name, version=served.version, alias=served.alias).set(1)
-        for callback in self.on_swap:
-            callback(served)
+        metrics.declare(served.name, served.version, served.feature_names)
         return old
 
     def load_all(self) -> None:

@@ -17,11 +17,11 @@ import numpy as np
 from cellmfg.___domain import Kind, Target, targets_for
 from service import metrics
 from service.config import Settings, served_name
-from service.explain import Explainers, ExplanationsUnavailable
+from service.explain import Explainers, ExplanationsUnavailableError
 from service.model_store import ModelStore, ServedModel
 
 
-class RequestRejected(Exception):
+class RequestRejectedError(Exception):
     """A request that cannot be answered as asked; `status` is the HTTP status to send."""
 
     def __init__(self, status: int, message: str, detail: list[dict[str, Any]] | None = None) -> None:
@@ -59,8 +59,8 @@ class Predictor:
             model = self.store.get(name)
             if model is None:
                 reason = self.store.problems().get(name, "not loaded")
-                raise RequestRejected(503, f"model {name} is not loaded, so {target.column} for {dataset} cannot be "
-                                           f"predicted: {reason}")
+                raise RequestRejectedError(
+                    503, f"model {name} is not loaded, so {target.column} for {dataset} cannot be predicted: {reason}")
             answering.append(_Answering(target, model))
         return answering
 
@@ -68,10 +68,10 @@ class Predictor:
                 interval: bool = False) -> dict[str, Any]:
         n = len(rows)
         if n > self.settings.max_rows:
-            raise RequestRejected(413, f"{n} rows in one request; the limit is {self.settings.max_rows} rows per "
+            raise RequestRejectedError(413, f"{n} rows in one request; the limit is {self.settings.max_rows} rows per "
                                        f"request (CELLMFG_MAX_ROWS): split the batch")
         if n == 0:
-            raise RequestRejected(422, "rows: at least one row is required, got an empty list")
+            raise RequestRejectedError(422, "rows: at least one row is required, got an empty list")
         answering = self._answering(kind, dataset)
         columns = answering[0].model.feature_names
         x = _to_array(rows, columns)
@@ -108,8 +108,8 @@ class Predictor:
             for a in answering:
                 try:
                     base, values = self.explainers.explain(a.model, x_seen, wait=self.explain_wait_seconds)
-                except ExplanationsUnavailable as error:
-                    raise RequestRejected(503, str(error)) from error
+                except ExplanationsUnavailableError as error:
+                    raise RequestRejectedError(503, str(error)) from error
                 for row, contributions in zip(result_rows, values.tolist(), strict=True):
                     row.setdefault("explanation", {})[a.target.column] = {
                         "base_value": base, "contributions": dict(zip(columns, contributions, strict=True))}

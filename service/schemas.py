@@ -1,15 +1,18 @@
 """Request and response models of the HTTP API, and the examples shown in the OpenAPI docs and used by tests.
 
-Rows are TypedDicts rather than models: pydantic validates 10,000 of them into plain dicts in ~10 ms, and the JSON
-schema still lists every feature with its unit and physical bounds. A request that fails validation is answered
-400 by BentoML with one `detail` entry per problem; the wrap validators below rewrite each message so it names the
-row, the field, the value sent and what is allowed, since pydantic's own messages leave the value out.
+Top-level models derive from `bentoml.IODescriptor` so BentoML uses them as they are (named as here in the
+OpenAPI schema and in error titles) instead of wrapping them. Rows are TypedDicts rather than models: pydantic
+validates 10,000 of them into plain dicts in ~10 ms, and the JSON schema still lists every feature with its unit
+and physical bounds. A request that fails validation is answered 400 by BentoML with one `detail` entry per
+problem; the wrap validators below rewrite each message so it names the row, the field, the value sent and what
+is allowed, since pydantic's own messages leave the value out.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
+from bentoml import IODescriptor
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
@@ -142,7 +145,7 @@ def _explained(title: str, model: type[BaseModel], exc: ValidationError, columns
     return ValidationError.from_exception_data(title, details)
 
 
-class ElectrodeRequest(BaseModel):
+class ElectrodeRequest(IODescriptor):
     """Electrode properties for a batch of manufacturing settings of one chemistry."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
@@ -160,7 +163,7 @@ class ElectrodeRequest(BaseModel):
             raise _explained("ElectrodeRequest", cls, exc, _ELECTRODE_COLUMNS, "chemistry", _CHEMISTRIES) from None
 
 
-class GdlRequest(BaseModel):
+class GdlRequest(IODescriptor):
     """Gas-diffusion-layer tortuosity for a batch of structures."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": GDL_EXAMPLE_INPUT})
@@ -224,7 +227,7 @@ class GdlPrediction(BaseModel):
     explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
 
 
-_ELECTRODE_RESPONSE_EXAMPLE = {
+_ELECTRODE_RESPONSE_EXAMPLE: dict[str, Any] = {
     "models": {"density": {"name": "density_nmc_onnx", "version": "3", "alias": "champion"},
                "mass_loading": {"name": "mass_loading_nmc_onnx", "version": "2", "alias": "champion"}},
     "predictions": [{
@@ -235,13 +238,13 @@ _ELECTRODE_RESPONSE_EXAMPLE = {
 }
 
 
-class ElectrodeResponse(BaseModel):
+class ElectrodeResponse(IODescriptor):
     model_config = ConfigDict(json_schema_extra={"example": _ELECTRODE_RESPONSE_EXAMPLE})
     models: dict[str, ModelRef] = Field(description="target task (density, mass_loading) -> the model that answered")
     predictions: list[ElectrodePrediction] = Field(description="one per request row, in request order")
 
 
-class GdlResponse(BaseModel):
+class GdlResponse(IODescriptor):
     models: dict[str, ModelRef] = Field(description="target task (tortuosity) -> the model that answered")
     predictions: list[GdlPrediction] = Field(description="one per request row, in request order")
 

@@ -11,6 +11,7 @@ is by environment variables (see `service.config.Settings`). Routes:
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 from typing import Any
 
@@ -25,7 +26,7 @@ from cellmfg.contract import contract_summary
 from service.config import SERVED_MODEL_NAMES, Settings
 from service.explain import Explainers
 from service.model_store import ModelStore, open_source
-from service.predict import Predictor, RequestRejected
+from service.predict import Predictor, RequestRejectedError
 from service.schemas import ElectrodeRequest, ElectrodeResponse, GdlRequest, GdlResponse, ModelsResponse
 
 log = logging.getLogger("cellmfg.service")
@@ -78,7 +79,7 @@ class CellMfgService:
                                                          interval)
             else:
                 payload = self.predictor.predict(kind, dataset, rows, explain, interval)
-        except RequestRejected as rejected:
+        except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
         return _json(payload)
 
@@ -121,3 +122,8 @@ class CellMfgService:
             "source": self.store.source.description, "alias": self.settings.alias,
             "poll_seconds": self.settings.poll_seconds, "models": models, "missing": self.store.problems(),
         }
+
+
+# BentoML shows the raw docstrings in the OpenAPI description; dedent them so Swagger renders paragraphs.
+for _api in CellMfgService.apis.values():  # type: ignore[attr-defined]  # the decorator returns a Service
+    _api.doc = inspect.cleandoc(_api.doc or "")

@@ -8,7 +8,15 @@ fixed seed, taking raw physical units like the real exported nets. `fake_models`
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,7 @@ OPSET = 17
 OUTPUT_NAME = "prediction"
 HIDDEN = 32
 BACKGROUND_ROWS = 50
+EXPERIMENT = "cellmfg-service-tests"
 SERVED_NAMES: tuple[str, ...] = tuple(f"{name}_onnx" for name in MODEL_NAMES)
 
 # Typical target values, so fake predictions look like the quantity they stand for (and stay positive).
@@ -133,6 +142,15 @@ def fake_model(task: Task, version: str = "1", alias: str = "champion", salt: in
                        onnx_bytes=onnx_bytes)
 
 
+def nan_model(task: Task, version: str = "1", alias: str = "champion") -> LoadedModel:
+    """A well-formed model with a valid checksum whose predictions are NaN: it must fail verification on load."""
+    spec = DATASETS[task.dataset]
+    n = len(spec.features)
+    onnx_bytes = build_mlp(n, np.zeros(n), np.ones(n), float("nan"), seed=1)
+    return LoadedModel(name=f"{task.model_name}_onnx", version=version, alias=alias,
+                       contract=fake_contract(task, onnx_bytes), onnx_bytes=onnx_bytes)
+
+
 def fake_models(version: str = "1", alias: str = "champion", salt: int = 0) -> list[LoadedModel]:
     return [fake_model(task, version, alias, salt) for task in TASKS]
 
@@ -141,6 +159,16 @@ def write_fake_bundle(out: Path, version: str = "1", salt: int = 0) -> Path:
     """A complete, valid bundle of all eight fakes in `out`; returns `out`."""
     write_bundle(fake_models(version=version, salt=salt), out)
     return out
+
+
+@functools.cache
+def in_process_app() -> Any:
+    """The service's ASGI app, built once per process: BentoML registers its Prometheus metrics when the app is
+    built, so a second build would register them twice. Each TestClient context runs the lifespan and so gets a
+    fresh service instance reading the environment of that moment; only one context may be open at a time."""
+    from service.service import CellMfgService
+
+    return CellMfgService.to_asgi()
 
 
 def onnx_predict(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
@@ -160,34 +188,53 @@ def sqlite_tracking_uri(directory: Path) -> str:
     return f"sqlite:///{(directory / 'mlflow.db').resolve()}"
 
 
-def register_model(tracking_uri: str, model: LoadedModel, alias: str = "champion",
+def register_model(tracking_uri: str, model: LoadedModel, alias: str | None = "champion",
                    artifact_root: Path | None = None) -> str:
-    """Log `model` as a new registered version (ONNX flavour + run artifact contract.json); point `alias` at it.
-
-    Returns the new version number as a string.
-    """
+    """Log `model` as a new registered version (ONNX flavour + run artifact contract.json) and point `alias` at it
+    (None: leave the aliases alone). Returns the new version number. MLflow's global URIs are restored after."""
     import mlflow
     import mlflow.onnx
     from mlflow import MlflowClient
 
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        location = (artifact_root or Path(tempfile.mkdtemp(prefix="mlruns-"))).resolve().as_uri()
+        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    experiment = "cellmfg-service-tests"
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if client.get_experiment_by_name(experiment) is None:
-        location = (artifact_root or Path(tempfile.mkdtemp(prefix="mlruns-"))).resolve().as_uri()
-        client.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(), tempfile.TemporaryDirectory() as tmp:
-        contract_path = Path(tmp) / CONTRACT_ARTIFACT
-        contract_path.write_text(model.contract.to_json())
-        mlflow.log_artifact(str(contract_path))
-        # External data would move the weights out of model.onnx and break the contract's sha256.
-        info = mlflow.onnx.log_model(onnx.load_from_string(model.onnx_bytes), name="model",
-                                     registered_model_name=model.name, save_as_external_data=False)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id), tempfile.TemporaryDirectory() as tmp:
+            contract_path = Path(tmp) / CONTRACT_ARTIFACT
+            contract_path.write_text(model.contract.to_json())
+            mlflow.log_artifact(str(contract_path))
+            # External data would move the weights out of model.onnx and break the contract's sha256; explicit
+            # requirements skip MLflow's slow inference of them.
+            info = mlflow.onnx.log_model(onnx.load_from_string(model.onnx_bytes), name="model",
+                                         registered_model_name=model.name, save_as_external_data=False,
+                                         pip_requirements=["onnx", "onnxruntime"])
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(model.name, alias, version)
+    if alias is not None:
+        move_alias(tracking_uri, model.name, alias, version)
     return version
+
+
+def move_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def tampered(model: LoadedModel) -> LoadedModel:
+    """The same model whose contract claims other ONNX bytes: `fetch_registered` / `load_bundle` must refuse it."""
+    contract = model.contract.model_copy(update={"onnx_sha256": "0" * 64})
+    return model.model_copy(update={"contract": contract})
 
 
 def register_fakes(tracking_uri: str, alias: str = "champion", salt: int = 0,
@@ -200,3 +247,85 @@ def example_rows(kind: Kind, dataset: str, n: int, seed: int = 0) -> list[dict[s
     """JSON-ready request rows inside the dataset's range."""
     columns = feature_columns(kind)
     return [dict(zip(columns, map(float, row), strict=True)) for row in in_range_rows(dataset, n, seed)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real servers (`bentoml serve` through `cellmfg serve`'s code path)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CLI_LAUNCHER = "import typer; from service.cli import serve; typer.run(serve)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`cellmfg serve` in a subprocess (it execs `bentoml serve`, keeping the PID) on a free port.
+
+    The process gets its own session so that, should BentoML's supervisor not stop its workers on SIGTERM, the
+    leftovers can be killed as that one process group and nothing else.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, bundle: Path | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        args = [sys.executable, "-c", CLI_LAUNCHER, "--port", str(self.port), "--workers", str(workers)]
+        if bundle is not None:
+            args += ["--bundle", str(bundle)]
+        self.args = args
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> ServerProcess:
+        self.started_at = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.args, env=self.env, cwd=PROJECT_ROOT, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Seconds from start until /readyz answered 200."""
+        import httpx
+
+        assert self.process is not None
+        deadline = self.started_at + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}; log: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - self.started_at
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"not ready after {timeout} s; log: {self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        pid = self.process.pid
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # our own session only: leftover workers, if any
+        self.process = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 data_app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -27,7 +28,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -78,7 +79,7 @@ def data_generate(
         if as_json:
             print(json.dumps(result))
         for problem in problems:
-            err.print(f"[red]{problem}[/]", highlight=False)
+            err.print(f"[red]{escape(problem)}[/]", highlight=False, soft_wrap=True)
         if problems:
             raise typer.Exit(1)
         if not as_json:

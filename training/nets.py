@@ -39,10 +39,10 @@ def build_mlp(x_train: np.ndarray, y_train: np.ndarray, hidden_units: int, hidde
     The output bias starts at the training mean: with a relative loss (MAPE), starting near the right scale
     avoids a long first phase spent only learning the offset.
     """
-    x_train = np.asarray(x_train, dtype="float32")
+    x_train = np.asarray(x_train, dtype="float64")
     variance = np.maximum(x_train.var(axis=0), 1e-6)  # a fixed input (coating speed 0.3) has zero variance
     inputs = keras.Input(shape=(x_train.shape[1],), name="features")
-    hidden = keras.layers.Normalization(mean=x_train.mean(axis=0), variance=variance, name="scaling")(inputs)
+    hidden = standardize(inputs, x_train.mean(axis=0), variance, "scaling")
     for index in range(hidden_layers):
         hidden = keras.layers.Dense(hidden_units, activation="relu", name=f"hidden_{index + 1}")(hidden)
     output = keras.layers.Dense(1, name="output",
@@ -54,10 +54,13 @@ def build_transfer(base: keras.Model, x_target_train: np.ndarray, y_target_train
                    ) -> keras.Model:
     """The paper's transfer: the pretrained net frozen, one added hidden layer of the same width plus its output.
 
-    The adapter reads the frozen net's last hidden representation and its prediction. The target's inputs lie
-    far outside the source's (Si share 8–15 wt% vs graphite 91–95.5), so those frozen activations have scales no
-    source row produced; a non-trainable standardisation fitted on the target's training rows puts them back on
-    a scale the adapter can learn from. Only the adapter's Dense layers are trained.
+    The adapter reads the frozen net's last hidden representation and its prediction, and its output is added
+    to that prediction: with the output weights starting at zero, training starts from the pretrained net's own
+    answer (plus the mean offset on the target), so where the source already transfers well (GDL200 → GDL1000)
+    the adapter only has to learn a small correction. The target's inputs can lie far outside the source's (Si
+    share 8–15 wt% vs graphite 91–95.5), giving frozen activations of scales no source row produced; a
+    non-trainable standardisation fitted on the target's training rows brings them back to a learnable scale.
+    Only the adapter's two Dense layers are trained.
     """
     # A copy, so freezing (and fine-tuning's unfreezing) never touches the caller's pretrained net.
     frozen = keras.models.clone_model(base)
@@ -71,25 +74,54 @@ def build_transfer(base: keras.Model, x_target_train: np.ndarray, y_target_train
     inputs = keras.Input(shape=(frozen.inputs[0].shape[-1],), name="features")
     frozen_hidden, frozen_prediction = body(inputs)
     combined = keras.layers.Concatenate(name="frozen_features")([frozen_hidden, frozen_prediction])
-    target_features = np.concatenate(
-        [np.asarray(a) for a in body(np.asarray(x_target_train, dtype="float32"))], axis=1)
-    scaled = keras.layers.Normalization(
-        mean=target_features.mean(axis=0), variance=np.maximum(target_features.var(axis=0), 1e-6),
-        name="adapter_scaling")(combined)
+    hidden_train, prediction_train = (np.asarray(a, dtype=float) for a in
+                                      body(np.asarray(x_target_train, dtype="float32")))
+    target_features = np.concatenate([hidden_train, prediction_train], axis=1)
+    scaled = standardize(combined, target_features.mean(axis=0), _variance_with_floor(target_features),
+                         "adapter_scaling")
     adapter = keras.layers.Dense(hidden_width, activation="relu", name="adapter")(scaled)
-    output = keras.layers.Dense(1, name="adapter_output",
-                                bias_initializer=keras.initializers.Constant(float(np.mean(y_target_train))))(adapter)
+    offset = float(np.mean(np.asarray(y_target_train).reshape(-1) - prediction_train.reshape(-1)))
+    correction = keras.layers.Dense(1, name="adapter_output", kernel_initializer="zeros",
+                                    bias_initializer=keras.initializers.Constant(offset))(adapter)
+    output = keras.layers.Add(name="prediction")([frozen_prediction, correction])
     return keras.Model(inputs, output, name=name)
+
+
+def standardize(inputs: keras.KerasTensor, mean: np.ndarray, variance: np.ndarray, name: str) -> keras.KerasTensor:
+    """(x - mean) / std as a frozen Dense layer with a diagonal kernel.
+
+    Keras' Normalization layer holds its statistics as captured constants, which tf2onnx turns into extra graph
+    inputs the ONNX model cannot run without; Dense weights are variables and export as initializers.
+    """
+    scale = 1.0 / np.sqrt(np.asarray(variance, dtype="float64"))
+    layer = keras.layers.Dense(len(scale), trainable=False, name=name)
+    output = layer(inputs)
+    layer.set_weights([np.diag(scale).astype("float32"), (-np.asarray(mean) * scale).astype("float32")])
+    return output
+
+
+def _variance_with_floor(features: np.ndarray) -> np.ndarray:
+    """Per-column variance, floored at 1% of the typical column's: a unit that barely varies on the training
+    rows would otherwise be divided by ~0 and blow up on the first test row where it moves."""
+    variance = features.var(axis=0)
+    moving = variance[variance > 0]
+    floor = 0.01 * float(np.median(moving)) if moving.size else 1.0
+    return np.maximum(variance, max(floor, 1e-12))
 
 
 def unfreeze(model: keras.Model) -> keras.Model:
     """Fine-tuning (comparison only): every weight of a transfer model trainable."""
     for layer in model.layers:
-        layer.trainable = True
+        layer.trainable = not _is_scaling(layer)
         if isinstance(layer, keras.Model):
             for inner in layer.layers:
-                inner.trainable = True
+                inner.trainable = not _is_scaling(inner)
     return model
+
+
+def _is_scaling(layer: keras.layers.Layer) -> bool:
+    # Input standardisation stays fixed even when fine-tuning: it is data statistics, not a learned weight.
+    return layer.name.endswith("scaling")
 
 
 def _mape(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -112,7 +114,7 @@ def fit_net(variant: str, data: Dataset, split: evaluate.Split, config: TrainCon
         return Fitted(variant, nets.predict(base.model, data.x), split, base.model)
     elif variant == "transfer":
         model = nets.build_transfer(base.model, x_train, y_train, name)
-        epochs, learning_rate = config.transfer.epochs, config.transfer.adapter_learning_rate
+        epochs, learning_rate = config.transfer.epochs, net.adapter_learning_rate
     elif variant == "finetune":
         model = nets.unfreeze(nets.build_transfer(base.model, x_train, y_train, name))
         epochs, learning_rate = config.transfer.epochs, config.transfer.finetune_learning_rate
@@ -259,6 +261,9 @@ class Pending:
     @property
     def name(self) -> str:
         return self.registered_name or f"{self.data.target.task}_{self.data.name}"
+
+    def wait(self) -> None:
+        wait([*self.repeats, *(future for _, future in self.curve)])
 
     def scores(self) -> dict[str, Scores]:
         scores = {variant: Scores(f.test_mape(self.data.y)) for variant, f in self.fitted.items()}
@@ -493,7 +498,23 @@ def work_units(config: TrainConfig) -> int:
     return 2 * len(TASKS)
 
 
-def train_all(config: TrainConfig, advance: Advance = _no_progress) -> list[TaskResult]:
+@dataclass
+class Stopwatch:
+    """Wall-clock seconds per named stage (the benchmark prints them)."""
+
+    laps: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def lap(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.laps[name] = self.laps.get(name, 0.0) + time.perf_counter() - started
+
+
+def train_all(config: TrainConfig, advance: Advance = _no_progress, stopwatch: Stopwatch | None = None
+              ) -> list[TaskResult]:
     """Three pretrained nets and five transfers on the shipped data, one parent MLflow run per task.
 
     All paper-split fits happen first while worker processes compute every repeated split and learning curve;
@@ -502,24 +523,14 @@ def train_all(config: TrainConfig, advance: Advance = _no_progress) -> list[Task
     from cellmfg.___domain import TASKS
     from cellmfg.dataio import load_shipped
 
-    loaded = {name: load_shipped(name) for name in dict.fromkeys(t.dataset for t in TASKS)}
-    pending: list[Pending] = []
-    with Jobs(config.workers) as jobs, tempfile.TemporaryDirectory() as tmp:
-        bases: dict[tuple[str, str], tuple[BaseRef, str]] = {}
-        for task in (t for t in TASKS if t.source is None):
-            source = start_source(prepare(loaded[task.dataset], task.target, task.dataset), config,
-                                  task.model_name, jobs)
-            model = source.fitted["pretrained"].model
-            assert model is not None
-            bases[(task.target.task, task.dataset)] = (BaseRef(model, task.model_name, "", task.dataset),
-                                                       save_base(model, Path(tmp)))
-            pending.append(source)
-            advance(f"{task.model_name}: pretrained")
-        for task in (t for t in TASKS if t.source is not None):
-            base, path = bases[(task.target.task, str(task.source))]
-            pending.append(start_target(prepare(loaded[task.dataset], task.target, task.dataset), base, path,
-                                        config, task.model_name, jobs))
-            advance(f"{task.model_name}: paper split")
+    watch = stopwatch or Stopwatch()
+    with watch.lap("load and validate data"):
+        loaded = {name: load_shipped(name) for name in dict.fromkeys(t.dataset for t in TASKS)}
+    with watch.lap("start worker processes"):
+        jobs = Jobs(config.workers)
+    with jobs, tempfile.TemporaryDirectory() as tmp:
+        with watch.lap("paper-split fits (main process)"):
+            pending = _start_all(loaded, config, jobs, Path(tmp), advance)
 
         results: list[TaskResult] = []
         parent_runs = []
@@ -535,11 +546,40 @@ def train_all(config: TrainConfig, advance: Advance = _no_progress) -> list[Task
                         registered = next(r for r in results if r.registered_name == item.base.name)
                         item.base = BaseRef(item.base.model, item.base.name, registered.registered_version or "",
                                             item.base.dataset)
-                    results.append(finish(item, config, advance))
+                    # Logging a task overlaps with the workers still computing later tasks' splits.
+                    with watch.lap("waiting for repeated splits and learning curves (workers)"):
+                        item.wait()
+                    with watch.lap("MLflow logging (runs, plots, SHAP, models)"):
+                        results.append(finish(item, config, advance))
                 summaries = [r.to_json() for r in results if r.task == task_name]
                 mlflow.log_text(json.dumps(summaries, indent=2), "results.json")
-    log_report([r.to_json() for r in results], parent_runs)
+    with watch.lap("MLflow logging (runs, plots, SHAP, models)"):
+        log_report([r.to_json() for r in results], parent_runs)
     return results
+
+
+def _start_all(loaded: dict[str, LoadedData], config: TrainConfig, jobs: Jobs, folder: Path, advance: Advance
+               ) -> list[Pending]:
+    """Fit every paper-split net (sources first: targets need their base) and queue every repeated split."""
+    from cellmfg.___domain import TASKS
+
+    pending: list[Pending] = []
+    bases: dict[tuple[str, str], tuple[BaseRef, str]] = {}
+    for task in (t for t in TASKS if t.source is None):
+        source = start_source(prepare(loaded[task.dataset], task.target, task.dataset), config, task.model_name,
+                              jobs)
+        model = source.fitted["pretrained"].model
+        assert model is not None
+        bases[(task.target.task, task.dataset)] = (BaseRef(model, task.model_name, "", task.dataset),
+                                                   save_base(model, folder))
+        pending.append(source)
+        advance(f"{task.model_name}: pretrained")
+    for task in (t for t in TASKS if t.source is not None):
+        base, path = bases[(task.target.task, str(task.source))]
+        pending.append(start_target(prepare(loaded[task.dataset], task.target, task.dataset), base, path, config,
+                                    task.model_name, jobs))
+        advance(f"{task.model_name}: paper split")
+    return pending
 
 
 def log_report(summaries: list[dict[str, Any]], run_ids: list[str]) -> None:

@@ -1,0 +1,83 @@
+"""`cellmfg serve`: start the prediction service under `bentoml serve`.
+
+Only typer and the standard library are imported at module level, so `cellmfg --help` stays instant; the model
+source is checked (and BentoML started) only when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_TARGET = "service.service:CellMfgService"
+SERVICE_NAME = "cellmfg"  # the name given in @bentoml.service; BentoML config is keyed by it
+
+
+def server_environment(bundle: Path | None = None, workers: int = 1, alias: str | None = None,
+                       base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment `bentoml serve` needs for these options, on top of `base` (default: this process's)."""
+    env = dict(os.environ if base is None else base)
+    if bundle is not None:
+        env["CELLMFG_BUNDLE"] = str(Path(bundle).expanduser().resolve())
+    if alias is not None:
+        env["CELLMFG_ALIAS"] = alias
+    # `bentoml serve` has no --workers flag in 1.4; the worker count is service config, overridable as JSON.
+    overrides = json.loads(env.get("BENTOML_CONFIG_OVERRIDES") or "{}")
+    overrides.setdefault("services", {}).setdefault(SERVICE_NAME, {})["workers"] = workers
+    env["BENTOML_CONFIG_OVERRIDES"] = json.dumps(overrides)
+    return env
+
+
+def server_command(port: int, host: str | None = None) -> list[str]:
+    """argv that starts the service with this interpreter's BentoML, from the project root."""
+    command = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(port),
+               "--working-dir", str(PROJECT_ROOT)]
+    if host is not None:
+        command += ["--host", host]
+    return command
+
+
+def check_source(env: Mapping[str, str]) -> str:
+    """Fail fast, before BentoML starts workers that would crash one after another: the description of the
+    model source the service will use, or ConfigError / SourceUnavailableError with the reason."""
+    from service.config import Settings
+    from service.model_store import open_source
+
+    return open_source(Settings.from_env(env)).description
+
+
+def serve(
+    port: Annotated[int, typer.Option("--port", "-p", help="HTTP port to listen on.")] = 3000,
+    bundle: Annotated[Path | None, typer.Option(
+        help="Bundle directory to serve from (sets CELLMFG_BUNDLE). With MLFLOW_TRACKING_URI also set, the "
+             "registry is preferred and the bundle is the fallback.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own model sessions.")] = 1,
+    alias: Annotated[str, typer.Option(help="Registry alias to serve and follow (sets CELLMFG_ALIAS).")] = "champion",
+) -> None:
+    """Start the prediction service (BentoML + onnxruntime) on PORT.
+
+    Models come from the MLflow registry (MLFLOW_TRACKING_URI) by ALIAS, or from a bundle directory; they are
+    verified on load and hot-swapped when the alias moves (every CELLMFG_POLL_SECONDS, default 30). Swagger UI
+    is at http://localhost:PORT/, metrics at /metrics.
+    """
+    from service.config import ConfigError
+    from service.model_store import SourceUnavailableError
+
+    env = server_environment(bundle=bundle, workers=workers, alias=alias)
+    try:
+        source = check_source(env)
+    except (ConfigError, SourceUnavailableError) as error:
+        typer.echo(f"cellmfg serve: cannot start: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    typer.echo(f"cellmfg serve: models from {source}; {workers} worker(s) on port {port}", err=True)
+    command = server_command(port)
+    os.chdir(PROJECT_ROOT)
+    # exec, not a child: signals (Ctrl-C, SIGTERM from an orchestrator) reach BentoML's supervisor directly.
+    os.execve(command[0], command, env)
