@@ -36,7 +36,10 @@ COPY service/ /app/service/
 ARG BUNDLE_DIR=deploy/no-bundle
 COPY ${BUNDLE_DIR}/ /opt/cellmfg/bundle/
 COPY deploy/image_check.py /tmp/image_check.py
-RUN find /app -name __pycache__ -prune -exec rm -rf {} + \
+COPY deploy/entrypoint.sh /usr/local/bin/cellmfg-entrypoint
+# Readable by the service user whatever the build host's umask (chmod here: in `runtime` it would copy every file).
+RUN chmod -R a+rX /app /opt/cellmfg && chmod 0755 /usr/local/bin/cellmfg-entrypoint \
+ && find /app -name __pycache__ -prune -exec rm -rf {} + \
  && cd /app && PYTHONPATH=/app /opt/venv/bin/python /tmp/image_check.py
 
 FROM ${BASE_IMAGE} AS runtime
@@ -55,8 +58,7 @@ RUN if dpkg -s python3-pip >/dev/null 2>&1; then \
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app /app
 COPY --from=builder /opt/cellmfg/bundle /opt/cellmfg/bundle
-COPY deploy/entrypoint.sh /usr/local/bin/cellmfg-entrypoint
-RUN chmod 0755 /usr/local/bin/cellmfg-entrypoint && chmod -R a+rX /app /opt/venv /opt/cellmfg
+COPY --from=builder /usr/local/bin/cellmfg-entrypoint /usr/local/bin/cellmfg-entrypoint
 
 FROM scratch
 COPY --from=runtime / /
@@ -68,7 +70,8 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     BENTOML_PORT=3000 \
     BENTOML_HOME=/tmp/bentoml \
     BENTOML_DO_NOT_TRACK=true \
-    DO_NOT_TRACK=1 \
+    DO_NOT_TRACK=true \
+    MLFLOW_DISABLE_TELEMETRY=true \
     CELLMFG_ALIAS=champion \
     CELLMFG_POLL_SECONDS=30 \
     CELLMFG_ORT_THREADS=1 \

@@ -191,10 +191,14 @@ def sqlite_tracking_uri(directory: Path) -> str:
 def register_model(tracking_uri: str, model: LoadedModel, alias: str | None = "champion",
                    artifact_root: Path | None = None) -> str:
     """Log `model` as a new registered version (ONNX flavour + run artifact contract.json) and point `alias` at it
-    (None: leave the aliases alone). Returns the new version number. MLflow's global URIs are restored after."""
-    import mlflow
+    (None: leave the aliases alone). Returns the new version number.
+
+    Only MlflowClient calls: MLflow's fluent API would set the process-wide tracking and registry URIs (and export
+    them as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI to every later subprocess, servers included).
+    """
     import mlflow.onnx
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -203,23 +207,23 @@ def register_model(tracking_uri: str, model: LoadedModel, alias: str | None = "c
         experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        contract_path = Path(tmp) / CONTRACT_ARTIFACT
+        contract_path.write_text(model.contract.to_json())
+        client.log_artifact(run_id, str(contract_path))
+        # External data would move the weights out of model.onnx and break the contract's sha256; explicit
+        # requirements skip MLflow's slow inference of them.
+        mlflow.onnx.save_model(onnx.load_from_string(model.onnx_bytes), str(Path(tmp) / "model"),
+                               save_as_external_data=False, pip_requirements=["onnx", "onnxruntime"])
+        client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path="model")
+    client.set_terminated(run_id)
     try:
-        with mlflow.start_run(experiment_id=experiment_id), tempfile.TemporaryDirectory() as tmp:
-            contract_path = Path(tmp) / CONTRACT_ARTIFACT
-            contract_path.write_text(model.contract.to_json())
-            mlflow.log_artifact(str(contract_path))
-            # External data would move the weights out of model.onnx and break the contract's sha256; explicit
-            # requirements skip MLflow's slow inference of them.
-            info = mlflow.onnx.log_model(onnx.load_from_string(model.onnx_bytes), name="model",
-                                         registered_model_name=model.name, save_as_external_data=False,
-                                         pip_requirements=["onnx", "onnxruntime"])
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    version = str(info.registered_model_version)
+        client.create_registered_model(model.name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = str(client.create_model_version(model.name, source=f"runs:/{run_id}/model", run_id=run_id).version)
     if alias is not None:
         move_alias(tracking_uri, model.name, alias, version)
     return version

@@ -56,6 +56,9 @@ def server(registry: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_"))}
     env.update({
         "MLFLOW_TRACKING_URI": registry["uri"],
+        # Other tests may have exported another registry URI (mlflow.set_registry_uri does); models:/ URIs
+        # resolve against it, so pin it to this registry.
+        "MLFLOW_REGISTRY_URI": registry["uri"],
         "CELLMFG_POLL_SECONDS": str(POLL_SECONDS),
         # Our own BentoML home: BentoML empties its Prometheus directory at start, which must not be anyone else's.
         "BENTOML_HOME": str(home),

@@ -180,8 +180,9 @@ def train_all(
 
     tracking.configure()
     started = time.perf_counter()
+    watch = train.Stopwatch()
     with _progress(train.work_units(config), quiet=False) as advance:
-        results = train.train_all(config, advance)
+        results = train.train_all(config, advance, watch)
     summaries = [r.to_json() for r in results]
     markdown = report.markdown(summaries)
     if docs if docs is not None else preset == "paper":
@@ -192,11 +193,14 @@ def train_all(
         (docs_dir / "results.md").write_text(header + markdown)
         report.long_table(summaries).to_csv(docs_dir / "results.csv", index=False)
     seconds = time.perf_counter() - started
+    stages = {name: round(value, 1) for name, value in watch.laps.items()}
     if as_json:
-        print(json.dumps({"seconds": round(seconds, 1), "models": summaries}))
+        print(json.dumps({"seconds": round(seconds, 1), "stages": stages, "models": summaries}))
     else:
         print(markdown)
         print(f"{len(results)} models registered in {seconds:.0f} s; MLflow: {tracking.tracking_uri()}")
+        for name, value in stages.items():
+            print(f"  {value:6.1f} s  {name}")
 
 
 def _print_result(summary: dict[str, Any], as_json: bool) -> None:

@@ -75,7 +75,8 @@ def _write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def check(seed: int, directory: Path = DATA_DIR, quick: bool = False, progress: Progress = _silent) -> list[str]:
+def check(seed: int, directory: Path = DATA_DIR, quick: bool = False, progress: Progress = _silent,
+          names: tuple[str, ...] = (*ELECTRODES, *GDLS)) -> list[str]:
     """Regenerate and compare with the files in `directory`; returns the differences (empty: identical).
 
     `quick` regenerates the electrodes fully and, for each GDL set, its first rows plus two rows drawn at random.
@@ -84,7 +85,7 @@ def check(seed: int, directory: Path = DATA_DIR, quick: bool = False, progress: 
     from training.gdl_microstructure import generate_gdl
 
     problems = []
-    for name in (*ELECTRODES, *GDLS):
+    for name in names:
         path = directory / f"{name}.csv"
         if not path.is_file():
             problems.append(f"{path}: missing")

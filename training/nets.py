@@ -54,10 +54,10 @@ def build_transfer(base: keras.Model, x_target_train: np.ndarray, y_target_train
                    ) -> keras.Model:
     """The paper's transfer: the pretrained net frozen, one added hidden layer of the same width plus its output.
 
-    The adapter reads the frozen net's last hidden representation and its prediction, and its output is added
-    to that prediction: with the output weights starting at zero, training starts from the pretrained net's own
-    answer (plus the mean offset on the target), so where the source already transfers well (GDL200 → GDL1000)
-    the adapter only has to learn a small correction. The target's inputs can lie far outside the source's (Si
+    The adapter reads the frozen net's last hidden representation and its prediction; its output layer also
+    sees that prediction directly, initialised so that training starts from the pretrained net's own answer
+    (plus the mean offset on the target). Where the source already transfers well (GDL200 → GDL1000) the
+    adapter only learns a small correction; where it extrapolates wildly (graphite → NMC) it can drop it. The target's inputs can lie far outside the source's (Si
     share 8–15 wt% vs graphite 91–95.5), giving frozen activations of scales no source row produced; a
     non-trainable standardisation fitted on the target's training rows brings them back to a learnable scale.
     Only the adapter's two Dense layers are trained.
@@ -80,10 +80,14 @@ def build_transfer(base: keras.Model, x_target_train: np.ndarray, y_target_train
     scaled = standardize(combined, target_features.mean(axis=0), _variance_with_floor(target_features),
                          "adapter_scaling")
     adapter = keras.layers.Dense(hidden_width, activation="relu", name="adapter")(scaled)
+    # The output reads the adapter and, as a skip, the frozen prediction itself, starting with weight 1 on the
+    # latter and 0 on the adapter: training starts at the pretrained answer and may keep, rescale or drop it.
+    head = keras.layers.Concatenate(name="adapter_head")([adapter, frozen_prediction])
     offset = float(np.mean(np.asarray(y_target_train).reshape(-1) - prediction_train.reshape(-1)))
-    correction = keras.layers.Dense(1, name="adapter_output", kernel_initializer="zeros",
-                                    bias_initializer=keras.initializers.Constant(offset))(adapter)
-    output = keras.layers.Add(name="prediction")([frozen_prediction, correction])
+    output_layer = keras.layers.Dense(1, name="adapter_output")
+    output = output_layer(head)
+    output_layer.set_weights([np.vstack([np.zeros((hidden_width, 1)), np.ones((1, 1))]).astype("float32"),
+                              np.array([offset], dtype="float32")])
     return keras.Model(inputs, output, name=name)
 
 

@@ -37,6 +37,10 @@ def tracking_uri() -> str:
 
 def configure() -> str:
     """Point MLflow at the tracking URI (registry included); called once by each entry point."""
+    import keras
+
+    # MLflow validates each logged model by predicting its input example; Keras would draw a progress bar each time.
+    keras.utils.disable_interactive_logging()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

@@ -1,0 +1,631 @@
+"""Deployment, with real parts: the Docker image, the compose file, MLflow on PostgreSQL, Prometheus.
+
+- The Docker smoke test (scripts/docker_smoke.sh): build, run, /readyz, the README's example request, /metrics.
+- A real PostgreSQL (initdb/pg_ctl in a temporary folder, free port) under a real `mlflow server` (artefacts proxied
+  by the server), then train (quick preset) -> promote -> serve against it over HTTP: predictions equal the
+  registered ONNX models' own, promotions and a rollback are picked up while serving, and the image built by the
+  smoke test serves the same registry over HTTP with no file shared.
+- A real Prometheus with deploy/prometheus.yml and its alert rules scraping a running service; a project metric
+  and every Grafana dashboard query read back through Prometheus's HTTP API.
+- `docker-compose config` accepts docker-compose.yml.
+
+Every server is started here on a free loopback port in a temporary folder and stopped by its own PID (or its own
+process group) in a finalizer. Missing tools are installed by scripts/integration_deps.sh when this machine can
+(root and apt-get); a test skips only when that is impossible, and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from service_fakes import ServerProcess, example_rows, free_port, write_fake_bundle
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+DEPS_SCRIPT = PROJECT_ROOT / "scripts" / "integration_deps.sh"
+SMOKE_IMAGE = "cellmfg:deploy-test"
+POLL_SECONDS = 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any cellmfg, BentoML or MLflow setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_", "MLFLOW_"))}
+    env.update(extra)
+    return env
+
+
+_deps_ran = False
+
+
+def _ensure_tools() -> None:
+    """Run scripts/integration_deps.sh once per session, when anything it installs is missing."""
+    global _deps_ran
+    if _deps_ran:
+        return
+    _deps_ran = True
+    try:
+        import psycopg  # noqa: F401
+        missing_driver = False
+    except ImportError:
+        missing_driver = True
+    if missing_driver or not (_pg_bin("pg_ctl") and shutil.which("prometheus") and shutil.which("docker-compose")):
+        subprocess.run(["bash", str(DEPS_SCRIPT)], cwd=PROJECT_ROOT, timeout=900, check=False)
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(candidates[-1]) if candidates else None
+
+
+def _tool(name: str, finder: Callable[[str], str | None] = shutil.which) -> str:
+    path = finder(name)
+    if path is None:
+        _ensure_tools()
+        path = finder(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed and scripts/integration_deps.sh could not install it here "
+                    "(needs root and apt-get)")
+    return path
+
+
+def _wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
+              on_timeout: Callable[[], str] = lambda: "") -> Any:
+    """Poll `check` until it returns something truthy (returned) or `timeout` seconds pass (fail)."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (httpx.HTTPError, OSError, ValueError, KeyError) as error:
+            last_error = error
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r}) {on_timeout()}")
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
+
+
+class Daemon:
+    """A server started here in its own session; stopped by its PID, then its own process group."""
+
+    def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name, self.args, self.log, self.env, self.cwd = name, args, log, env, cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                            cwd=self.cwd, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        pid = self.process.pid
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # whatever it forked (e.g. uvicorn workers), in its own session only
+        self.process = None
+
+    def describe(self) -> str:
+        return f"\n--- {self.name} log ({self.log}):\n{_tail(self.log)}"
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "cellmfg"), *args], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def _last_json(result: subprocess.CompletedProcess[str]) -> Any:
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("{", "["))]
+    assert lines, f"no JSON on stdout (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+def _models(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/models", timeout=10)
+    response.raise_for_status()
+    return dict(response.json())
+
+
+def _served_versions(url: str) -> dict[str, str]:
+    return {m["name"]: m["version"] for m in _models(url)["models"]}
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def _onnx_predictions(tracking_uri: str, name: str, rows: list[dict[str, float]]) -> tuple[str, np.ndarray]:
+    """What the ONNX model behind `champion` predicts for `rows`, computed here from the registry, not the service."""
+    import onnxruntime as ort
+
+    from cellmfg.contract import fetch_registered
+
+    model = fetch_registered(tracking_uri, name, "champion")
+    x = np.array([[row[f] for f in model.contract.feature_names] for row in rows], dtype=np.float32)
+    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+    out = session.run([model.contract.output_name], {model.contract.input_name: x})[0]
+    return model.version, np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Docker image (runs first: the MLflow tests below reuse the image it builds)
+
+
+@pytest.fixture(scope="session")
+def smoke_image() -> dict[str, Any]:
+    """scripts/docker_smoke.sh, once: its outcome and the tag of the image it left."""
+    helper = PROJECT_ROOT.parent / "shared" / "tools" / "local-base-image.sh"
+    if not helper.exists():
+        engine = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True, timeout=60,
+                                                           check=False).returncode == 0
+        if not engine:
+            pytest.skip("no Docker engine answers and there is no ../shared/tools/local-base-image.sh to start one")
+    elif os.geteuid() != 0 and shutil.which("dockerd") is None:
+        pytest.skip("../shared/tools/local-base-image.sh needs root to install and start a Docker engine")
+    started = time.monotonic()
+    result = subprocess.run(["bash", "scripts/docker_smoke.sh"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            env=_clean_env(IMAGE=SMOKE_IMAGE), timeout=1800, check=False)
+    return {"result": result, "seconds": time.monotonic() - started, "image": SMOKE_IMAGE}
+
+
+@pytest.mark.timeout(1900)
+def test_docker_smoke_builds_serves_and_reports_size_and_time_to_ready(smoke_image: dict[str, Any]) -> None:
+    result = smoke_image["result"]
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"scripts/docker_smoke.sh failed:\n{output[-5000:]}"
+    summary = re.search(r"docker-smoke: PASS image \S+ (\d+) MB \(limit (\d+) MB\), built in (\d+) s, "
+                        r"ready in ([\d.]+) s", output)
+    assert summary, output[-3000:]
+    image_mb, limit_mb, build_s, ready_s = (float(g) for g in summary.groups())
+    assert image_mb < limit_mb <= 700
+    print(f"\ndocker smoke: {image_mb:.0f} MB image, built in {build_s:.0f} s, ready in {ready_s} s "
+          f"(whole script {smoke_image['seconds']:.0f} s)")
+
+
+def _image_available(smoke_image: dict[str, Any]) -> bool:
+    return smoke_image["result"].returncode == 0 and subprocess.run(
+        ["docker", "image", "inspect", smoke_image["image"]], capture_output=True, check=False).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# docker-compose.yml
+
+
+@pytest.mark.timeout(120)
+def test_docker_compose_config_accepts_the_stack() -> None:
+    compose = _tool("docker-compose")
+    quiet = subprocess.run([compose, "config", "-q"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                           env=_clean_env(), timeout=60, check=False)
+    assert quiet.returncode == 0, quiet.stderr
+    resolved = subprocess.run([compose, "config"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              env=_clean_env(), timeout=60, check=True).stdout
+    services = yaml.safe_load(resolved)["services"]
+    assert set(services) == {"postgres", "mlflow", "cellmfg", "prometheus", "grafana"}
+    mlflow_args = " ".join(services["mlflow"]["command"])
+    assert "--backend-store-uri=postgresql+psycopg://" in mlflow_args and "--serve-artifacts" in mlflow_args
+    assert services["cellmfg"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["cellmfg"]["build"]["context"] == str(PROJECT_ROOT)
+    assert services["cellmfg"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    mounts = " ".join(services["prometheus"]["volumes"] if isinstance(services["prometheus"]["volumes"][0], str)
+                      else [f"{v['source']}:{v['target']}" for v in services["prometheus"]["volumes"]])
+    assert "deploy/prometheus.yml" in mounts and "deploy/cellmfg-rules.yml" in mounts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PostgreSQL + MLflow server: train -> promote -> serve over HTTP
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[dict[str, Any]]:
+    """A throwaway PostgreSQL cluster on a free loopback port, with a database `mlflow`."""
+    initdb, pg_ctl = _tool("initdb", _pg_bin), _tool("pg_ctl", _pg_bin)
+    _ensure_tools()
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg (MLflow's PostgreSQL driver) is missing and scripts/integration_deps.sh could not "
+                    "install it")
+    folder = Path(tempfile.mkdtemp(prefix="cellmfg-pg-"))  # under /tmp: reachable by the server's user
+    user: str | None = None
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        user = "postgres" if _user_exists("postgres") else "nobody"
+        entry = pwd.getpwnam(user)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+    data, log, port = folder / "data", folder / "postgres.log", free_port()
+
+    def run(args: list[str], timeout: float = 120) -> None:
+        result = subprocess.run(args, user=user, capture_output=True, text=True, timeout=timeout, check=False,
+                                cwd=folder)
+        assert result.returncode == 0, f"{args[0]} failed: {result.stdout}{result.stderr}{_tail(log)}"
+
+    started = False
+    try:
+        run([initdb, "-D", str(data), "-U", "cellmfg", "--auth=trust", "-E", "UTF8", "--no-instructions"])
+        options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder} -c fsync=off"
+        run([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
+        started = True
+        with psycopg.connect(host="127.0.0.1", port=port, user="cellmfg", dbname="postgres",
+                             autocommit=True) as connection:
+            connection.execute("CREATE DATABASE mlflow")
+        # The driver named explicitly, as in docker-compose.yml: SQLAlchemy's default for postgresql:// changed.
+        yield {"port": port, "uri": f"postgresql+psycopg://cellmfg@127.0.0.1:{port}/mlflow", "folder": folder}
+    finally:
+        if started:
+            stopped = subprocess.run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"], user=user,
+                                     capture_output=True, timeout=60, check=False).returncode == 0
+            pid_file = data / "postmaster.pid"
+            if not stopped and pid_file.exists():  # this cluster's own postmaster, by the PID it recorded
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`mlflow server` on the PostgreSQL store; artefacts proxied by the server (clients never see its files)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    artifacts = folder / "artifacts"
+    server = Daemon("mlflow server", [
+        str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", postgres["uri"],
+        "--serve-artifacts", "--artifacts-destination", artifacts.as_uri(),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ], folder / "mlflow-server.log", env=_clean_env(MLFLOW_DISABLE_TELEMETRY="true"), cwd=folder).start()
+
+    def healthy() -> bool:
+        if not server.alive():
+            pytest.fail(f"mlflow server exited{server.describe()}")
+        return httpx.get(f"{url}/health", timeout=5).status_code == 200
+
+    try:
+        _wait_for(healthy, timeout=240, what="mlflow server /health", interval=0.5, on_timeout=server.describe)
+        yield {"url": url, "artifacts": artifacts, "server": server, "postgres": postgres}
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def registry_stack(mlflow_server: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Train all eight models (quick preset) and a second density_graphite, promote the worse of the two, and
+    start the service on the registry: it serves that one model and waits for the others."""
+    uri = mlflow_server["url"]
+    env = _clean_env(MLFLOW_TRACKING_URI=uri, TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_DISABLE_TELEMETRY="true")
+    timings: dict[str, float] = {}
+
+    started = time.monotonic()
+    trained = _cli(["train", "all", "--preset", "quick", "--json"], env, timeout=1500)
+    assert trained.returncode == 0, trained.stderr[-5000:]
+    timings["train all --preset quick"] = time.monotonic() - started
+    started = time.monotonic()
+    second = _cli(["train", "pretrain", "--dataset", "data/graphite.csv", "--target", "density_g_cm3",
+                   "--name", "density_graphite", "--preset", "quick", "--seed", "7", "--json"], env, timeout=600)
+    assert second.returncode == 0, second.stderr[-5000:]
+    timings["train pretrain (second density_graphite)"] = time.monotonic() - started
+
+    listing = _last_json(_cli(["registry", "list", "--json"], env, timeout=300))
+    versions = next(row["versions"] for row in listing if row["name"] == "density_graphite")
+    assert len(versions) == 2, versions
+    # `promote` picks the lowest test MAPE (ties: the newer version); promote the other one first, by hand.
+    best = min(versions, key=lambda v: (v["test_mape_pct"], -int(v["version"])))
+    worse = next(v for v in versions if v is not best)
+    started = time.monotonic()
+    first = _cli(["registry", "promote", "--model", "density_graphite", "--version", worse["version"], "--json"],
+                 env, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-5000:]
+    timings["promote one model"] = time.monotonic() - started
+
+    home = tmp_path_factory.mktemp("bentoml-home")
+    service_env = _clean_env(MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS=str(POLL_SECONDS),
+                             BENTOML_HOME=str(home), MLFLOW_DISABLE_TELEMETRY="true")
+    service = ServerProcess(service_env, home / "service.log", workers=1)
+    with service:
+        _wait_for(lambda: "density_graphite_onnx" in _served_versions(service.url), timeout=180,
+                  what="the service to load density_graphite_onnx from the registry",
+                  on_timeout=lambda: service.log_tail())
+        yield {"uri": uri, "env": env, "service": service, "keras": {"best": best, "worse": worse},
+               "timings": timings, "mlflow": mlflow_server}
+    print("\nregistry stack timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+
+
+@pytest.mark.timeout(2400)
+def test_service_serves_the_first_champion_from_the_registry_and_waits_for_the_rest(
+        registry_stack: dict[str, Any]) -> None:
+    url, uri = registry_stack["service"].url, registry_stack["uri"]
+    described = _models(url)
+    assert described["source"].startswith(f"MLflow registry {uri}")
+    served = {m["name"]: m for m in described["models"]}
+    assert set(served) == {"density_graphite_onnx"}
+    assert served["density_graphite_onnx"]["version"] == "1"
+    assert served["density_graphite_onnx"]["lineage"]["keras_model_version"] == registry_stack["keras"]["worse"][
+        "version"]
+    assert described["ready"] is False and len(described["missing"]) == 7
+    assert httpx.get(f"{url}/livez", timeout=5).status_code == 200
+    assert httpx.get(f"{url}/readyz", timeout=5).status_code != 200
+
+
+@pytest.mark.timeout(1200)
+def test_promotion_is_picked_up_while_serving_and_predictions_equal_the_registered_onnx(
+        registry_stack: dict[str, Any]) -> None:
+    url, uri, env = registry_stack["service"].url, registry_stack["uri"], registry_stack["env"]
+    started = time.monotonic()
+    promoted = _cli(["registry", "promote", "--all", "--json"], env, timeout=900)
+    registry_stack["timings"]["promote --all"] = time.monotonic() - started
+    report = _last_json(promoted)
+    # A gate may refuse a model (e.g. a 5-epoch transfer not better than zero-shot): then the exit code says so and
+    # that model has no champion. Everything promoted must be served; the pretrained nets always pass.
+    assert promoted.returncode == (1 if report["failed"] else 0), promoted.stderr[-3000:]
+    failed = {f["name"] for f in report["failed"]}
+    assert not failed & {"density_graphite", "mass_loading_graphite", "tortuosity_gdl200"}, report["failed"]
+    expected = {f"{r['name']}_onnx": r["onnx_version"] for r in report["promoted"]}
+    assert expected["density_graphite_onnx"] == "2", report  # the better Keras version, a new ONNX version
+
+    _wait_for(lambda: _served_versions(url) == expected, timeout=120,
+              what=f"the service to serve {expected}", on_timeout=lambda: f"served {_served_versions(url)}")
+    swapped_after = time.monotonic() - started
+    assert _metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx") >= 1
+    assert _metric(url, "cellmfg_model_info", model="density_graphite_onnx", version="2", alias="champion") == 1
+    described = _models(url)
+    assert described["ready"] is (not failed)
+    assert set(described["missing"]) == {f"{name}_onnx" for name in failed}
+    assert (httpx.get(f"{url}/readyz", timeout=5).status_code == 200) is (not failed)
+
+    rows = example_rows("electrode", "graphite", 6, seed=3)
+    answer = httpx.post(f"{url}/predict/electrode", json={"chemistry": "graphite", "rows": rows}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    for task, column in (("density", "density_g_cm3"), ("mass_loading", "mass_loading_mg_cm2")):
+        version, expected_values = _onnx_predictions(uri, f"{task}_graphite_onnx", rows)
+        assert body["models"][task] == {"name": f"{task}_graphite_onnx", "version": version, "alias": "champion"}
+        np.testing.assert_allclose([p[column] for p in body["predictions"]], expected_values, rtol=1e-6)
+    gdl_rows = example_rows("gdl", "gdl200", 4, seed=5)
+    answer = httpx.post(f"{url}/predict/gdl", json={"dataset": "gdl200", "rows": gdl_rows}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    version, expected_values = _onnx_predictions(uri, "tortuosity_gdl200_onnx", gdl_rows)
+    assert answer.json()["models"]["tortuosity"]["version"] == version
+    np.testing.assert_allclose([p["tortuosity"] for p in answer.json()["predictions"]], expected_values, rtol=1e-6)
+    print(f"\npromote --all: {len(expected)} promoted, refused: {sorted(failed) or 'none'}; all served "
+          f"{swapped_after:.0f} s after the promotion started")
+
+
+@pytest.mark.timeout(600)
+def test_rollback_is_picked_up_while_serving(registry_stack: dict[str, Any]) -> None:
+    url, uri, env = registry_stack["service"].url, registry_stack["uri"], registry_stack["env"]
+    before = _metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx")
+    rolled = _cli(["registry", "rollback", "--model", "density_graphite", "--json"], env, timeout=300)
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    assert _last_json(rolled)["champion"] == "1"
+    _wait_for(lambda: _served_versions(url).get("density_graphite_onnx") == "1", timeout=60,
+              what="the service to swap density_graphite_onnx back to version 1")
+    assert _metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx") == before + 1
+    rows = example_rows("electrode", "graphite", 3, seed=4)
+    body = httpx.post(f"{url}/predict/electrode", json={"chemistry": "graphite", "rows": rows}, timeout=60).json()
+    version, expected_values = _onnx_predictions(uri, "density_graphite_onnx", rows)
+    assert version == "1" and body["models"]["density"]["version"] == "1"
+    np.testing.assert_allclose([p["density_g_cm3"] for p in body["predictions"]], expected_values, rtol=1e-6)
+
+
+@pytest.mark.timeout(300)
+def test_mlflow_keeps_runs_and_models_in_postgres_and_artefacts_behind_the_server(
+        registry_stack: dict[str, Any]) -> None:
+    import psycopg
+    from mlflow import MlflowClient
+
+    postgres = registry_stack["mlflow"]["postgres"]
+    with psycopg.connect(host="127.0.0.1", port=postgres["port"], user="cellmfg", dbname="mlflow") as connection:
+        names = {row[0] for row in connection.execute("SELECT name FROM registered_models").fetchall()}
+        (runs,) = connection.execute("SELECT count(*) FROM runs").fetchone() or (0,)
+    assert {"density_graphite", "density_graphite_onnx", "tortuosity_gdl1000"} <= names and runs >= 8
+    client = MlflowClient(tracking_uri=registry_stack["uri"])
+    locations = {e.artifact_location for e in client.search_experiments() if e.name.startswith("cellmfg-")}
+    assert locations and all(loc.startswith("mlflow-artifacts:") for loc in locations), locations
+    assert any(registry_stack["mlflow"]["artifacts"].rglob("*.onnx"))
+
+
+@pytest.mark.timeout(600)
+def test_the_image_serves_the_registry_over_http(registry_stack: dict[str, Any],
+                                                 smoke_image: dict[str, Any]) -> None:
+    """The image built by the smoke test, with MLFLOW_TRACKING_URI set: models come from the registry over HTTP
+    (the registry is preferred over the baked-in bundle); the container shares no file with the MLflow server."""
+    if not _image_available(smoke_image):
+        pytest.skip("the Docker smoke test did not leave an image (see its failure)")
+    url, uri = registry_stack["service"].url, registry_stack["uri"]
+    expected = _served_versions(url)
+    port = free_port()
+    name = f"cellmfg-deploy-test-{os.getpid()}"
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "-e", "BENTOML_HOST=127.0.0.1",
+                    "-e", f"BENTOML_PORT={port}", "-e", f"MLFLOW_TRACKING_URI={uri}", "-e", "CELLMFG_POLL_SECONDS=2",
+                    smoke_image["image"]], check=True, capture_output=True, timeout=120)
+    try:
+        container = f"http://127.0.0.1:{port}"
+
+        def logs() -> str:
+            return subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True,
+                                  check=False).stdout
+
+        _wait_for(lambda: _served_versions(container) == expected, timeout=180,
+                  what=f"the container to serve {expected}", on_timeout=logs)
+        assert _models(container)["source"].startswith(f"MLflow registry {uri}")
+        rows = example_rows("gdl", "gdl200", 3, seed=8)
+        body = httpx.post(f"{container}/predict/gdl", json={"dataset": "gdl200", "rows": rows}, timeout=60).json()
+        _, expected_values = _onnx_predictions(uri, "tortuosity_gdl200_onnx", rows)
+        np.testing.assert_allclose([p["tortuosity"] for p in body["predictions"]], expected_values, rtol=1e-6)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prometheus with the project's scrape configuration
+
+
+@pytest.fixture(scope="module")
+def bundle_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("prometheus-target")
+    bundle = write_fake_bundle(folder / "bundle")
+    env = _clean_env(BENTOML_HOME=str(folder / "bentoml-home"))
+    service = ServerProcess(env, folder / "service.log", workers=1, bundle=bundle)
+    with service:
+        service.wait_ready(timeout=180)
+        yield service
+
+
+def _prometheus_config(service_port: int, own_port: int) -> dict[str, Any]:
+    """deploy/prometheus.yml with the cellmfg job pointed at the test service and 1 s intervals."""
+    config = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"cellmfg", "prometheus"}
+    cellmfg = jobs["cellmfg"]
+    assert cellmfg.pop("dns_sd_configs"), "the cellmfg job discovers replicas by DNS"
+    cellmfg.update(static_configs=[{"targets": [f"127.0.0.1:{service_port}"]}], scrape_interval="1s",
+                   scrape_timeout="1s")
+    jobs["prometheus"]["static_configs"] = [{"targets": [f"127.0.0.1:{own_port}"]}]
+    return dict(config)
+
+
+@pytest.fixture(scope="module")
+def prometheus(bundle_service: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = _tool("prometheus")
+    folder = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(bundle_service.port, port)))
+    shutil.copy(PROJECT_ROOT / "deploy" / "cellmfg-rules.yml", folder / "cellmfg-rules.yml")
+    daemon = Daemon("prometheus", [
+        binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+    ], folder / "prometheus.log", cwd=folder).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: daemon.alive() and httpx.get(f"{url}/-/ready", timeout=2).status_code == 200,
+                  timeout=60, what="prometheus /-/ready", on_timeout=daemon.describe)
+        yield url
+    finally:
+        daemon.stop()
+
+
+def _query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": expr}, timeout=10)
+    body = response.json()
+    assert body["status"] == "success", (expr, body)
+    return list(body["data"]["result"])
+
+
+@pytest.mark.timeout(120)
+def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
+    promtool = _tool("promtool")
+    for args in (["check", "config", "deploy/prometheus.yml"], ["check", "rules", "deploy/cellmfg-rules.yml"]):
+        result = subprocess.run([promtool, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_prometheus_scrapes_the_service_and_reads_back_project_metrics(bundle_service: ServerProcess,
+                                                                      prometheus: str) -> None:
+    url = bundle_service.url
+    body = {"chemistry": "nmc", "rows": example_rows("electrode", "nmc", 3, seed=1)}
+    body["rows"][0]["roll_gap_um"] = 290.0  # outside NMC's training range: counted as out of ___domain
+    for _ in range(5):
+        assert httpx.post(f"{url}/predict/electrode", json=body, timeout=60).status_code == 200
+    gdl = {"dataset": "gdl1000", "rows": example_rows("gdl", "gdl1000", 2), "explain": True}
+    assert httpx.post(f"{url}/predict/gdl", json=gdl, timeout=120).status_code == 200
+
+    def scraped() -> list[dict[str, Any]]:
+        result = _query(prometheus, 'cellmfg_predictions_total{job="cellmfg", model="density_nmc_onnx"}')
+        return result if result and float(result[0]["value"][1]) >= 5 else []
+
+    result = _wait_for(scraped, timeout=60, what="cellmfg_predictions_total >= 5 in Prometheus")
+    assert result[0]["metric"]["version"] == "1"
+    assert result[0]["metric"]["instance"] == f"127.0.0.1:{bundle_service.port}"
+    rows = _query(prometheus, 'sum(cellmfg_predicted_rows_total{job="cellmfg", model="density_nmc_onnx"})')
+    assert float(rows[0]["value"][1]) >= 15
+    out_of_domain = _query(prometheus, 'cellmfg_out_of_domain_rows_total{model="density_nmc_onnx", '
+                                       'feature="roll_gap_um"}')
+    assert float(out_of_domain[0]["value"][1]) >= 5
+    assert float(_query(prometheus, 'up{job="cellmfg"}')[0]["value"][1]) == 1
+    served = _query(prometheus, 'count(cellmfg_model_info{job="cellmfg"} == 1)')
+    assert float(served[0]["value"][1]) == 8
+
+    targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    health = {t["labels"]["job"]: t["health"] for t in targets}
+    assert health == {"cellmfg": "up", "prometheus": "up"}, targets
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+    assert {"CellmfgReplicaDown", "CellmfgModelsMissing", "CellmfgModelVersionRejected", "CellmfgServerErrors",
+            "CellmfgManyOutOfDomainInputs"} <= set(rules)
+    assert all(rule["health"] in ("ok", "unknown") for rule in rules.values()), rules
+    for name in ("CellmfgReplicaDown", "CellmfgModelsMissing", "CellmfgServerErrors"):
+        assert rules[name]["state"] == "inactive", rules[name]
+
+
+@pytest.mark.timeout(300)
+def test_every_grafana_dashboard_query_runs_in_prometheus(bundle_service: ServerProcess, prometheus: str) -> None:
+    dashboard = json.loads((PROJECT_ROOT / "deploy" / "grafana" / "dashboards" / "cellmfg.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(exprs) >= 10
+    body = {"chemistry": "si_gra", "rows": example_rows("electrode", "si_gra", 2)}
+    assert httpx.post(f"{bundle_service.url}/predict/electrode", json=body, timeout=60).status_code == 200
+    _wait_for(lambda: _query(prometheus, 'cellmfg_predictions_total{model="density_si_gra_onnx"}'), timeout=60,
+              what="the si_gra prediction in Prometheus")
+    empty = []
+    for expr in exprs:
+        if not _query(prometheus, expr):  # each one parses and evaluates (status success)
+            empty.append(expr)
+    # Rates over 5 minutes need two scrapes of a changed counter; the always-present series must show data now.
+    for must in ("up{", "cellmfg_model_info", "cellmfg_predicted_rows_total"):
+        assert not [e for e in empty if must in e], f"no data for {[e for e in empty if must in e]}"
