@@ -72,7 +72,7 @@ def fastapi_app(bundle: Path) -> Any:
     app = FastAPI()
 
     @app.post("/predict/electrode")
-    def predict(request: BaselineRequest) -> dict[str, Any]:
+    async def predict(request: BaselineRequest) -> dict[str, Any]:
         x = np.array([[row[c] for c in columns] for row in request.rows], dtype=np.float32)
         outputs = [s.run([c.output_name], {c.input_name: x})[0].reshape(-1).tolist() for s, c in sessions]
         return {"predictions": [{"density_g_cm3": d, "mass_loading_mg_cm2": m} for d, m in zip(*outputs,

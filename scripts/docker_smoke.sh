@@ -15,6 +15,8 @@
 #   IMAGE          tag to build (default cellmfg:smoke); it is left in place for reuse.
 #   MAX_IMAGE_MB   fail above this image size (default 700).
 #   READY_TIMEOUT  seconds to wait for /readyz (default 180).
+#   KEEP_DOCKER_ENGINE=1  leave running a Docker engine that the helper started for this run (default: stop it,
+#                  by the PID in /var/run/docker.pid, so that the machine is left as it was found).
 # The container runs with --network host on a free loopback port (BENTOML_HOST=127.0.0.1), so nothing listens
 # beyond this machine. The last line is `docker-smoke: PASS ...` or the script exits non-zero.
 set -euo pipefail
@@ -34,6 +36,18 @@ if ! [ -x "$python" ] || ! "$python" -c 'import onnx, service.schemas' >/dev/nul
 fi
 
 # 1. Docker engine and base image
+engine_was_up=false
+docker info >/dev/null 2>&1 && engine_was_up=true
+stop_engine() {
+  local pidfile=/var/run/docker.pid pid
+  if [ "$engine_was_up" = false ] && [ "${KEEP_DOCKER_ENGINE:-0}" != 1 ] && [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile")
+    log "stopping the Docker engine this run started (pid $pid)"
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+  fi
+}
+trap stop_engine EXIT
 if [ -z "${BASE_IMAGE:-}" ]; then
   helper="$root/../shared/tools/local-base-image.sh"
   if [ -f "$helper" ]; then
@@ -96,6 +110,7 @@ cleanup() {
   if docker container inspect "$name" >/dev/null 2>&1; then
     docker rm -f "$name" >/dev/null 2>&1 || true
   fi
+  stop_engine
 }
 trap cleanup EXIT
 run_start=$(date +%s.%N)

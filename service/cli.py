@@ -48,7 +48,7 @@ def check_source(env: Mapping[str, str]) -> str:
     """Fail fast, before BentoML starts workers that would crash one after another: the description of the
     model source the service will use, or ConfigError / SourceUnavailableError with the reason."""
     from service.config import Settings
-    from service.model_store import open_source
+    from service.sources import open_source
 
     return open_source(Settings.from_env(env)).description
 
@@ -68,7 +68,7 @@ def serve(
     is at http://localhost:PORT/, metrics at /metrics.
     """
     from service.config import ConfigError
-    from service.model_store import SourceUnavailableError
+    from service.sources import SourceUnavailableError
 
     env = server_environment(bundle=bundle, workers=workers, alias=alias)
     try:

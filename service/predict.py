@@ -40,6 +40,13 @@ class _Answering:
     model: ServedModel
 
 
+@dataclass(frozen=True)
+class _Counters:
+    predictions: Any
+    rows: Any
+    out_of_domain: dict[str, Any]
+
+
 _NO_PROBLEMS: list[dict[str, Any]] = []  # shared by every in-___domain row; serialised, never mutated
 
 
@@ -50,6 +57,35 @@ class Predictor:
         self.explainers = explainers
         self.settings = settings
         self.explain_wait_seconds = explain_wait_seconds
+        self._bounds_cache: dict[tuple[int, ...], tuple[list[ServedModel], tuple[np.ndarray, np.ndarray, bool]]] = {}
+        self._counter_cache: dict[tuple[str, str], _Counters] = {}
+
+    def _bounds(self, answering: list[_Answering]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(lowest, highest) value inside every answering model's training range, and whether they all agree;
+        cached per set of model objects, since a single-row request should not pay for it."""
+        key = tuple(id(a.model) for a in answering)
+        cached = self._bounds_cache.get(key)
+        if cached is None or cached[0] != [a.model for a in answering]:
+            models = [a.model for a in answering]
+            low = np.max([m.train_min for m in models], axis=0)
+            high = np.min([m.train_max for m in models], axis=0)
+            shared = all(np.array_equal(m.train_min, low) and np.array_equal(m.train_max, high) for m in models)
+            if len(self._bounds_cache) > 256:  # swapped-out models leave stale keys behind
+                self._bounds_cache.clear()
+            cached = self._bounds_cache[key] = (models, (low, high, shared))
+        return cached[1]
+
+    def _counters(self, model: ServedModel) -> _Counters:
+        # labels() costs a lock and a dict lookup per call; bind each model version's children once.
+        key = (model.name, model.version)
+        counters = self._counter_cache.get(key)
+        if counters is None:
+            counters = self._counter_cache[key] = _Counters(
+                predictions=metrics.PREDICTIONS.labels(model=model.name, version=model.version),
+                rows=metrics.PREDICTED_ROWS.labels(model=model.name, version=model.version),
+                out_of_domain={f: metrics.OUT_OF_DOMAIN_ROWS.labels(model=model.name, feature=f)
+                               for f in model.feature_names})
+        return counters
 
     def _answering(self, kind: Kind, dataset: str) -> list[_Answering]:
         # Each model is looked up once per request, so a hot swap mid-request cannot mix versions in one answer.
@@ -79,18 +115,14 @@ class Predictor:
 
         # The range reported per row is where every answering model was trained (identical for the paper's
         # nets, which share the dataset); the metric is counted per model.
-        low = np.max([a.model.train_min for a in answering], axis=0)
-        high = np.min([a.model.train_max for a in answering], axis=0)
-        outside = (x < low) | (x > high)
-        in_domain = ~outside.any(axis=1)
+        low, high, shared = self._bounds(answering)
+        outside: np.ndarray = (x < low) | (x > high)
+        in_domain = np.logical_not(outside.any(axis=1))
+        all_in = bool(in_domain.all())
 
         predictions = {a.target.column: a.model.predict(x32) for a in answering}
-        keys = (*predictions, "in_domain", "out_of_domain")
-        result_rows: list[dict[str, Any]] = [
-            dict(zip(keys, (*values, flag, _NO_PROBLEMS), strict=True))
-            for *values, flag in zip(*(p.tolist() for p in predictions.values()), in_domain.tolist(), strict=True)
-        ]
-        if not in_domain.all():
+        result_rows = _rows(predictions, in_domain.tolist())
+        if not all_in:
             for i in np.flatnonzero(~in_domain).tolist():
                 result_rows[i]["out_of_domain"] = [
                     {"feature": columns[j], "value": float(x[i, j]), "min": float(low[j]), "max": float(high[j])}
@@ -116,14 +148,36 @@ class Predictor:
 
         for a in answering:
             model = a.model
-            metrics.PREDICTIONS.labels(model=model.name, version=model.version).inc()
-            metrics.PREDICTED_ROWS.labels(model=model.name, version=model.version).inc(n)
-            counts = ((x < model.train_min) | (x > model.train_max)).sum(axis=0)
-            for feature, count in zip(columns, counts.tolist(), strict=True):
-                if count:
-                    metrics.OUT_OF_DOMAIN_ROWS.labels(model=model.name, feature=feature).inc(count)
+            counters = self._counters(model)
+            counters.predictions.inc()
+            counters.rows.inc(n)
+            if not all_in:  # the combined range is the narrowest, so all_in holds for every model too
+                model_outside: np.ndarray = outside if shared else (x < model.train_min) | (x > model.train_max)
+                counts: list[int] = model_outside.sum(axis=0).tolist()
+                for feature, count in zip(columns, counts, strict=True):
+                    if count:
+                        counters.out_of_domain[feature].inc(count)
 
         return {"models": {a.target.task: a.model.ref() for a in answering}, "predictions": result_rows}
+
+
+def _rows(predictions: dict[str, np.ndarray], flags: list[bool]) -> list[dict[str, Any]]:
+    """One dict per row: the targets, in_domain and an (empty) out_of_domain list.
+
+    Dict displays for the one- and two-target endpoints: 10,000 rows take ~1.5 ms instead of ~9 ms through
+    dict(zip(...)), which is a tenth of a 10,000-row request.
+    """
+    columns = list(predictions)
+    values = [p.tolist() for p in predictions.values()]
+    if len(columns) == 1:
+        c0, v0 = columns[0], values[0]
+        return [{c0: a, "in_domain": f, "out_of_domain": _NO_PROBLEMS} for a, f in zip(v0, flags, strict=True)]
+    if len(columns) == 2:
+        (c0, c1), (v0, v1) = columns, values
+        return [{c0: a, c1: b, "in_domain": f, "out_of_domain": _NO_PROBLEMS}
+                for a, b, f in zip(v0, v1, flags, strict=True)]
+    keys = (*columns, "in_domain", "out_of_domain")
+    return [dict(zip(keys, (*row, f, _NO_PROBLEMS), strict=True)) for *row, f in zip(*values, flags, strict=True)]
 
 
 def _to_array(rows: list[dict[str, float]], columns: list[str]) -> np.ndarray:

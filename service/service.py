@@ -25,9 +25,11 @@ from cellmfg.___domain import Kind
 from cellmfg.contract import contract_summary
 from service.config import SERVED_MODEL_NAMES, Settings
 from service.explain import Explainers
-from service.model_store import ModelStore, open_source
+from service.guards import RequestGuard
+from service.model_store import ModelStore
 from service.predict import Predictor, RequestRejectedError
 from service.schemas import ElectrodeRequest, ElectrodeResponse, GdlRequest, GdlResponse, ModelsResponse
+from service.sources import open_source
 
 log = logging.getLogger("cellmfg.service")
 
@@ -42,17 +44,25 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(to_json(body), status_code=status, media_type="application/json")
 
 
-# Request guards go here (a later issue): optional bearer-token auth and a request body-size limit belong in an
-# ASGI middleware registered with `CellMfgService.add_asgi_middleware(...)` below the class, so they run before
-# BentoML reads and validates the body; their settings belong in `service.config.Settings`.
-
-
-@bentoml.service(name="cellmfg", workers=1, traffic={"timeout": 600})
+@bentoml.service(
+    name="cellmfg",
+    workers=1,
+    traffic={"timeout": 600},  # a 10,000-row batch with explain=true takes ~15 s; leave room on a busy machine
+    # Two BentoML extras cost more per request than a single-row prediction (scripts/bench_service.py): the
+    # access-log line and an OpenTelemetry span that, with no exporter configured, goes nowhere. Request counts
+    # and latencies stay in BentoML's Prometheus metrics. Turn them back on with BENTOML_CONFIG_OVERRIDES=
+    # '{"services": {"cellmfg": {"logging": {"access": {"enabled": true}}, "tracing": {"excluded_urls": []}}}}'
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/predict/electrode", "/predict/gdl"]},
+)
 @bentoml.asgi_app(models_app, path="/")
 class CellMfgService:
     """Predicts electrode density and mass loading, and GDL tortuosity, from manufacturing parameters."""
 
     def __init__(self) -> None:
+        # BentoML sets the root logger to WARNING; model loads and swaps are the events an operator needs to see.
+        if logging.getLogger("cellmfg").level == logging.NOTSET:
+            logging.getLogger("cellmfg").setLevel(logging.INFO)
         self.settings = Settings.from_env()
         self.store = ModelStore(open_source(self.settings), SERVED_MODEL_NAMES, self.settings.ort_threads)
         self.store.load_all()
@@ -124,6 +134,10 @@ class CellMfgService:
         }
 
 
+_service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class
+# Request checks that run before BentoML reads the body: JSON only today; bearer-token auth and a body-size
+# limit go into the same middleware later (see service.guards).
+_service.add_asgi_middleware(RequestGuard)
 # BentoML shows the raw docstrings in the OpenAPI description; dedent them so Swagger renders paragraphs.
-for _api in CellMfgService.apis.values():  # type: ignore[attr-defined]  # the decorator returns a Service
+for _api in _service.apis.values():
     _api.doc = inspect.cleandoc(_api.doc or "")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +22,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cellmfg.___domain import DATASETS, MODEL_NAMES, TASKS, Kind, Task, feature_columns, model_name
+from cellmfg.___domain import DATASETS, TASKS, Kind, Task, feature_columns, model_name
 from cellmfg.contract import (
     CONTRACT_ARTIFACT,
+    BaseModelRef,
     Conformal,
     Contract,
     FeatureSpec,
@@ -44,7 +43,6 @@ OUTPUT_NAME = "prediction"
 HIDDEN = 32
 BACKGROUND_ROWS = 50
 EXPERIMENT = "cellmfg-service-tests"
-SERVED_NAMES: tuple[str, ...] = tuple(f"{name}_onnx" for name in MODEL_NAMES)
 
 # Typical target values, so fake predictions look like the quantity they stand for (and stay positive).
 _TARGET_LEVEL = {"density": 2.0, "mass_loading": 15.0, "tortuosity": 1.5}
@@ -110,8 +108,6 @@ def fake_contract(task: Task, onnx_bytes: bytes, relative_quantile: float = 0.08
     ]
     base = None
     if task.source is not None:
-        from cellmfg.contract import BaseModelRef
-
         base = BaseModelRef(name=model_name(task.target.task, task.source), version="1")
     name = f"{task.model_name}_onnx"
     return Contract(
@@ -269,8 +265,7 @@ def free_port() -> int:
 class ServerProcess:
     """`cellmfg serve` in a subprocess (it execs `bentoml serve`, keeping the PID) on a free port.
 
-    The process gets its own session so that, should BentoML's supervisor not stop its workers on SIGTERM, the
-    leftovers can be killed as that one process group and nothing else.
+    It runs in a session of its own, so a Ctrl-C meant for pytest does not reach it twice.
     """
 
     def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, bundle: Path | None = None,
@@ -314,9 +309,16 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
+        """SIGTERM to BentoML's supervisor, which stops its workers; any worker still alive after it is killed by
+        its PID (workers run in process groups of their own, so a group kill would miss them)."""
+        import psutil
+
         if self.process is None:
             return
-        pid = self.process.pid
+        try:
+            workers = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            workers = []
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -324,8 +326,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # our own session only: leftover workers, if any
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
         self.process = None
 
     def __enter__(self) -> ServerProcess:

@@ -7,7 +7,8 @@
   smoke test serves the same registry over HTTP with no file shared.
 - A real Prometheus with deploy/prometheus.yml and its alert rules scraping a running service; a project metric
   and every Grafana dashboard query read back through Prometheus's HTTP API.
-- `docker-compose config` accepts docker-compose.yml.
+- `docker-compose config` accepts docker-compose.yml; `bentoml build` packages the service and a bundle; the
+  README's deployment section shows the example request the smoke test posts and lists every setting.
 
 Every server is started here on a free loopback port in a temporary folder and stopped by its own PID (or its own
 process group) in a finalizer. Missing tools are installed by scripts/integration_deps.sh when this machine can
@@ -17,6 +18,7 @@ process group) in a finalizer. Missing tools are installed by scripts/integratio
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import pwd
@@ -75,6 +77,7 @@ def _ensure_tools() -> None:
         missing_driver = True
     if missing_driver or not (_pg_bin("pg_ctl") and shutil.which("prometheus") and shutil.which("docker-compose")):
         subprocess.run(["bash", str(DEPS_SCRIPT)], cwd=PROJECT_ROOT, timeout=900, check=False)
+        importlib.invalidate_caches()  # a driver installed into this virtualenv just now must be importable
 
 
 def _pg_bin(name: str) -> str | None:
@@ -183,11 +186,27 @@ def _metric(url: str, name: str, **labels: str) -> float:
 
 def _onnx_predictions(tracking_uri: str, name: str, rows: list[dict[str, float]]) -> tuple[str, np.ndarray]:
     """What the ONNX model behind `champion` predicts for `rows`, computed here from the registry, not the service."""
+    import mlflow
     import onnxruntime as ort
 
     from cellmfg.contract import fetch_registered
 
-    model = fetch_registered(tracking_uri, name, "champion")
+    # fetch_registered resolves models:/ URIs against MLflow's process-wide registry URI (the service has it from
+    # MLFLOW_TRACKING_URI); point it at this server for the call, then restore it.
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    progress_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        model = fetch_registered(tracking_uri, name, "champion")
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        if progress_bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress_bar
     x = np.array([[row[f] for f in model.contract.feature_names] for row in rows], dtype=np.float32)
     session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
     out = session.run([model.contract.output_name], {model.contract.input_name: x})[0]
@@ -198,21 +217,34 @@ def _onnx_predictions(tracking_uri: str, name: str, rows: list[dict[str, float]]
 # Docker image (runs first: the MLflow tests below reuse the image it builds)
 
 
+def _docker_engine_up() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=60, check=False).returncode == 0
+
+
 @pytest.fixture(scope="session")
-def smoke_image() -> dict[str, Any]:
-    """scripts/docker_smoke.sh, once: its outcome and the tag of the image it left."""
+def smoke_image() -> Iterator[dict[str, Any]]:
+    """scripts/docker_smoke.sh, once: its outcome and the tag of the image it left. A Docker engine that the
+    script's helper started for this session is stopped at the end, by the PID it recorded."""
     helper = PROJECT_ROOT.parent / "shared" / "tools" / "local-base-image.sh"
-    if not helper.exists():
-        engine = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True, timeout=60,
-                                                           check=False).returncode == 0
-        if not engine:
-            pytest.skip("no Docker engine answers and there is no ../shared/tools/local-base-image.sh to start one")
-    elif os.geteuid() != 0 and shutil.which("dockerd") is None:
+    engine_was_up = _docker_engine_up()
+    if not helper.exists() and not engine_was_up:
+        pytest.skip("no Docker engine answers and there is no ../shared/tools/local-base-image.sh to start one")
+    if not engine_was_up and os.geteuid() != 0 and shutil.which("dockerd") is None:
         pytest.skip("../shared/tools/local-base-image.sh needs root to install and start a Docker engine")
     started = time.monotonic()
-    result = subprocess.run(["bash", "scripts/docker_smoke.sh"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            env=_clean_env(IMAGE=SMOKE_IMAGE), timeout=1800, check=False)
-    return {"result": result, "seconds": time.monotonic() - started, "image": SMOKE_IMAGE}
+    try:
+        result = subprocess.run(["bash", "scripts/docker_smoke.sh"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, env=_clean_env(IMAGE=SMOKE_IMAGE, KEEP_DOCKER_ENGINE="1"),
+                                timeout=1800, check=False)
+        yield {"result": result, "seconds": time.monotonic() - started, "image": SMOKE_IMAGE}
+    finally:
+        pid_file = Path("/var/run/docker.pid")
+        if not engine_was_up and pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+                pid = int(pid_file.read_text().strip())
+                os.kill(pid, signal.SIGTERM)
+                _wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=60, what="dockerd to stop")
 
 
 @pytest.mark.timeout(1900)
@@ -256,6 +288,34 @@ def test_docker_compose_config_accepts_the_stack() -> None:
     mounts = " ".join(services["prometheus"]["volumes"] if isinstance(services["prometheus"]["volumes"][0], str)
                       else [f"{v['source']}:{v['target']}" for v in services["prometheus"]["volumes"]])
     assert "deploy/prometheus.yml" in mounts and "deploy/cellmfg-rules.yml" in mounts
+
+
+def _deploy_docs() -> str:
+    """The deployment section of README.md once merged there, else deploy/README-section.md."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    if "\n## Deploy" in readme:
+        return readme.split("\n## Deploy", 1)[1]
+    return (PROJECT_ROOT / "deploy" / "README-section.md").read_text()
+
+
+def test_the_readme_documents_the_example_request_and_every_setting() -> None:
+    """The smoke test posts service.schemas.EXAMPLE_INPUT: the README's curl example must be that request, and
+    its table must list every variable the service, the image and the compose stack read."""
+    from service.config import Settings
+    from service.schemas import EXAMPLE_INPUT
+
+    docs = _deploy_docs()
+    example = re.search(r"/predict/electrode .*?-d '(\{.*?\})'", docs, re.S)
+    assert example, "no curl example for /predict/electrode"
+    assert json.loads(example.group(1)) == EXAMPLE_INPUT
+    table = {m.group(1) for m in re.finditer(r"^\| `([A-Z_]+)` \|", docs, re.M)}
+    from_service = set(re.findall(r"\b(CELLMFG_[A-Z_]+|MLFLOW_TRACKING_URI)\b", Settings.__doc__ or ""))
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    from_compose = set(compose["services"]["cellmfg"]["environment"])
+    from_image = set(re.findall(r"\$\{(CELLMFG_[A-Z_]+|BENTOML_[A-Z_]+)", (PROJECT_ROOT / "deploy" /
+                                                                         "entrypoint.sh").read_text()))
+    assert from_service and from_service | from_compose | from_image <= table, \
+        sorted((from_service | from_compose | from_image) - table)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,6 +430,7 @@ def registry_stack(mlflow_server: dict[str, Any], tmp_path_factory: pytest.TempP
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-5000:]
     timings["promote one model"] = time.monotonic() - started
 
+    print("\nregistry stack timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     home = tmp_path_factory.mktemp("bentoml-home")
     service_env = _clean_env(MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS=str(POLL_SECONDS),
                              BENTOML_HOME=str(home), MLFLOW_DISABLE_TELEMETRY="true")
@@ -507,6 +568,46 @@ def test_the_image_serves_the_registry_over_http(registry_stack: dict[str, Any],
         np.testing.assert_allclose([p["tortuosity"] for p in body["predictions"]], expected_values, rtol=1e-6)
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bentofile.yaml
+
+
+@pytest.mark.timeout(300)
+def test_bentoml_build_packages_the_service_and_a_bundle_that_it_then_serves(tmp_path: Path) -> None:
+    """`bentoml build` with the project's bentofile.yaml on a copy of what a clone has after the main job (the
+    bundle here is the fakes'), in a private BentoML home; then `bentoml serve` of the built Bento."""
+    context = tmp_path / "clone"
+    for folder in ("cellmfg", "service"):
+        shutil.copytree(PROJECT_ROOT / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (context / "requirements").mkdir()
+    shutil.copy(PROJECT_ROOT / "requirements" / "serve.lock", context / "requirements" / "serve.lock")
+    shutil.copy(PROJECT_ROOT / "bentofile.yaml", context / "bentofile.yaml")
+    write_fake_bundle(context / "bundle")
+    home = tmp_path / "bentoml-home"
+    env = _clean_env(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true")
+    built = subprocess.run([str(VENV_BIN / "bentoml"), "build", "--output", "tag", str(context)], cwd=context,
+                           env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    bento = next((home / "bentos" / "cellmfg").glob("*/bento.yaml")).parent
+    packaged = {str(p.relative_to(bento / "src")) for p in (bento / "src").rglob("*") if p.is_file()}
+    assert {"service/service.py", "cellmfg/contract.py", "bundle/manifest.json",
+            "bundle/density_nmc_onnx.onnx"} <= packaged
+    assert not [p for p in packaged if p.startswith(("training/", "registry/", "tests/", "data/"))]
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime==" in requirements and "tensorflow" not in requirements
+
+    server = Daemon("bentoml serve", [str(VENV_BIN / "bentoml"), "serve", "cellmfg:latest", "--host", "127.0.0.1",
+                                      "--port", str(port := free_port())],
+                    tmp_path / "bento-serve.log", env={**env, "CELLMFG_BUNDLE": "bundle"}, cwd=tmp_path).start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=120,
+                  what="the built Bento to be ready", on_timeout=server.describe)
+        assert _models(url)["source"] == f"bundle {(bento / 'src' / 'bundle').resolve()}"
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,16 +26,10 @@ from service import metrics
 from service.cli import serve, server_environment
 from service.config import SERVED_MODEL_NAMES, ConfigError, Settings, served_name
 from service.explain import Explainers
-from service.model_store import (
-    BundleSource,
-    ModelLoadError,
-    ModelStore,
-    SourceUnavailableError,
-    build_served,
-    open_source,
-)
+from service.model_store import ModelLoadError, ModelStore, build_served
 from service.predict import Predictor, RequestRejectedError
 from service.schemas import Chemistry, ElectrodeRow, GdlDataset, GdlRow
+from service.sources import BundleSource, SourceUnavailableError, open_source
 
 TASK_BY_NAME = {f"{t.model_name}_onnx": t for t in TASKS}
 
@@ -144,6 +138,7 @@ def test_registry_is_preferred_and_an_unreachable_one_falls_back_to_the_bundle(
         bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # open_source pins it; restored after the test
     dead = "http://127.0.0.1:9"  # the discard port: connection refused at once
     source = open_source(Settings(bundle=bundle, tracking_uri=dead))
     assert isinstance(source, BundleSource)

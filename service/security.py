@@ -1,0 +1,404 @@
+"""Lab-server security baseline: optional bearer-token authentication and a request body-size limit.
+
+`SecurityMiddleware` is a pure ASGI middleware, registered on the BentoML service with `add_asgi_middleware` so it
+runs inside BentoML's metrics middleware (refused requests are still counted) and before BentoML reads a body.
+
+Environment variables (read when a worker starts, i.e. at each ASGI lifespan start-up):
+  CELLMFG_API_TOKEN       the bearer token clients must send as `Authorization: Bearer <token>`. Unset or empty:
+                          authentication is off, which suits a local run on 127.0.0.1; set it on every server other
+                          people's machines can reach. At least 16 visible ASCII characters, e.g. from
+                          `python -c "import secrets; print(secrets.token_urlsafe(32))"`.
+  CELLMFG_API_TOKEN_FILE  a file holding the token (a Docker or Kubernetes secret), used when CELLMFG_API_TOKEN is
+                          unset: the token then never appears in the container's environment or `docker inspect`.
+  CELLMFG_OPEN_PATHS      comma-separated paths answered without a token (default `/livez,/readyz,/metrics`, so
+                          probes and Prometheus need no secret); set it empty to protect every path.
+  CELLMFG_MAX_BODY_BYTES  the largest request body accepted, in bytes (default 16 MiB; a 10,000-row request is
+                          ~1.5 MB); larger bodies are answered 413 before they are parsed, whether they announce their
+                          size with Content-Length or arrive chunked.
+
+The token is compared in constant time (`hmac.compare_digest` over SHA-256 digests, so not even its length leaks),
+never logged and never echoed: a 401 says only whether a token was missing or wrong.
+
+`OpenAPIErrorDocs` completes the OpenAPI document BentoML generates at /docs.json with the error responses the
+service really sends: BentoML documents a 400 whose `detail` is a string, while the service answers with a list of
+problems, and it does not know the 401, 413, 415 and 503 answers of the middleware and the predictor at all.
+Clients and schema-driven fuzzers (schemathesis) then see a schema that every response matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from service.config import ConfigError
+
+log = logging.getLogger("cellmfg.service")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics")
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+MIN_TOKEN_LENGTH = 16
+# An over-size body is read and thrown away up to this many bytes (and for at most DRAIN_SECONDS) before the 413
+# is sent: a client still sending its body would otherwise see the connection reset instead of the answer.
+# Beyond either bound the connection is simply closed after the 413.
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 10.0
+REALM = "cellmfg"
+
+
+def _ascii_token(text: str, source: str) -> bytes:
+    token = text.strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"{source}: the token has {len(token)} characters; use at least {MIN_TOKEN_LENGTH}, e.g. "
+                          "the output of `python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
+    if not all(33 <= ord(char) <= 126 for char in token):
+        raise ConfigError(f"{source}: the token must be visible ASCII characters only (no spaces), since clients "
+                          "send it in an HTTP header")
+    return token.encode("ascii")
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """What the middleware enforces; `repr` never shows the token."""
+
+    token: bytes | None = field(default=None, repr=False)
+    open_paths: frozenset[str] = frozenset(DEFAULT_OPEN_PATHS)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    token_source: str = ""
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.token is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SecuritySettings:
+        env = os.environ if env is None else env
+        token: bytes | None = None
+        source = ""
+        if env.get("CELLMFG_API_TOKEN", "").strip():
+            source = "CELLMFG_API_TOKEN"
+            token = _ascii_token(env["CELLMFG_API_TOKEN"], source)
+        elif env.get("CELLMFG_API_TOKEN_FILE", "").strip():
+            path = Path(env["CELLMFG_API_TOKEN_FILE"].strip()).expanduser()
+            source = f"CELLMFG_API_TOKEN_FILE={path}"
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"{source}: cannot read the token file: {type(error).__name__}") from None
+            token = _ascii_token(text, source)
+        raw_paths = env.get("CELLMFG_OPEN_PATHS")
+        if raw_paths is None:
+            open_paths = frozenset(DEFAULT_OPEN_PATHS)
+        else:
+            open_paths = frozenset(p.strip() for p in raw_paths.split(",") if p.strip())
+            bad = sorted(p for p in open_paths if not p.startswith("/"))
+            if bad:
+                raise ConfigError(f"CELLMFG_OPEN_PATHS: paths must start with '/', got {', '.join(bad)}")
+        text = env.get("CELLMFG_MAX_BODY_BYTES", "").strip()
+        max_body = DEFAULT_MAX_BODY_BYTES
+        if text:
+            try:
+                max_body = int(text)
+            except ValueError:
+                raise ConfigError(f"CELLMFG_MAX_BODY_BYTES={text!r}: not a valid int") from None
+            if max_body < 1024:
+                raise ConfigError(f"CELLMFG_MAX_BODY_BYTES={text!r}: must be at least 1024")
+        return cls(token=token, open_paths=open_paths, max_body_bytes=max_body, token_source=source)
+
+    def describe(self) -> str:
+        """One log line; names where the token came from, never the token."""
+        limit = f"request bodies up to {self.max_body_bytes} bytes"
+        if not self.auth_enabled:
+            return (f"API authentication off (CELLMFG_API_TOKEN unset): anyone who can reach this port can use the "
+                    f"API; {limit}")
+        opened = ", ".join(sorted(self.open_paths)) or "none"
+        return f"API authentication on (bearer token from {self.token_source}; open paths: {opened}); {limit}"
+
+
+async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON error in the service's shape: {"error": message, "detail": []}."""
+    payload = json.dumps({"error": message, "detail": []}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _header(scope: Scope, name: bytes) -> list[bytes]:
+    return [value for key, value in scope.get("headers", ()) if key.lower() == name]
+
+
+class SecurityMiddleware:
+    """Bearer-token authentication (optional) and the request body-size limit; see the module docstring.
+
+    `settings` fixes the configuration (tests); without it the environment is read when the app is built and again
+    at every lifespan start-up, so a worker always enforces the environment it was started with.
+    """
+
+    def __init__(self, app: ASGIApp, settings: SecuritySettings | None = None) -> None:
+        self.app = app
+        self._fixed = settings is not None
+        self._error: ConfigError | None = None
+        self.settings = settings or SecuritySettings(token=b"\0unusable", open_paths=frozenset())
+        self._token_digest = b""
+        if settings is None:
+            self._reload()
+        else:
+            self._apply(settings)
+
+    def _apply(self, settings: SecuritySettings) -> None:
+        self.settings = settings
+        self._token_digest = hashlib.sha256(settings.token).digest() if settings.token is not None else b""
+
+    def _reload(self) -> None:
+        try:
+            self._apply(SecuritySettings.from_env())
+            self._error = None
+        except ConfigError as error:
+            # Fail closed: until the configuration is fixed nothing but the lifespan failure gets through.
+            self._error = error
+
+    # -- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        elif kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket" and not self._authorized(scope):
+            await send({"type": "websocket.close", "code": 1008, "reason": "authentication required"})
+        else:
+            await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        first = await receive()
+        if first["type"] == "lifespan.startup":
+            if not self._fixed:
+                self._reload()
+            if self._error is not None:
+                log.error("cannot start: %s", self._error)
+                await send({"type": "lifespan.startup.failed", "message": f"cellmfg security settings: {self._error}"})
+                return
+            log.info("%s", self.settings.describe())
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self._error is not None:
+            return False
+        if not self.settings.auth_enabled or scope.get("path", "") in self.settings.open_paths:
+            return True
+        return self._check_token(scope) == "ok"
+
+    def _check_token(self, scope: Scope) -> str:
+        """'ok', 'missing' or 'invalid'; constant time in the token."""
+        values = _header(scope, b"authorization")
+        if not values:
+            return "missing"
+        scheme, _, credentials = values[0].strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not credentials.strip():
+            return "missing"
+        given = hashlib.sha256(credentials.strip()).digest()
+        return "ok" if hmac.compare_digest(given, self._token_digest) and len(values) == 1 else "invalid"
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._error is not None:
+            await send_error(send, 500, "the server's security settings are invalid; see the server log")
+            return
+        settings = self.settings
+        if settings.auth_enabled and scope.get("path", "") not in settings.open_paths:
+            verdict = self._check_token(scope)
+            if verdict != "ok":
+                challenge = f'Bearer realm="{REALM}"'
+                if verdict == "invalid":
+                    challenge += ', error="invalid_token"'
+                    message = "the bearer token is not valid for this server"
+                else:
+                    message = ("authentication required: send the header 'Authorization: Bearer <token>' with the "
+                               "token this server was configured with (CELLMFG_API_TOKEN)")
+                await send_error(send, 401, message, [(b"www-authenticate", challenge.encode())])
+                return
+
+        limit = settings.max_body_bytes
+        lengths = _header(scope, b"content-length")
+        if lengths:
+            try:
+                declared = {int(value) for value in b",".join(lengths).split(b",")}
+            except ValueError:
+                declared = set()
+            if len(declared) != 1 or min(declared) < 0:
+                await send_error(send, 400, "invalid Content-Length header")
+                return
+            size = declared.pop()
+            if size > limit:
+                await self._refuse_oversize(receive, send, size, limit, drain=size <= DRAIN_LIMIT_BYTES)
+                return
+            # The HTTP server stops the body at the announced length, so nothing more can arrive.
+            await self.app(scope, receive, send)
+            return
+        if not _header(scope, b"transfer-encoding"):
+            await self.app(scope, receive, send)  # no body at all
+            return
+        # A chunked body: read it here, up to the limit, and hand it on only if it fits.
+        chunks: list[Message] = []
+        received = 0
+        while True:
+            chunk = await receive()
+            if chunk["type"] != "http.request":
+                chunks.append(chunk)  # a disconnect: let the app see it
+                break
+            received += len(chunk.get("body", b""))
+            if received > limit:
+                await self._refuse_oversize(receive, send, None, limit, drain=True, already=received)
+                return
+            chunks.append(chunk)
+            if not chunk.get("more_body", False):
+                break
+        queued = iter(chunks)
+
+        async def replay() -> Message:
+            for queued_message in queued:
+                return queued_message
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse_oversize(self, receive: Receive, send: Send, size: int | None, limit: int, drain: bool,
+                               already: int = 0) -> None:
+        if drain:
+            drained = already
+            with anyio.move_on_after(DRAIN_SECONDS):
+                while drained <= DRAIN_LIMIT_BYTES:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away: nobody to answer
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+        told = f"{size} bytes" if size is not None else f"more than {limit} bytes (chunked)"
+        await send_error(send, 413, f"request body of {told} is larger than this server accepts ({limit} bytes, "
+                                    f"CELLMFG_MAX_BODY_BYTES): split the batch into smaller requests",
+                         [(b"connection", b"close")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# OpenAPI: document the errors the service really sends
+
+ERROR_SCHEMA_NAME = "CellMfgError"
+ERROR_DETAIL_SCHEMA_NAME = "CellMfgErrorDetail"
+_ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
+_ERROR_SCHEMAS: dict[str, Any] = {
+    ERROR_SCHEMA_NAME: {
+        "type": "object", "title": ERROR_SCHEMA_NAME, "required": ["error"],
+        "description": "Every error the service answers: a message, and for invalid requests one entry per problem",
+        "properties": {
+            "error": {"type": "string", "title": "Message"},
+            "detail": {"type": "array", "title": "Problems", "items": {"$ref":
+                       f"#/components/schemas/{ERROR_DETAIL_SCHEMA_NAME}"}},
+        },
+    },
+    ERROR_DETAIL_SCHEMA_NAME: {
+        "type": "object", "title": ERROR_DETAIL_SCHEMA_NAME, "required": ["type", "loc", "msg"],
+        "properties": {
+            "type": {"type": "string"},
+            "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+            "msg": {"type": "string", "description": "names the row, the field, the value sent and what is allowed"},
+        },
+    },
+}
+_BODY_ERRORS = {
+    "400": "Invalid request: one entry per problem, naming row, field, value and what is allowed",
+    "413": "Too many rows, or a body larger than CELLMFG_MAX_BODY_BYTES",
+    "415": "A body that is not application/json",
+    "503": "A model this request needs is not loaded, or explanations are not available yet",
+}
+_AUTH_ERROR = "Missing or invalid bearer token (only when the server sets CELLMFG_API_TOKEN)"
+
+
+def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[str, Any]:
+    """`spec` (BentoML's OpenAPI document, changed in place and returned) with the service's real error answers."""
+    components = spec.setdefault("components", {})
+    components.setdefault("schemas", {}).update(_ERROR_SCHEMAS)
+    if settings.auth_enabled:
+        components.setdefault("securitySchemes", {})["bearerAuth"] = {
+            "type": "http", "scheme": "bearer", "description": "the server's CELLMFG_API_TOKEN"}
+    for path, item in spec.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
+                continue
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                # BentoML leaves `required` out, yet an empty body is refused (400): the body is required.
+                operation["requestBody"]["required"] = True
+                for status, description in _BODY_ERRORS.items():
+                    responses[status] = {"description": description,
+                                         "content": {"application/json": {"schema": _ERROR_REF}}}
+            if settings.auth_enabled:
+                if path in settings.open_paths:
+                    operation["security"] = []
+                else:
+                    operation["security"] = [{"bearerAuth": []}]
+                    responses["401"] = {"description": _AUTH_ERROR,
+                                        "content": {"application/json": {"schema": _ERROR_REF}}}
+    return spec
+
+
+class OpenAPIErrorDocs:
+    """Rewrites the OpenAPI document at `path` (BentoML's /docs.json) with `document_errors`."""
+
+    def __init__(self, app: ASGIApp, path: str = "/docs.json", settings: SecuritySettings | None = None) -> None:
+        self.app = app
+        self.path = path
+        self._settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        parts: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if start is None:
+            return
+        body = b"".join(parts)
+        if start.get("status") == 200:
+            try:
+                settings = self._settings or SecuritySettings.from_env()
+                body = json.dumps(document_errors(json.loads(body), settings)).encode()
+            except (ValueError, ConfigError, AttributeError, TypeError):
+                log.exception("could not complete the OpenAPI document; serving BentoML's as it is")
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,152 @@
+"""Where served models come from: the MLflow registry by alias, or a bundle directory.
+
+A source says cheaply which revision of a model is current (the poller asks every interval) and fetches it as a
+verified `cellmfg.contract.LoadedModel`. Importing this module costs almost nothing (MLflow and the contract
+code load on first use), so `cellmfg serve` can check the source before starting BentoML.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from service.config import Settings
+
+if TYPE_CHECKING:
+    from cellmfg.contract import LoadedModel
+
+log = logging.getLogger("cellmfg.service")
+
+
+class SourceUnavailableError(RuntimeError):
+    """Neither the registry nor the bundle can provide models."""
+
+
+class ModelSource(Protocol):
+    description: str
+
+    def check(self) -> None:
+        """Raise SourceUnavailableError unless the source answers at all."""
+
+    def revision(self, name: str) -> str:
+        """Cheap: an identifier of what `fetch` would return now."""
+
+    def revision_of(self, model: LoadedModel) -> str: ...
+
+    def fetch(self, name: str) -> LoadedModel: ...
+
+    def origin(self, model: LoadedModel) -> str: ...
+
+
+class RegistrySource:
+    """The model versions an MLflow registry alias points to."""
+
+    def __init__(self, tracking_uri: str, alias: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.alias = alias
+        self.description = f"MLflow registry {tracking_uri} (alias {alias!r})"
+        self._mlflow_client: Any = None
+
+    def _client(self) -> Any:
+        # One client for the source's life: building one opens (and for SQL stores migrates) a store connection.
+        if self._mlflow_client is None:
+            from mlflow import MlflowClient
+
+            self._mlflow_client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._mlflow_client
+
+    def check(self) -> None:
+        try:
+            self._client().search_registered_models(max_results=1)
+        except Exception as error:
+            raise SourceUnavailableError(
+                f"{self.description} is unreachable: {type(error).__name__}: {str(error)[:300]}") from error
+
+    def revision(self, name: str) -> str:
+        return str(self._client().get_model_version_by_alias(name, self.alias).version)
+
+    def revision_of(self, model: LoadedModel) -> str:
+        return model.version
+
+    def fetch(self, name: str) -> LoadedModel:
+        from cellmfg.contract import fetch_registered
+
+        return fetch_registered(self.tracking_uri, name, self.alias)
+
+    def origin(self, model: LoadedModel) -> str:
+        return f"models:/{model.name}/{model.version} (@{self.alias}) at {self.tracking_uri}"
+
+
+class BundleSource:
+    """A bundle directory; rewriting the bundle (the manifest goes last) is picked up like a moved alias."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.description = f"bundle {directory}"
+
+    def _manifest(self) -> dict[str, Any]:
+        text = (self.directory / "manifest.json").read_text()
+        return {entry["name"]: entry for entry in json.loads(text)["models"]}
+
+    def check(self) -> None:
+        try:
+            self._manifest()
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SourceUnavailableError(f"{self.description}: no readable manifest.json ({error})") from error
+
+    def revision(self, name: str) -> str:
+        entry = self._manifest().get(name)
+        if entry is None:
+            raise KeyError(f"{name} is not in {self.directory / 'manifest.json'}")
+        return f"{entry['version']}@{entry['onnx_sha256'][:16]}"
+
+    def revision_of(self, model: LoadedModel) -> str:
+        return f"{model.version}@{(model.contract.onnx_sha256 or '')[:16]}"
+
+    def fetch(self, name: str) -> LoadedModel:
+        from cellmfg.contract import ContractError, load_bundle
+
+        for model in load_bundle(self.directory):
+            if model.name == name:
+                return model
+        raise ContractError(f"{self.directory / 'manifest.json'}: no model {name!r} in the bundle")
+
+    def origin(self, model: LoadedModel) -> str:
+        return f"{self.directory}/{model.name}.onnx"
+
+
+def open_source(settings: Settings) -> ModelSource:
+    """The registry when configured and reachable, else the bundle; raise SourceUnavailableError naming both."""
+    problems = []
+    if settings.tracking_uri:
+        # MLflow's default HTTP retries take minutes against a dead server; start-up should fail (or fall back)
+        # quickly, and the poller simply tries again next interval.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # cellmfg.contract.fetch_registered resolves models:/ URIs against the process-wide registry URI, which
+        # MLFLOW_REGISTRY_URI (exported by mlflow.set_registry_uri) may point elsewhere: one registry for all.
+        registry_env = os.environ.get("MLFLOW_REGISTRY_URI")
+        if registry_env and registry_env != settings.tracking_uri:
+            log.warning("MLFLOW_REGISTRY_URI=%s differs from MLFLOW_TRACKING_URI; serving from %s", registry_env,
+                        settings.tracking_uri)
+        os.environ["MLFLOW_REGISTRY_URI"] = settings.tracking_uri
+        registry = RegistrySource(settings.tracking_uri, settings.alias)
+        try:
+            registry.check()
+            return registry
+        except SourceUnavailableError as error:
+            problems.append(str(error))
+            if settings.bundle is None:
+                raise SourceUnavailableError(f"{error}; set CELLMFG_BUNDLE to serve from a bundle instead") from error
+            log.warning("%s; falling back to bundle %s", error, settings.bundle)
+    if settings.bundle is not None:
+        bundle = BundleSource(settings.bundle)
+        try:
+            bundle.check()
+            return bundle
+        except SourceUnavailableError as error:
+            problems.append(str(error))
+    raise SourceUnavailableError("no usable model source: " + "; ".join(problems))
