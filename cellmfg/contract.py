@@ -90,7 +90,8 @@ class Contract(_Strict):
     task: str
     dataset: str
     kind: Literal["electrode", "gdl"]
-    role: Literal["pretrained", "transfer"]
+    # zero_shot: a target served by its pretrained source net, because no transfer beat it (registry fallback)
+    role: Literal["pretrained", "transfer", "zero_shot"]
     target: TargetSpec
     input_name: str = ONNX_INPUT_NAME
     output_name: str

@@ -35,6 +35,9 @@ def promote_command(
     model: Annotated[str | None, typer.Option(help="Registered Keras model name, e.g. density_nmc.")] = None,
     version: Annotated[str | None, typer.Option(help="Version to promote (default: lowest test MAPE).")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Promote all eight task/dataset models.")] = False,
+    zero_shot_fallback: Annotated[bool, typer.Option(
+        help="When a transfer does not beat its pretrained net as is, serve that net for the target instead.")]
+    = True,
     as_json: JsonOption = False,
 ) -> None:
     """Export to ONNX, pass the parity and metric gates, register `{name}_onnx` and move `champion`."""
@@ -50,7 +53,14 @@ def promote_command(
     results, failures = [], []
     for name in names:
         try:
-            result = promote.promote(name, version)
+            try:
+                result = promote.promote(name, version)
+            except promote.ZeroShotGateError as error:
+                if not zero_shot_fallback:
+                    raise
+                err.print(f"{escape(f'{name}: {error}')}; serving the pretrained net as is instead",
+                          highlight=False, soft_wrap=True)
+                result = promote.promote_zero_shot(name, version)
         except promote.GateError as error:
             failures.append({"name": name, "error": str(error)})
             err.print(f"[red]{escape(f'{name}: {error}')}[/]", highlight=False, soft_wrap=True)

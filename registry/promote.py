@@ -42,6 +42,10 @@ class GateError(RuntimeError):
     """A promotion gate failed; nothing was logged and no alias moved."""
 
 
+class ZeroShotGateError(GateError):
+    """A transfer model did not beat its own pretrained net applied as is."""
+
+
 @dataclass(frozen=True)
 class Promotion:
     name: str
@@ -145,10 +149,15 @@ def onnx_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def parity_error(keras_model: Any, onnx_bytes: bytes, probe: np.ndarray) -> float:
-    """Largest relative difference between onnxruntime and Keras on the probe rows."""
+    """Largest difference between onnxruntime and Keras on the probe rows, relative to the prediction.
+
+    The denominator is floored at the mean |prediction|: a corner of the training box where a prediction passes
+    near zero would otherwise turn float32 rounding (~1e-7 of the operands) into a large "relative" error.
+    """
     expected = np.asarray(keras_model(probe, training=False), dtype=float).reshape(-1)
     actual = onnx_predict(onnx_bytes, probe)
-    return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-12)))
+    scale = np.maximum(np.abs(expected), max(float(np.mean(np.abs(expected))), 1e-12))
+    return float(np.max(np.abs(actual - expected) / scale))
 
 
 def parity_gate(keras_model: Any, onnx_bytes: bytes, probe: np.ndarray) -> float:
@@ -179,15 +188,17 @@ def metric_gate(inputs: dict[str, Any], champion: contracts.Contract | None, rol
                         f"by {mape - champion.metrics.test_mape_pct:.3f} points")
     zero_shot = inputs["metrics"].get("zero_shot_test_mape_pct")
     if role == "transfer" and zero_shot is not None and not mape < zero_shot:
-        raise GateError(f"metric gate: transfer test MAPE {mape:.3f}% is not better than the zero-shot "
+        raise ZeroShotGateError(f"metric gate: transfer test MAPE {mape:.3f}% is not better than the zero-shot "
                         f"pretrained net's {zero_shot:.3f}% on the same split (by {mape - zero_shot:.3f} points)")
 
 
 # -- step 5 ------------------------------------------------------------------------------------------------------
 
 
-def build_contract(model_version: Any, inputs: dict[str, Any], onnx_model: Any) -> contracts.Contract:
+def build_contract(model_version: Any, inputs: dict[str, Any], onnx_model: Any, served_as: str | None = None,
+                   role: str | None = None) -> contracts.Contract:
     tags = model_version.tags
+    chosen_role: Any = role or tags.get("role", "pretrained")  # validated by the Contract model
     quantities = all_quantities(inputs["kind"])
     features = [contracts.FeatureSpec(name=f, unit=quantities[f].unit, train_min=low, train_max=high,
                                       physical_min=quantities[f].physical_min,
@@ -198,8 +209,9 @@ def build_contract(model_version: Any, inputs: dict[str, Any], onnx_model: Any) 
     base = (contracts.BaseModelRef(name=tags["base_model_name"], version=tags["base_model_version"])
             if tags.get("base_model_name") else None)
     return contracts.Contract(
-        name=onnx_name(model_version.name), task=inputs["task"], dataset=inputs["dataset"], kind=inputs["kind"],
-        role=tags.get("role", "pretrained"), target=contracts.TargetSpec(**inputs["target"]),
+        name=onnx_name(served_as or model_version.name), task=inputs["task"], dataset=inputs["dataset"],
+        kind=inputs["kind"], role=chosen_role,
+        target=contracts.TargetSpec(**inputs["target"]),
         output_name=onnx_model.graph.output[0].name, features=features,
         metrics=contracts.Metrics(
             test_mape_pct=metrics["test_mape_pct"], test_mape_pct_mean=metrics.get("test_mape_pct_mean"),
@@ -298,6 +310,51 @@ def promote(name: str, version: str | None = None) -> Promotion:
     # 6. move the aliases
     former = move_aliases(contract.name, new_version)
     return Promotion(name, str(candidate.version), contract.name, new_version, former, parity,
+                     contract.metrics.test_mape_pct)
+
+
+def promote_zero_shot(name: str, version: str | None = None) -> Promotion:
+    """Serve a target with its pretrained source net when no transfer beats it (the zero-shot gate failed).
+
+    The same recipe on the base net: export, parity on probes from both datasets, metric gate with the zero-shot
+    test MAPE on the target's split, a contract whose ranges and SHAP background are the source net's own
+    training data (what it knows) and whose conformal quantile comes from the target's held-out rows.
+    """
+    from training.evaluate import conformal_relative_quantile
+
+    # 1. pick the candidate: the transfer's base net, with the target's split for scoring
+    candidate = pick_candidate(name, version)
+    target_inputs = serving_inputs(candidate)
+    base = _client().get_model_version(candidate.tags["base_model_name"], candidate.tags["base_model_version"])
+    base_inputs = serving_inputs(base)
+    champion = champion_contract(name)
+    if champion is not None and champion.role == "zero_shot" and \
+            champion.lineage.keras_model_version == str(base.version):
+        return Promotion(name, str(base.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION) or "",
+                         None, 0.0, champion.metrics.test_mape_pct, skipped=True)
+    # 2. export it to ONNX
+    keras_model = load_keras(base)
+    onnx_model = export_onnx(keras_model, len(base_inputs["feature_names"]))
+    # 3. parity gate on the source's and the target's probe rows
+    onnx_bytes = onnx_model.SerializeToString()
+    parity = parity_gate(keras_model, onnx_bytes, np.vstack([probe_set(base_inputs), probe_set(target_inputs)]))
+    # 4. metric gate: the zero-shot score on the target's test rows, against the current champion
+    test_x, test_y = np.asarray(target_inputs["test_x"]), np.asarray(target_inputs["test_y"])
+    predictions = onnx_predict(onnx_bytes, test_x.astype("float32"))
+    inputs = {**base_inputs, "task": target_inputs["task"], "dataset": target_inputs["dataset"],
+              "metrics": {"test_mape_pct": target_inputs["metrics"]["zero_shot_test_mape_pct"]},
+              "conformal": {"coverage": 0.9, "n_calibration": len(test_y),
+                            "relative_quantile": conformal_relative_quantile(test_y, predictions, 0.9)}}
+    metric_gate(inputs, champion, "zero_shot")
+    # 5. write the contract, log the ONNX model under the target's name, verify what was stored
+    onnx_bytes, contract = embed_contract(onnx_model, build_contract(base, inputs, onnx_model, served_as=name,
+                                                                     role="zero_shot"))
+    new_version = log_onnx(base, onnx_bytes, contract)
+    _verify_logged(contracts.LoadedModel(name=contract.name, version=new_version, alias="", contract=contract,
+                                         onnx_bytes=onnx_bytes), _uri())
+    # 6. move the aliases
+    former = move_aliases(contract.name, new_version)
+    return Promotion(name, str(base.version), contract.name, new_version, former, parity,
                      contract.metrics.test_mape_pct)
 
 

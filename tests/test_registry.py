@@ -155,3 +155,17 @@ def test_bundle_loads_with_onnxruntime_and_refuses_tampering(registry: dict[str,
     onnx_file.unlink()
     with pytest.raises(contracts.ContractError, match="missing from the bundle"):
         contracts.load_bundle(bundle)
+
+
+def test_zero_shot_fallback_serves_the_base_net_only_if_no_better_champion(registry: dict[str, Any]) -> None:
+    champion = _aliases("density_nmc_onnx").get("champion")
+    if champion is not None:  # the transfer passed its gates: its far better MAPE keeps the zero-shot net out
+        with pytest.raises(promote.GateError, match="worse than the champion"):
+            promote.promote_zero_shot("density_nmc")
+        assert _aliases("density_nmc_onnx")["champion"] == champion
+        return
+    result = promote.promote_zero_shot("density_nmc")
+    model = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion")
+    assert model.contract.role == "zero_shot" and model.contract.dataset == "nmc"
+    assert model.contract.lineage.keras_model_name == "density_graphite"
+    assert result.test_mape_pct == pytest.approx(registry["transfer"].scores["zero_shot"].paper)
