@@ -234,11 +234,13 @@ def fetch_registered(tracking_uri: str, name: str, alias: str) -> LoadedModel:
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
-    version = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
-        name, alias)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = client.get_model_version_by_alias(name, alias)
+    # The version's own artifact location, not a models:/ URI: that one would be resolved against the
+    # process-wide registry URI, which child processes inherit and may point elsewhere.
+    source = client.get_model_version_download_uri(name, version.version)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp,
-                                            tracking_uri=tracking_uri))
+        model_dir = Path(download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri))
         onnx_files = sorted(model_dir.rglob("*.onnx"))
         if not onnx_files:
             raise ContractError(f"models:/{name}/{version.version}: no .onnx file in the model artifacts")

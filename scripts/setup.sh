@@ -25,6 +25,7 @@ fi
 # uv resolves nothing here (the lock is exact); it only makes the install about ten times faster than pip.
 .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"
 echo "setup: installing $lock into .venv" >&2
-VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q -r "$lock"
+# Compiled bytecode: without it every service process recompiles BentoML at start (~2.4 s of a 5 s cold start).
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q --compile-bytecode -r "$lock"
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q --no-deps -e .
 echo "$want" > "$stamp"
