@@ -20,6 +20,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Keeps `cellmfg serve` a sub-command even where it is the only stage installed (the serving image)."""
+
+
 def _add_stage(module: str, attribute: str, name: str, help_text: str) -> None:
     """Mount a stage's Typer app; a stage whose libraries are not installed (serving image) is left out."""
     try:

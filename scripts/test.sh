@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh train
+# The integration tier needs Prometheus, docker-compose, PostgreSQL and a Docker engine; installs what is missing.
+bash scripts/integration_deps.sh
 echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy" && .venv/bin/mypy
 echo "== pytest"

@@ -59,7 +59,9 @@ def serve(
         help="Bundle directory to serve from (sets CELLMFG_BUNDLE). With MLFLOW_TRACKING_URI also set, the "
              "registry is preferred and the bundle is the fallback.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes, each with its own model sessions.")] = 1,
-    alias: Annotated[str, typer.Option(help="Registry alias to serve and follow (sets CELLMFG_ALIAS).")] = "champion",
+    alias: Annotated[str | None, typer.Option(
+        envvar="CELLMFG_ALIAS",
+        help="Registry alias to serve and follow (default: CELLMFG_ALIAS, else champion).")] = None,
 ) -> None:
     """Start the prediction service (BentoML + onnxruntime) on PORT.
 

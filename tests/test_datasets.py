@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cellmfg import cli
-from cellmfg.dataio import DATA_DIR, load_shipped
 from cellmfg.___domain import DATASETS
+from cellmfg.dataio import DATA_DIR, load_shipped
 from training import datagen
 
 

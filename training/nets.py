@@ -57,9 +57,10 @@ def build_transfer(base: keras.Model, x_target_train: np.ndarray, y_target_train
     The adapter reads the frozen net's last hidden representation and its prediction; its output layer also
     sees that prediction directly, initialised so that training starts from the pretrained net's own answer
     (plus the mean offset on the target). Where the source already transfers well (GDL200 → GDL1000) the
-    adapter only learns a small correction; where it extrapolates wildly (graphite → NMC) it can drop it. The target's inputs can lie far outside the source's (Si
-    share 8–15 wt% vs graphite 91–95.5), giving frozen activations of scales no source row produced; a
-    non-trainable standardisation fitted on the target's training rows brings them back to a learnable scale.
+    adapter only learns a small correction; where it extrapolates wildly (graphite → NMC) it can drop it.
+    The target's inputs can lie far outside the source's (Si share 8–15 wt% vs graphite 91–95.5), giving
+    frozen activations of scales no source row produced; a non-trainable standardisation fitted on the
+    target's training rows brings them back to a learnable scale.
     Only the adapter's two Dense layers are trained.
     """
     # A copy, so freezing (and fine-tuning's unfreezing) never touches the caller's pretrained net.
