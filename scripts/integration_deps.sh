@@ -70,7 +70,7 @@ fi
 report() { command -v "$1" >/dev/null 2>&1 && echo "$1: $("$@" 2>&1 | head -1)" || echo "$1: missing"; }
 {
   if have_postgres; then
-    pg_bin=$(command -v pg_ctl || ls -d /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)
+    pg_bin=$(command -v pg_ctl || printf '%s\n' /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)
     echo "pg_ctl: $("$pg_bin" --version)"
   else
     echo "pg_ctl: missing"

@@ -4,10 +4,9 @@
 still counted) and outside its router. Today it only insists on JSON for the prediction routes: BentoML would
 otherwise hand a multipart or form body to its multipart parser, whose errors surface as 500s.
 
-A later issue adds here, configured through `service.config.Settings`:
-  * optional bearer-token auth (compare the `authorization` header with a secret in constant time, 401 otherwise);
-  * a request body-size limit (refuse on `content-length` up front with 413, and count bytes in `receive` for
-    chunked bodies), which also bounds the memory a 10,000-row request may take.
+Optional bearer-token auth and a request body-size limit (a later issue) belong in middleware of this kind,
+registered beside this one in `service.service` and placed outside it, so that an unauthenticated or over-size
+request is refused before anything else looks at it.
 """
 
 from __future__ import annotations

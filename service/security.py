@@ -194,6 +194,9 @@ class SecurityMiddleware:
                 log.error("cannot start: %s", self._error)
                 await send({"type": "lifespan.startup.failed", "message": f"cellmfg security settings: {self._error}"})
                 return
+            # BentoML sets the root logger to WARNING; this line is one an operator must be able to see.
+            if logging.getLogger("cellmfg").level == logging.NOTSET:
+                logging.getLogger("cellmfg").setLevel(logging.INFO)
             log.info("%s", self.settings.describe())
         replayed = False
 

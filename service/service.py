@@ -135,8 +135,8 @@ class CellMfgService:
 
 
 _service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class
-# Request checks that run before BentoML reads the body: JSON only today; bearer-token auth and a body-size
-# limit go into the same middleware later (see service.guards).
+# Request checks that run before BentoML reads the body (see service.guards). Bearer-token auth and a body-size
+# limit (a later issue) are registered here too, before this line, so they wrap the guard.
 _service.add_asgi_middleware(RequestGuard)
 # BentoML shows the raw docstrings in the OpenAPI description; dedent them so Swagger renders paragraphs.
 for _api in _service.apis.values():

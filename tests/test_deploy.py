@@ -191,8 +191,8 @@ def _onnx_predictions(tracking_uri: str, name: str, rows: list[dict[str, float]]
 
     from cellmfg.contract import fetch_registered
 
-    # fetch_registered resolves models:/ URIs against MLflow's process-wide registry URI (the service has it from
-    # MLFLOW_TRACKING_URI); point it at this server for the call, then restore it.
+    # MLflow's process-wide URIs point at this server for the call too (an earlier fetch_registered resolved
+    # models:/ URIs against them), and are restored after it; no progress bars in the test output.
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     progress_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     mlflow.set_tracking_uri(tracking_uri)
@@ -566,6 +566,60 @@ def test_the_image_serves_the_registry_over_http(registry_stack: dict[str, Any],
         body = httpx.post(f"{container}/predict/gdl", json={"dataset": "gdl200", "rows": rows}, timeout=60).json()
         _, expected_values = _onnx_predictions(uri, "tortuosity_gdl200_onnx", rows)
         np.testing.assert_allclose([p["tortuosity"] for p in body["predictions"]], expected_values, rtol=1e-6)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
+
+
+@pytest.mark.timeout(1200)
+def test_the_compose_mlflow_image_runs_on_postgres_with_proxied_artefacts(postgres: dict[str, Any],
+                                                                          smoke_image: dict[str, Any]) -> None:
+    """deploy/mlflow/Dockerfile (the compose stack's MLflow), built and run against the test PostgreSQL: a client
+    logs a run and an artefact over HTTP, and the artefact lands in the container's artefact volume."""
+    import psycopg
+    from mlflow import MlflowClient
+
+    if not _image_available(smoke_image):
+        pytest.skip("no Docker engine (see the Docker smoke test)")
+    helper = PROJECT_ROOT.parent / "shared" / "tools" / "local-base-image.sh"
+    base = os.environ.get("BASE_IMAGE") or (subprocess.run(["bash", str(helper)], capture_output=True, text=True,
+                                                           check=True, timeout=600).stdout.strip()
+                                            if helper.exists() else "")
+    image = "cellmfg-mlflow:deploy-test"
+    build = ["docker", "build", "--network", "host", "-t", image] + (["--build-arg", f"BASE_IMAGE={base}"] if base
+                                                                     else []) + ["deploy/mlflow"]
+    built = subprocess.run(build, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1100, check=False)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    with psycopg.connect(host="127.0.0.1", port=postgres["port"], user="cellmfg", dbname="postgres",
+                         autocommit=True) as connection:
+        connection.execute("CREATE DATABASE mlflow_image")
+    port, name = free_port(), f"cellmfg-mlflow-test-{os.getpid()}"
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", image, "--host", "127.0.0.1",
+                    "--port", str(port), "--workers", "1", "--backend-store-uri",
+                    f"postgresql+psycopg://cellmfg@127.0.0.1:{postgres['port']}/mlflow_image", "--serve-artifacts",
+                    "--artifacts-destination", "/mlflow/artifacts"], check=True, capture_output=True, timeout=120)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def logs() -> str:
+            return subprocess.run(["docker", "logs", "--tail", "30", name], capture_output=True, text=True,
+                                  check=False).stdout
+
+        _wait_for(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, timeout=180,
+                  what="the MLflow container's /health", interval=0.5, on_timeout=logs)
+        # The client API with an explicit URI: MLflow's fluent API would leave a global active experiment behind.
+        client = MlflowClient(tracking_uri=url)
+        experiment_id = client.create_experiment("cellmfg-image-check")
+        run = client.create_run(experiment_id)
+        note = Path(tempfile.mkdtemp()) / "note.txt"
+        note.write_text("stored behind the server")
+        client.log_artifact(run.info.run_id, str(note))
+        client.set_terminated(run.info.run_id)
+        assert client.get_experiment(experiment_id).artifact_location.startswith("mlflow-artifacts:")
+        stored = subprocess.run(["docker", "exec", name, "find", "/mlflow/artifacts", "-name", "note.txt"],
+                                capture_output=True, text=True, check=True, timeout=60).stdout
+        assert run.info.run_id in stored, stored
+        assert subprocess.run(["docker", "exec", name, "id", "-u"], capture_output=True, text=True,
+                              check=True, timeout=60).stdout.strip() != "0"
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
 
