@@ -162,15 +162,33 @@ def invalid_catalogue(max_rows: int = 10_000) -> list[Case]:
     ]
 
 
-def build_pool(ref: Reference, size: int, seed: int) -> list[Case]:
+DEFAULT_MIX = {"valid": 55.0, "explain": 15.0, "invalid": 30.0}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """'valid=55,explain=15,invalid=30' -> weights (kinds left out get 0)."""
+    mix = dict.fromkeys(DEFAULT_MIX, 0.0)
+    for part in text.split(","):
+        kind, _, weight = part.partition("=")
+        if kind.strip() not in mix:
+            raise ValueError(f"unknown request kind {kind!r}; use {', '.join(mix)}")
+        mix[kind.strip()] = float(weight)
+    if sum(mix.values()) <= 0:
+        raise ValueError("the mix needs a positive weight")
+    return mix
+
+
+def build_pool(ref: Reference, size: int, seed: int, mix: dict[str, float] = DEFAULT_MIX) -> list[Case]:
     rng = np.random.default_rng(seed)
     catalogue = invalid_catalogue()
+    total = sum(mix.values())
+    valid_below, explain_below = mix["valid"] / total, (mix["valid"] + mix["explain"]) / total
     pool: list[Case] = []
     for i in range(size):
         draw = rng.random()
-        if draw < 0.55:
+        if draw < valid_below:
             pool.append(_valid_case(rng, ref, explain=False))
-        elif draw < 0.70:
+        elif draw < explain_below:
             pool.append(_valid_case(rng, ref, explain=True))
         else:
             pool.append(catalogue[i % len(catalogue)])
@@ -352,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--url", help="a running server (127.0.0.1 only) instead of starting one")
     parser.add_argument("--pid", type=int, help="with --url: the server's PID, to measure RSS and descriptors")
+    parser.add_argument("--mix", type=parse_mix, default=DEFAULT_MIX,
+                        help="request kinds and weights (default valid=55,explain=15,invalid=30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -371,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = write_fake_bundle(Path(tmp.name) / "bundle")
     reference = Reference(load_bundle(bundle))
-    pool = build_pool(reference, POOL_SIZE, args.seed)
+    pool = build_pool(reference, POOL_SIZE, args.seed, args.mix)
 
     server = None
     url, pid = args.url, args.pid
@@ -407,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         before = resources(pid)
         tally = Tally()
-        samples: list[float] = []
+        samples: list[tuple[float, float, int]] = []  # (seconds into the run, RSS MB, fds) every 5 s
 
         elapsed = 0.0
 
@@ -420,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 await asyncio.wait([load], timeout=5)
                 now = resources(pid)
                 if now is not None:
-                    samples.append(now[0])
+                    samples.append((time.monotonic() - started, now[0], now[1]))
             await load
             elapsed = time.monotonic() - started
             await settle()
@@ -459,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     if before is not None and after is not None:
         growth = (after[0] - before[0]) / before[0] * 100
         figures.update({"rss_mb_after_warmup": before[0], "rss_mb_end": after[0], "rss_growth_pct": growth,
-                        "rss_mb_peak": max([*samples, after[0]]), "fds_after_warmup": before[1],
-                        "fds_end": after[1]})
+                        "rss_mb_peak": max([s[1] for s in samples] + [after[0]]), "fds_after_warmup": before[1],
+                        "fds_end": after[1], "samples": samples})
         if growth >= RSS_GROWTH_LIMIT_PCT:
             failures.append(f"RSS grew {growth:.1f} % (limit {RSS_GROWTH_LIMIT_PCT:.0f} %)")
         if after[1] > before[1]:
@@ -483,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: RSS after warm-up {figures['rss_mb_after_warmup']:.1f} MB, at end {figures['rss_mb_end']:.1f} "
               f"MB ({figures['rss_growth_pct']:+.2f} %), peak {figures['rss_mb_peak']:.1f} MB; open fds after "
               f"warm-up {figures['fds_after_warmup']}, at end {figures['fds_end']}")
+        if samples:  # under load, so higher than at rest: the shape says plateau or leak
+            quarters = [samples[min(len(samples) - 1, round(q * (len(samples) - 1)))] for q in (0, 0.25, 0.5, 0.75, 1)]
+            print("soak: RSS under load " + ", ".join(f"{t:.0f} s {rss:.0f} MB" for t, rss, _ in quarters))
     else:
         print("soak: RSS and file descriptors not measured (no --pid)")
     for example in figures["examples"]:

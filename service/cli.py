@@ -46,11 +46,14 @@ def server_command(port: int, host: str | None = None) -> list[str]:
 
 def check_source(env: Mapping[str, str]) -> str:
     """Fail fast, before BentoML starts workers that would crash one after another: the description of the
-    model source the service will use, or ConfigError / SourceUnavailableError with the reason."""
+    model source and security settings the service will use, or ConfigError / SourceUnavailableError with the
+    reason (which never contains the token)."""
     from service.config import Settings
+    from service.security import SecuritySettings
     from service.sources import open_source
 
-    return open_source(Settings.from_env(env)).description
+    security = SecuritySettings.from_env(env)  # a bad token setting would fail every worker's start-up
+    return f"{open_source(Settings.from_env(env)).description}; {security.describe()}"
 
 
 def serve(

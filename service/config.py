@@ -42,6 +42,8 @@ class Settings:
       CELLMFG_POLL_SECONDS  how often to check whether an alias moved (default 30; 0 disables hot reload)
       CELLMFG_ORT_THREADS   onnxruntime intra-op threads per session (default 1)
       CELLMFG_MAX_ROWS      largest batch accepted in one request (default 10000)
+    Security (read by service.security): CELLMFG_API_TOKEN, CELLMFG_API_TOKEN_FILE, CELLMFG_OPEN_PATHS,
+    CELLMFG_MAX_BODY_BYTES.
     """
 
     bundle: Path | None = None

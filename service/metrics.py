@@ -27,6 +27,10 @@ MODEL_RELOADS = Counter(
 MODEL_RELOAD_FAILURES = Counter(
     "cellmfg_model_reload_failures", "Model versions that failed to load or verify and were not swapped in",
     ["model"])
+MODEL_POLL_FAILURES = Counter(
+    "cellmfg_model_poll_failures",
+    "Checks of a model's alias or bundle entry that could not reach the source (the served version is kept)",
+    ["model"])
 # 1 for the version a worker serves, 0 once replaced; "livemax" keeps the value of any live worker still serving it.
 MODEL_INFO = Gauge(
     "cellmfg_model_info", "Served model version and alias (1 = serving)", ["model", "version", "alias"],
@@ -48,6 +52,7 @@ def declare(model: str, version: str | None = None, features: list[str] | tuple[
     multiprocess mode, so /metrics lists them at all)."""
     MODEL_RELOADS.labels(model=model)
     MODEL_RELOAD_FAILURES.labels(model=model)
+    MODEL_POLL_FAILURES.labels(model=model)
     EXPLAINED_ROWS.labels(model=model)
     EXPLANATION_SECONDS.labels(model=model)
     if version is not None:

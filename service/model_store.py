@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cellmfg.___domain import feature_columns, model_name
-from cellmfg.contract import Contract, LoadedModel, now_iso
+from cellmfg.contract import Contract, ContractError, LoadedModel, now_iso
 from service import metrics
 from service.sources import ModelSource
 
@@ -145,6 +145,7 @@ class ModelStore:
         self._poller: threading.Thread | None = None
         self.last_poll: str | None = None
         self.last_poll_error: str | None = None
+        self._revisions_failing = False  # the last poll could not read some revision (an outage is logged once)
         for name in self.names:
             metrics.declare(name)
 
@@ -169,11 +170,12 @@ class ModelStore:
     # -- loading
 
     def _load(self, name: str) -> ServedModel:
+        """Fetch and verify `name`. A ContractError or ModelLoadError is a verdict on the candidate; any other
+        exception (a network error, an unmounted volume) says nothing about it and is raised as it is."""
         try:
             loaded = self.source.fetch(name)
-        except Exception as error:
-            raise ModelLoadError(f"{name}: cannot fetch from {self.source.description}: "
-                                 f"{type(error).__name__}: {error}") from error
+        except ContractError as error:
+            raise ModelLoadError(f"{name}: fetched from {self.source.description} but {error}") from error
         return build_served(loaded, name, self.threads, self.source.origin(loaded), self.source.revision_of(loaded))
 
     def _install(self, served: ServedModel) -> ServedModel | None:
@@ -199,18 +201,37 @@ class ModelStore:
                 self._problems[name] = str(error)
                 metrics.MODEL_RELOAD_FAILURES.labels(model=name).inc()
                 log.error("not serving %s: %s", name, error)
+            except Exception as error:  # unreachable source: the poller tries again
+                self._problems[name] = f"cannot fetch from {self.source.description}: {_brief(error)}"
+                metrics.MODEL_POLL_FAILURES.labels(model=name).inc()
+                log.error("not serving %s yet: %s", name, self._problems[name])
 
     def poll_once(self) -> list[str]:
-        """Swap in every model whose revision moved; return the names swapped."""
-        swapped = []
+        """Swap in every model whose revision moved; return the names swapped.
+
+        A source that cannot be read (registry down, volume gone) leaves every served model in place; each model it
+        could not check is counted in cellmfg_model_poll_failures_total and the next poll simply tries again. The
+        outage is logged when it starts and when it ends, not at every poll.
+        """
+        # First ask for every revision (cheap), so an outage and its end are logged before anything is swapped.
         errors = []
+        revisions: dict[str, str] = {}
         for name in self.names:
-            current = self._models.get(name)
             try:
-                revision = self.source.revision(name)
+                revisions[name] = self.source.revision(name)
             except Exception as error:
-                errors.append(f"{name}: {type(error).__name__}: {str(error)[:200]}")
-                continue
+                errors.append(f"{name}: {_brief(error)}")
+                metrics.MODEL_POLL_FAILURES.labels(model=name).inc()
+        was_failing, self._revisions_failing = self._revisions_failing, bool(errors)
+        if errors and not was_failing:
+            log.warning("model poll could not read some revisions (still serving the loaded models; retrying every "
+                        "poll, logged again when it recovers): %s", "; ".join(errors))
+        elif was_failing and not errors:
+            log.info("model poll reads every revision again from %s", self.source.description)
+
+        swapped = []
+        for name, revision in revisions.items():
+            current = self._models.get(name)
             if current is not None and revision == current.revision:
                 continue
             if self._rejected.get(name) == revision:
@@ -225,14 +246,18 @@ class ModelStore:
                 log.error("keeping %s: candidate %s rejected: %s",
                           f"{name} version {current.version}" if current else f"{name} unloaded", revision, error)
                 continue
+            except Exception as error:  # the download failed: not a verdict on the candidate, retried next poll
+                message = f"{name}: cannot fetch revision {revision}: {_brief(error)}"
+                errors.append(message)
+                metrics.MODEL_POLL_FAILURES.labels(model=name).inc()
+                log.warning("model poll: %s (retried next poll)", message)
+                continue
             old = self._install(served)
             metrics.MODEL_RELOADS.labels(model=name).inc()
             swapped.append(name)
             log.info("swapped %s: version %s -> %s", name, old.version if old else "none", served.version)
         self.last_poll = now_iso()
         self.last_poll_error = "; ".join(errors) or None
-        if errors:
-            log.warning("model poll could not read some revisions: %s", self.last_poll_error)
         return swapped
 
     def start_polling(self, interval: float) -> None:
@@ -256,3 +281,7 @@ class ModelStore:
         if self._poller is not None:
             self._poller.join(timeout=10)
             self._poller = None
+
+
+def _brief(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, get_args
 
 from bentoml import IODescriptor
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -151,8 +151,8 @@ class ElectrodeRequest(IODescriptor):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
     chemistry: Chemistry = Field(description="electrode chemistry: which transfer (or source) model answers")
     rows: list[ElectrodeRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
-    explain: bool = Field(False, description=_EXPLAIN_DESCRIPTION)
-    interval: bool = Field(False, description=_INTERVAL_DESCRIPTION)
+    explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
+    interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -169,8 +169,8 @@ class GdlRequest(IODescriptor):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": GDL_EXAMPLE_INPUT})
     dataset: GdlDataset = Field(description="GDL ___domain: gdl200 (thin slab, source) or gdl1000 (square, transfer)")
     rows: list[GdlRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
-    explain: bool = Field(False, description=_EXPLAIN_DESCRIPTION)
-    interval: bool = Field(False, description=_INTERVAL_DESCRIPTION)
+    explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
+    interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
 
     @model_validator(mode="wrap")
     @classmethod

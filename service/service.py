@@ -26,9 +26,12 @@ from cellmfg.contract import contract_summary
 from service.config import SERVED_MODEL_NAMES, Settings
 from service.explain import Explainers
 from service.guards import RequestGuard
+from service.logs import quiet_client_errors
 from service.model_store import ModelStore
+from service.patches import patch_bentoml_timeout
 from service.predict import Predictor, RequestRejectedError
 from service.schemas import ElectrodeRequest, ElectrodeResponse, GdlRequest, GdlResponse, ModelsResponse
+from service.security import OpenAPIErrorDocs, SecurityMiddleware
 from service.sources import open_source
 
 log = logging.getLogger("cellmfg.service")
@@ -63,6 +66,8 @@ class CellMfgService:
         # BentoML sets the root logger to WARNING; model loads and swaps are the events an operator needs to see.
         if logging.getLogger("cellmfg").level == logging.NOTSET:
             logging.getLogger("cellmfg").setLevel(logging.INFO)
+        quiet_client_errors()
+        patch_bentoml_timeout()  # BentoML's request timeout keeps every request's timer alive (service.patches)
         self.settings = Settings.from_env()
         self.store = ModelStore(open_source(self.settings), SERVED_MODEL_NAMES, self.settings.ort_threads)
         self.store.load_all()
@@ -135,8 +140,10 @@ class CellMfgService:
 
 
 _service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class
-# Request checks that run before BentoML reads the body (see service.guards). Bearer-token auth and a body-size
-# limit (a later issue) are registered here too, before this line, so they wrap the guard.
+# Checks that run before BentoML reads a body, outermost first (the first one added wraps the others): bearer-token
+# auth and the body-size limit (service.security), the completed OpenAPI document, then the JSON-only guard.
+_service.add_asgi_middleware(SecurityMiddleware)
+_service.add_asgi_middleware(OpenAPIErrorDocs)
 _service.add_asgi_middleware(RequestGuard)
 # BentoML shows the raw docstrings in the OpenAPI description; dedent them so Swagger renders paragraphs.
 for _api in _service.apis.values():

@@ -262,6 +262,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process_tree(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM to `process` (SIGKILL if it outlives `timeout`), then SIGKILL to any of its descendants still alive,
+    each by PID: BentoML and uvicorn workers run in process groups of their own, so a group kill would miss them."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 class ServerProcess:
     """`cellmfg serve` in a subprocess (it execs `bentoml serve`, keeping the PID) on a free port.
 
@@ -309,26 +330,9 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM to BentoML's supervisor, which stops its workers; any worker still alive after it is killed by
-        its PID (workers run in process groups of their own, so a group kill would miss them)."""
-        import psutil
-
-        if self.process is None:
-            return
-        try:
-            workers = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            workers = []
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        for worker in workers:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                worker.kill()
+        """SIGTERM to BentoML's supervisor, which stops its workers (see `stop_process_tree`)."""
+        if self.process is not None:
+            stop_process_tree(self.process, timeout=20)
         self.process = None
 
     def __enter__(self) -> ServerProcess:

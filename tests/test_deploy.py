@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from service_fakes import ServerProcess, example_rows, free_port, write_fake_bundle
+from service_fakes import ServerProcess, example_rows, free_port, stop_process_tree, write_fake_bundle
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
@@ -137,18 +137,8 @@ class Daemon:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        pid = self.process.pid
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # whatever it forked (e.g. uvicorn workers), in its own session only
+        if self.process is not None:
+            stop_process_tree(self.process)  # and whatever it forked (e.g. uvicorn workers)
         self.process = None
 
     def describe(self) -> str:
