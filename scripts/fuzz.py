@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-examples", type=int, default=100, help="cases per operation and phase (default 100)")
-    parser.add_argument("--max-time", type=float, help="keep fuzzing until this many seconds are spent")
+    parser.add_argument("--max-time", type=int, help="keep fuzzing until this many seconds are spent")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="schemathesis workers (default 1)")
     parser.add_argument("--bundle", type=Path, help="bundle the server serves (default: the fake bundle)")

@@ -4,9 +4,9 @@
 still counted) and outside its router. Today it only insists on JSON for the prediction routes: BentoML would
 otherwise hand a multipart or form body to its multipart parser, whose errors surface as 500s.
 
-Optional bearer-token auth and a request body-size limit (a later issue) belong in middleware of this kind,
-registered beside this one in `service.service` and placed outside it, so that an unauthenticated or over-size
-request is refused before anything else looks at it.
+Bearer-token authentication and the body-size limit (`service.security`) are middleware of the same kind,
+registered before this one in `service.service` so they wrap it: an unauthenticated or over-size request is
+refused before anything else looks at it.
 """
 
 from __future__ import annotations
