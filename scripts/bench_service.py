@@ -52,14 +52,9 @@ GOAL_COLD_START_S = 5.0
 # The minimal FastAPI baseline: the same two ONNX models behind a bare endpoint (run with --serve-fastapi)
 
 
-class BaselineRequest(BaseModel):
-    chemistry: str
-    rows: list[dict[str, float]]
-
-
-def fastapi_app(bundle: Path) -> Any:
+def benchmark_sessions(bundle: Path) -> list[tuple[Any, Any]]:
+    """(onnxruntime session, contract) for each of MODELS, one thread each, as the service runs them."""
     import onnxruntime as ort
-    from fastapi import FastAPI
 
     from cellmfg.contract import load_bundle
 
@@ -67,8 +62,19 @@ def fastapi_app(bundle: Path) -> Any:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     models = {m.name: m for m in load_bundle(bundle)}
-    sessions = [(ort.InferenceSession(models[name].onnx_bytes, options, providers=["CPUExecutionProvider"]),
-                 models[name].contract) for name in MODELS]
+    return [(ort.InferenceSession(models[name].onnx_bytes, options, providers=["CPUExecutionProvider"]),
+             models[name].contract) for name in MODELS]
+
+
+class BaselineRequest(BaseModel):
+    chemistry: str
+    rows: list[dict[str, float]]
+
+
+def fastapi_app(bundle: Path) -> Any:
+    from fastapi import FastAPI
+
+    sessions = benchmark_sessions(bundle)
     columns = sessions[0][1].feature_names
 
     app = FastAPI()
@@ -150,16 +156,7 @@ def timed_posts(url: str, body: dict[str, Any], repeats: int) -> list[float]:
 
 
 def onnxruntime_direct(bundle: Path, duration: float) -> dict[str, float]:
-    import onnxruntime as ort
-
-    from cellmfg.contract import load_bundle
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    models = {m.name: m for m in load_bundle(bundle)}
-    sessions = [(ort.InferenceSession(models[n].onnx_bytes, options, providers=["CPUExecutionProvider"]),
-                 models[n].contract) for n in MODELS]
+    sessions = benchmark_sessions(bundle)
     x = np.asarray([list(example_rows("electrode", DATASET, 1)[0].values())], dtype=np.float32)
 
     def call(batch: np.ndarray) -> None:

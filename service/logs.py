@@ -41,6 +41,14 @@ class ClientErrorLogFilter(logging.Filter):
         return False
 
 
+def show_service_logs() -> None:
+    """Let the service's INFO lines (model loads and swaps, security settings) through, unless the operator set a
+    level: BentoML sets the root logger to WARNING."""
+    service_logger = logging.getLogger("cellmfg")
+    if service_logger.level == logging.NOTSET:
+        service_logger.setLevel(logging.INFO)
+
+
 def quiet_client_errors() -> None:
     """Install `ClientErrorLogFilter` once per process (called when the service starts, never at import)."""
     target = logging.getLogger(BENTOML_HTTP_LOGGER)

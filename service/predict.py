@@ -57,23 +57,22 @@ class Predictor:
         self.explainers = explainers
         self.settings = settings
         self.explain_wait_seconds = explain_wait_seconds
-        self._bounds_cache: dict[tuple[int, ...], tuple[list[ServedModel], tuple[np.ndarray, np.ndarray, bool]]] = {}
+        self._bounds_cache: dict[tuple[ServedModel, ...], tuple[np.ndarray, np.ndarray, bool]] = {}
         self._counter_cache: dict[tuple[str, str], _Counters] = {}
 
     def _bounds(self, answering: list[_Answering]) -> tuple[np.ndarray, np.ndarray, bool]:
         """(lowest, highest) value inside every answering model's training range, and whether they all agree;
-        cached per set of model objects, since a single-row request should not pay for it."""
-        key = tuple(id(a.model) for a in answering)
-        cached = self._bounds_cache.get(key)
-        if cached is None or cached[0] != [a.model for a in answering]:
-            models = [a.model for a in answering]
+        cached per set of model objects (hashed by identity), since a single-row request should not pay for it."""
+        models = tuple(a.model for a in answering)
+        bounds = self._bounds_cache.get(models)
+        if bounds is None:
             low = np.max([m.train_min for m in models], axis=0)
             high = np.min([m.train_max for m in models], axis=0)
             shared = all(np.array_equal(m.train_min, low) and np.array_equal(m.train_max, high) for m in models)
             if len(self._bounds_cache) > 256:  # swapped-out models leave stale keys behind
                 self._bounds_cache.clear()
-            cached = self._bounds_cache[key] = (models, (low, high, shared))
-        return cached[1]
+            bounds = self._bounds_cache[models] = (low, high, shared)
+        return bounds
 
     def _counters(self, model: ServedModel) -> _Counters:
         # labels() costs a lock and a dict lookup per call; bind each model version's children once.

@@ -32,7 +32,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,10 @@ from typing import Any
 import anyio
 
 from service.config import ConfigError
+from service.guards import ASGIApp, Message, Receive, Scope, Send, header_values, send_error
+from service.logs import show_service_logs
 
 log = logging.getLogger("cellmfg.service")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -129,19 +125,6 @@ class SecuritySettings:
         return f"API authentication on (bearer token from {self.token_source}; open paths: {opened}); {limit}"
 
 
-async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """A JSON error in the service's shape: {"error": message, "detail": []}."""
-    payload = json.dumps({"error": message, "detail": []}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            *(headers or [])]})
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _header(scope: Scope, name: bytes) -> list[bytes]:
-    return [value for key, value in scope.get("headers", ()) if key.lower() == name]
-
-
 class SecurityMiddleware:
     """Bearer-token authentication (optional) and the request body-size limit; see the module docstring.
 
@@ -194,9 +177,7 @@ class SecurityMiddleware:
                 log.error("cannot start: %s", self._error)
                 await send({"type": "lifespan.startup.failed", "message": f"cellmfg security settings: {self._error}"})
                 return
-            # BentoML sets the root logger to WARNING; this line is one an operator must be able to see.
-            if logging.getLogger("cellmfg").level == logging.NOTSET:
-                logging.getLogger("cellmfg").setLevel(logging.INFO)
+            show_service_logs()  # this line is one an operator must be able to see
             log.info("%s", self.settings.describe())
         replayed = False
 
@@ -218,7 +199,7 @@ class SecurityMiddleware:
 
     def _check_token(self, scope: Scope) -> str:
         """'ok', 'missing' or 'invalid'; constant time in the token."""
-        values = _header(scope, b"authorization")
+        values = header_values(scope, b"authorization")
         if not values:
             return "missing"
         scheme, _, credentials = values[0].strip().partition(b" ")
@@ -246,7 +227,7 @@ class SecurityMiddleware:
                 return
 
         limit = settings.max_body_bytes
-        lengths = _header(scope, b"content-length")
+        lengths = header_values(scope, b"content-length")
         if lengths:
             try:
                 declared = {int(value) for value in b",".join(lengths).split(b",")}
@@ -262,7 +243,7 @@ class SecurityMiddleware:
             # The HTTP server stops the body at the announced length, so nothing more can arrive.
             await self.app(scope, receive, send)
             return
-        if not _header(scope, b"transfer-encoding"):
+        if not header_values(scope, b"transfer-encoding"):
             await self.app(scope, receive, send)  # no body at all
             return
         # A chunked body: read it here, up to the limit, and hand it on only if it fits.

@@ -26,7 +26,7 @@ from cellmfg.contract import contract_summary
 from service.config import SERVED_MODEL_NAMES, Settings
 from service.explain import Explainers
 from service.guards import RequestGuard
-from service.logs import quiet_client_errors
+from service.logs import quiet_client_errors, show_service_logs
 from service.model_store import ModelStore
 from service.patches import patch_bentoml_timeout
 from service.predict import Predictor, RequestRejectedError
@@ -63,9 +63,7 @@ class CellMfgService:
     """Predicts electrode density and mass loading, and GDL tortuosity, from manufacturing parameters."""
 
     def __init__(self) -> None:
-        # BentoML sets the root logger to WARNING; model loads and swaps are the events an operator needs to see.
-        if logging.getLogger("cellmfg").level == logging.NOTSET:
-            logging.getLogger("cellmfg").setLevel(logging.INFO)
+        show_service_logs()
         quiet_client_errors()
         patch_bentoml_timeout()  # BentoML's request timeout keeps every request's timer alive (service.patches)
         self.settings = Settings.from_env()

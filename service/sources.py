@@ -126,8 +126,9 @@ def open_source(settings: Settings) -> ModelSource:
         # quickly, and the poller simply tries again next interval.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        # cellmfg.contract.fetch_registered resolves models:/ URIs against the process-wide registry URI, which
-        # MLFLOW_REGISTRY_URI (exported by mlflow.set_registry_uri) may point elsewhere: one registry for all.
+        # Our MLflow calls pass this URI explicitly; the process-wide registry URI (MLFLOW_REGISTRY_URI, which
+        # mlflow.set_registry_uri exports to child processes) is pinned too, so nothing MLflow resolves on its own
+        # (a models:/ URI) can reach another registry.
         registry_env = os.environ.get("MLFLOW_REGISTRY_URI")
         if registry_env and registry_env != settings.tracking_uri:
             log.warning("MLFLOW_REGISTRY_URI=%s differs from MLFLOW_TRACKING_URI; serving from %s", registry_env,
