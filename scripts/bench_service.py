@@ -39,7 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from service_fakes import ServerProcess, example_rows, free_port, write_fake_bundle  # noqa: E402
+from service_fakes import (  # noqa: E402
+    ServerProcess,
+    clean_env,
+    example_rows,
+    free_port,
+    wait_for_explanations,
+    write_fake_bundle,
+)
 
 DATASET = "nmc"
 MODELS = ("density_nmc_onnx", "mass_loading_nmc_onnx")
@@ -201,17 +208,6 @@ def wait_http(url: str, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def wait_explanations(url: str, timeout: float = 180) -> float:
-    import httpx
-
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        if httpx.get(f"{url}/models", timeout=10).json().get("explanations_ready"):
-            return time.perf_counter() - started
-        time.sleep(0.5)
-    raise TimeoutError("explanations never became ready")
-
-
 def cold_start(bundle: Path, env: dict[str, str], log_path: Path) -> float:
     """Seconds from `cellmfg serve` (the CLI's code path) to the first 200 from /readyz, fresh BentoML home."""
     home = Path(tempfile.mkdtemp(prefix="bench-home-"))
@@ -255,7 +251,7 @@ def main() -> int:
         serve_fastapi(bundle, args.port)
         return 0
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELLMFG_", "BENTOML_", "MLFLOW_", "PROMETHEUS_"))}
+    env = clean_env()
     single = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1)}
     batch = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 10_000, seed=1)}
     hundred = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 100, seed=2)}
@@ -277,7 +273,8 @@ def main() -> int:
         server.start()
         wait_http(f"http://127.0.0.1:{port}/readyz")
         server.wait_ready(timeout=180)
-        wait_explanations(server.url)  # shap loads in the background; keep it out of the throughput figures
+        # shap loads in the background; keep it out of the throughput figures
+        wait_for_explanations(server.url, timeout=180)
         urls = {"fastapi": f"http://127.0.0.1:{port}/predict/electrode",
                 "service": f"{server.url}/predict/electrode"}
         # Both servers stay up and are measured in alternation, round after round, so that load from other

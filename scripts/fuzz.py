@@ -12,7 +12,8 @@ server still answers a valid request exactly as onnxruntime does, and stops it.
 --max-examples bounds the cases per operation and phase; --max-time makes schemathesis keep fuzzing until that
 many seconds are spent. --auth starts the server with a random CELLMFG_API_TOKEN and gives schemathesis the token
 (through a config file reading it from the environment, never on a command line), so the documented 401s and
-the `ignored_auth` check are exercised too; with --url, CELLMFG_API_TOKEN from the environment is used.
+the `ignored_auth` check are exercised too; with --url (which needs the --bundle that server serves),
+CELLMFG_API_TOKEN from the environment is used.
 
 Prints `fuzz: N cases over K/K operations ...` and exits 0 when schemathesis found no failure and no error.
 """
@@ -72,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="hard limit on the schemathesis run (s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
-        parser.error("--url must be a loopback address: this script only fuzzes local servers")
+    from service_fakes import LOOPBACK_PREFIXES, start_local_server, wait_for_explanations, write_fake_bundle
 
-    from soak import wait_for_explanations
+    if args.url and not args.url.startswith(LOOPBACK_PREFIXES):
+        parser.error("--url must be a loopback address: this script only fuzzes local servers")
+    if args.url and args.bundle is None:
+        parser.error("--url needs --bundle: the answers afterwards are checked against the ONNX files it serves")
 
     tmp = tempfile.TemporaryDirectory(prefix="cellmfg-fuzz-")
     folder = Path(tmp.name)
@@ -85,25 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     bundle = args.bundle
     if bundle is None:
-        from service_fakes import write_fake_bundle
-
         bundle = write_fake_bundle(folder / "bundle")
 
     server = None
     url = args.url
     try:
         if url is None:
-            from service_fakes import ServerProcess
-
-            env = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_", "MLFLOW_"))}
-            if token:
-                env["CELLMFG_API_TOKEN"] = token
-            env.update({"BENTOML_HOME": str(folder / "bentoml"), "CELLMFG_POLL_SECONDS": "0"})
-            server = ServerProcess(env, folder / "server.log", bundle=bundle)
-            server.start()
             try:
-                ready = server.wait_ready(timeout=240)
+                server, ready = start_local_server(folder, bundle, token)
             except (RuntimeError, TimeoutError) as error:
                 print(f"fuzz: server did not start: {error}", file=sys.stderr)
                 return 2

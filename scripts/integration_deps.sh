@@ -4,13 +4,10 @@
 #   PostgreSQL server binaries  initdb, pg_ctl, postgres (on PATH, or /usr/lib/postgresql/*/bin; else apt `postgresql`)
 #   prometheus                  Debian's `prometheus` (the binary only is used; the system service is never started)
 #   docker-compose              Debian's `docker-compose` (for `docker-compose config` on docker-compose.yml)
-#   psycopg (3)                 PostgreSQL driver for the `mlflow server` run from .venv (until the train lock has it);
-#                               SQLAlchemy 2.1 uses it for postgresql:// URIs
 # The Docker engine and the base image of the smoke test come from ../shared/tools/local-base-image.sh, which
 # scripts/docker_smoke.sh calls itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PSYCOPG_VERSION=3.3.9
 log() { echo "integration-deps: $*" >&2; }
 
 sudo=()
@@ -55,17 +52,6 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
 fi
 
-if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import psycopg' >/dev/null 2>&1; then
-  log "installing psycopg[binary]==$PSYCOPG_VERSION into .venv (MLflow's PostgreSQL driver)"
-  spec="psycopg[binary]==$PSYCOPG_VERSION"
-  if [ -x .venv/bin/uv ]; then
-    VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q "$spec"
-  elif command -v uv >/dev/null 2>&1; then
-    VIRTUAL_ENV="$PWD/.venv" uv pip install -q "$spec"
-  else
-    .venv/bin/python -m pip install -q "$spec"
-  fi
-fi
 
 report() { command -v "$1" >/dev/null 2>&1 && echo "$1: $("$@" 2>&1 | head -1)" || echo "$1: missing"; }
 {

@@ -44,6 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from service_fakes import (  # noqa: E402
+    LOOPBACK_PREFIXES,
+    start_local_server,
+    wait_for_explanations,
+    write_fake_bundle,
+)
+
 from cellmfg.___domain import DATASETS, feature_columns, targets_for  # noqa: E402
 from cellmfg.contract import LoadedModel, load_bundle  # noqa: E402
 
@@ -335,22 +342,6 @@ async def settle(seconds: float = 1.5) -> None:
     await asyncio.sleep(seconds)
 
 
-def wait_for_explanations(url: str, headers: dict[str, str], timeout: float = 240.0) -> float:
-    """Seconds until /models says shap is loaded (it loads in the background after /readyz)."""
-    import httpx
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            answer = httpx.get(f"{url}/models", headers=headers, timeout=10).json()
-            if answer.get("explanations_ready"):
-                return time.monotonic() - started
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"explanations not ready after {timeout:.0f} s")
-
-
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
@@ -377,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else min(30.0, max(5.0, args.duration / 10))
 
-    if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
+    if args.url and not args.url.startswith(LOOPBACK_PREFIXES):
         parser.error("--url must be a loopback address: this script only loads local servers")
     token = os.environ.get("CELLMFG_API_TOKEN", "").strip()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -387,8 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     if bundle is None:
         if args.url:
             parser.error("--url needs --bundle: the answers are checked against the ONNX files the server serves")
-        from service_fakes import write_fake_bundle
-
         bundle = write_fake_bundle(Path(tmp.name) / "bundle")
     reference = Reference(load_bundle(bundle))
     pool = build_pool(reference, POOL_SIZE, args.seed, args.mix)
@@ -396,20 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url, pid = args.url, args.pid
     if url is None:
-        from service_fakes import ServerProcess
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_",
-                                                                        "MLFLOW_"))}
-        if token:
-            env["CELLMFG_API_TOKEN"] = token
-        env.update({"BENTOML_HOME": str(Path(tmp.name) / "bentoml"), "CELLMFG_POLL_SECONDS": "0"})
-        server = ServerProcess(env, Path(tmp.name) / "server.log", workers=args.workers, bundle=bundle)
-        server.start()
         try:
-            ready = server.wait_ready(timeout=240)
+            server, ready = start_local_server(Path(tmp.name), bundle, token, args.workers)
         except (RuntimeError, TimeoutError) as error:
             print(f"soak: server did not start: {error}", file=sys.stderr)
-            server.stop()
             return 2
         url = server.url
         assert server.process is not None

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh train
-# The integration tier needs Prometheus, docker-compose, PostgreSQL and a Docker engine; installs what is missing.
+# The integration tier needs Prometheus, docker-compose and PostgreSQL; installs what is missing (the Docker engine
+# comes from ../shared/tools/local-base-image.sh, which the Docker tests call).
 bash scripts/integration_deps.sh
 echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy" && .venv/bin/mypy

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +258,44 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLI_LAUNCHER = "import typer; from service.cli import serve; typer.run(serve)"
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any cellmfg, BentoML, Prometheus or MLflow setting, plus `extra`: a
+    server started with it sees only what the test gives it."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_", "MLFLOW_"))}
+    env.update(extra)
+    return env
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
+             on_timeout: Callable[[], str] = lambda: "") -> Any:
+    """Poll `check` until it returns something truthy (returned) or `timeout` seconds pass (the test fails)."""
+    import httpx
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (httpx.HTTPError, OSError, ValueError, KeyError) as error:
+            last_error = error
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r}) {on_timeout()}")
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples `name` with these labels on the server's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -340,3 +380,37 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+LOOPBACK_PREFIXES = ("http://127.0.0.1", "http://localhost", "http://[::1]")
+
+
+def start_local_server(folder: Path, bundle: Path, token: str = "", workers: int = 1) -> tuple[ServerProcess, float]:
+    """`cellmfg serve` on a free loopback port serving `bundle` with hot reload off, requiring `token` as bearer
+    token when one is given; returns the ready server and its seconds to ready. If it does not come up it is
+    stopped and RuntimeError or TimeoutError (with its log) is raised."""
+    env = clean_env(BENTOML_HOME=str(folder / "bentoml"), CELLMFG_POLL_SECONDS="0")
+    if token:
+        env["CELLMFG_API_TOKEN"] = token
+    server = ServerProcess(env, folder / "server.log", workers=workers, bundle=bundle).start()
+    try:
+        return server, server.wait_ready(timeout=240)
+    except (RuntimeError, TimeoutError):
+        server.stop()
+        raise
+
+
+def wait_for_explanations(url: str, headers: dict[str, str] | None = None, timeout: float = 240.0) -> float:
+    """Seconds until /models says shap is loaded (it loads in the background after /readyz)."""
+    import httpx
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            answer = httpx.get(f"{url}/models", headers=headers, timeout=10).json()
+            if answer.get("explanations_ready"):
+                return time.monotonic() - started
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"explanations not ready after {timeout:.0f} s")

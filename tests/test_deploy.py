@@ -18,7 +18,6 @@ process group) in a finalizer. Missing tools are installed by scripts/integratio
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import pwd
@@ -32,12 +31,26 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import numpy as np
 import pytest
 import yaml
-from service_fakes import ServerProcess, example_rows, free_port, stop_process_tree, write_fake_bundle
+from service_fakes import (
+    ServerProcess,
+    clean_env,
+    example_rows,
+    free_port,
+    metric,
+    onnx_predict,
+    stop_process_tree,
+    wait_for,
+    write_fake_bundle,
+)
+
+from cellmfg.___domain import TASKS
+from service.config import SERVED_MODEL_NAMES
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
@@ -53,14 +66,6 @@ POLL_SECONDS = 1.0
 # Helpers
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any cellmfg, BentoML or MLflow setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_", "MLFLOW_"))}
-    env.update(extra)
-    return env
-
-
 _deps_ran = False
 
 
@@ -70,14 +75,8 @@ def _ensure_tools() -> None:
     if _deps_ran:
         return
     _deps_ran = True
-    try:
-        import psycopg  # noqa: F401
-        missing_driver = False
-    except ImportError:
-        missing_driver = True
-    if missing_driver or not (_pg_bin("pg_ctl") and shutil.which("prometheus") and shutil.which("docker-compose")):
+    if not (_pg_bin("pg_ctl") and shutil.which("prometheus") and shutil.which("docker-compose")):
         subprocess.run(["bash", str(DEPS_SCRIPT)], cwd=PROJECT_ROOT, timeout=900, check=False)
-        importlib.invalidate_caches()  # a driver installed into this virtualenv just now must be importable
 
 
 def _pg_bin(name: str) -> str | None:
@@ -97,22 +96,6 @@ def _tool(name: str, finder: Callable[[str], str | None] = shutil.which) -> str:
         pytest.skip(f"{name} is not installed and scripts/integration_deps.sh could not install it here "
                     "(needs root and apt-get)")
     return path
-
-
-def _wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
-              on_timeout: Callable[[], str] = lambda: "") -> Any:
-    """Poll `check` until it returns something truthy (returned) or `timeout` seconds pass (fail)."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (httpx.HTTPError, OSError, ValueError, KeyError) as error:
-            last_error = error
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r}) {on_timeout()}")
 
 
 def _tail(path: Path, n: int = 3000) -> str:
@@ -166,41 +149,14 @@ def _served_versions(url: str) -> dict[str, str]:
     return {m["name"]: m["version"] for m in _models(url)["models"]}
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
 def _onnx_predictions(tracking_uri: str, name: str, rows: list[dict[str, float]]) -> tuple[str, np.ndarray]:
     """What the ONNX model behind `champion` predicts for `rows`, computed here from the registry, not the service."""
-    import mlflow
-    import onnxruntime as ort
-
     from cellmfg.contract import fetch_registered
 
-    # MLflow's process-wide URIs point at this server for the call too (an earlier fetch_registered resolved
-    # models:/ URIs against them), and are restored after it; no progress bars in the test output.
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    progress_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
+    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # no bars in test output
         model = fetch_registered(tracking_uri, name, "champion")
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-        if progress_bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress_bar
-    x = np.array([[row[f] for f in model.contract.feature_names] for row in rows], dtype=np.float32)
-    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
-    out = session.run([model.contract.output_name], {model.contract.input_name: x})[0]
-    return model.version, np.asarray(out, dtype=np.float64).reshape(-1)
+    x = np.array([[row[f] for f in model.contract.feature_names] for row in rows])
+    return model.version, onnx_predict(model, x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,7 +181,7 @@ def smoke_image() -> Iterator[dict[str, Any]]:
     started = time.monotonic()
     try:
         result = subprocess.run(["bash", "scripts/docker_smoke.sh"], cwd=PROJECT_ROOT, capture_output=True,
-                                text=True, env=_clean_env(IMAGE=SMOKE_IMAGE, KEEP_DOCKER_ENGINE="1"),
+                                text=True, env=clean_env(IMAGE=SMOKE_IMAGE, KEEP_DOCKER_ENGINE="1"),
                                 timeout=1800, check=False)
         yield {"result": result, "seconds": time.monotonic() - started, "image": SMOKE_IMAGE}
     finally:
@@ -234,7 +190,7 @@ def smoke_image() -> Iterator[dict[str, Any]]:
             with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
                 pid = int(pid_file.read_text().strip())
                 os.kill(pid, signal.SIGTERM)
-                _wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=60, what="dockerd to stop")
+                wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=60, what="dockerd to stop")
 
 
 @pytest.mark.timeout(1900)
@@ -264,10 +220,10 @@ def _image_available(smoke_image: dict[str, Any]) -> bool:
 def test_docker_compose_config_accepts_the_stack() -> None:
     compose = _tool("docker-compose")
     quiet = subprocess.run([compose, "config", "-q"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                           env=_clean_env(), timeout=60, check=False)
+                           env=clean_env(), timeout=60, check=False)
     assert quiet.returncode == 0, quiet.stderr
     resolved = subprocess.run([compose, "config"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              env=_clean_env(), timeout=60, check=True).stdout
+                              env=clean_env(), timeout=60, check=True).stdout
     services = yaml.safe_load(resolved)["services"]
     assert set(services) == {"postgres", "mlflow", "cellmfg", "prometheus", "grafana"}
     mlflow_args = " ".join(services["mlflow"]["command"])
@@ -317,11 +273,7 @@ def postgres() -> Iterator[dict[str, Any]]:
     """A throwaway PostgreSQL cluster on a free loopback port, with a database `mlflow`."""
     initdb, pg_ctl = _tool("initdb", _pg_bin), _tool("pg_ctl", _pg_bin)
     _ensure_tools()
-    try:
-        import psycopg
-    except ImportError:
-        pytest.skip("psycopg (MLflow's PostgreSQL driver) is missing and scripts/integration_deps.sh could not "
-                    "install it")
+    import psycopg  # MLflow's PostgreSQL driver, in the training lock
     folder = Path(tempfile.mkdtemp(prefix="cellmfg-pg-"))  # under /tmp: reachable by the server's user
     user: str | None = None
     if os.geteuid() == 0:  # initdb and postgres refuse to run as root
@@ -376,7 +328,7 @@ def mlflow_server(postgres: dict[str, Any], tmp_path_factory: pytest.TempPathFac
         str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", postgres["uri"],
         "--serve-artifacts", "--artifacts-destination", artifacts.as_uri(),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ], folder / "mlflow-server.log", env=_clean_env(MLFLOW_DISABLE_TELEMETRY="true"), cwd=folder).start()
+    ], folder / "mlflow-server.log", env=clean_env(MLFLOW_DISABLE_TELEMETRY="true"), cwd=folder).start()
 
     def healthy() -> bool:
         if not server.alive():
@@ -384,7 +336,7 @@ def mlflow_server(postgres: dict[str, Any], tmp_path_factory: pytest.TempPathFac
         return httpx.get(f"{url}/health", timeout=5).status_code == 200
 
     try:
-        _wait_for(healthy, timeout=240, what="mlflow server /health", interval=0.5, on_timeout=server.describe)
+        wait_for(healthy, timeout=240, what="mlflow server /health", interval=0.5, on_timeout=server.describe)
         yield {"url": url, "artifacts": artifacts, "server": server, "postgres": postgres}
     finally:
         server.stop()
@@ -395,7 +347,7 @@ def registry_stack(mlflow_server: dict[str, Any], tmp_path_factory: pytest.TempP
     """Train all eight models (quick preset) and a second density_graphite, promote the worse of the two, and
     start the service on the registry: it serves that one model and waits for the others."""
     uri = mlflow_server["url"]
-    env = _clean_env(MLFLOW_TRACKING_URI=uri, TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_DISABLE_TELEMETRY="true")
+    env = clean_env(MLFLOW_TRACKING_URI=uri, TF_CPP_MIN_LOG_LEVEL="3", MLFLOW_DISABLE_TELEMETRY="true")
     timings: dict[str, float] = {}
 
     started = time.monotonic()
@@ -422,11 +374,11 @@ def registry_stack(mlflow_server: dict[str, Any], tmp_path_factory: pytest.TempP
 
     print("\nregistry stack timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     home = tmp_path_factory.mktemp("bentoml-home")
-    service_env = _clean_env(MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS=str(POLL_SECONDS),
+    service_env = clean_env(MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS=str(POLL_SECONDS),
                              BENTOML_HOME=str(home), MLFLOW_DISABLE_TELEMETRY="true")
     service = ServerProcess(service_env, home / "service.log", workers=1)
     with service:
-        _wait_for(lambda: "density_graphite_onnx" in _served_versions(service.url), timeout=180,
+        wait_for(lambda: "density_graphite_onnx" in _served_versions(service.url), timeout=180,
                   what="the service to load density_graphite_onnx from the registry",
                   on_timeout=lambda: service.log_tail())
         yield {"uri": uri, "env": env, "service": service, "keras": {"best": best, "worse": worse},
@@ -445,7 +397,7 @@ def test_service_serves_the_first_champion_from_the_registry_and_waits_for_the_r
     assert served["density_graphite_onnx"]["version"] == "1"
     assert served["density_graphite_onnx"]["lineage"]["keras_model_version"] == registry_stack["keras"]["worse"][
         "version"]
-    assert described["ready"] is False and len(described["missing"]) == 7
+    assert described["ready"] is False and len(described["missing"]) == len(SERVED_MODEL_NAMES) - 1
     assert httpx.get(f"{url}/livez", timeout=5).status_code == 200
     assert httpx.get(f"{url}/readyz", timeout=5).status_code != 200
 
@@ -466,11 +418,11 @@ def test_promotion_is_picked_up_while_serving_and_predictions_equal_the_register
     expected = {f"{r['name']}_onnx": r["onnx_version"] for r in report["promoted"]}
     assert expected["density_graphite_onnx"] == "2", report  # the better Keras version, a new ONNX version
 
-    _wait_for(lambda: _served_versions(url) == expected, timeout=120,
+    wait_for(lambda: _served_versions(url) == expected, timeout=120,
               what=f"the service to serve {expected}", on_timeout=lambda: f"served {_served_versions(url)}")
     swapped_after = time.monotonic() - started
-    assert _metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx") >= 1
-    assert _metric(url, "cellmfg_model_info", model="density_graphite_onnx", version="2", alias="champion") == 1
+    assert metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx") >= 1
+    assert metric(url, "cellmfg_model_info", model="density_graphite_onnx", version="2", alias="champion") == 1
     described = _models(url)
     assert described["ready"] is (not failed)
     assert set(described["missing"]) == {f"{name}_onnx" for name in failed}
@@ -497,13 +449,13 @@ def test_promotion_is_picked_up_while_serving_and_predictions_equal_the_register
 @pytest.mark.timeout(600)
 def test_rollback_is_picked_up_while_serving(registry_stack: dict[str, Any]) -> None:
     url, uri, env = registry_stack["service"].url, registry_stack["uri"], registry_stack["env"]
-    before = _metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx")
+    before = metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx")
     rolled = _cli(["registry", "rollback", "--model", "density_graphite", "--json"], env, timeout=300)
     assert rolled.returncode == 0, rolled.stderr[-3000:]
     assert _last_json(rolled)["champion"] == "1"
-    _wait_for(lambda: _served_versions(url).get("density_graphite_onnx") == "1", timeout=60,
+    wait_for(lambda: _served_versions(url).get("density_graphite_onnx") == "1", timeout=60,
               what="the service to swap density_graphite_onnx back to version 1")
-    assert _metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx") == before + 1
+    assert metric(url, "cellmfg_model_reloads_total", model="density_graphite_onnx") == before + 1
     rows = example_rows("electrode", "graphite", 3, seed=4)
     body = httpx.post(f"{url}/predict/electrode", json={"chemistry": "graphite", "rows": rows}, timeout=60).json()
     version, expected_values = _onnx_predictions(uri, "density_graphite_onnx", rows)
@@ -521,7 +473,7 @@ def test_mlflow_keeps_runs_and_models_in_postgres_and_artefacts_behind_the_serve
     with psycopg.connect(host="127.0.0.1", port=postgres["port"], user="cellmfg", dbname="mlflow") as connection:
         names = {row[0] for row in connection.execute("SELECT name FROM registered_models").fetchall()}
         (runs,) = connection.execute("SELECT count(*) FROM runs").fetchone() or (0,)
-    assert {"density_graphite", "density_graphite_onnx", "tortuosity_gdl1000"} <= names and runs >= 8
+    assert {"density_graphite", "density_graphite_onnx", "tortuosity_gdl1000"} <= names and runs >= len(TASKS)
     client = MlflowClient(tracking_uri=registry_stack["uri"])
     locations = {e.artifact_location for e in client.search_experiments() if e.name.startswith("cellmfg-")}
     assert locations and all(loc.startswith("mlflow-artifacts:") for loc in locations), locations
@@ -549,7 +501,7 @@ def test_the_image_serves_the_registry_over_http(registry_stack: dict[str, Any],
             return subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True,
                                   check=False).stdout
 
-        _wait_for(lambda: _served_versions(container) == expected, timeout=180,
+        wait_for(lambda: _served_versions(container) == expected, timeout=180,
                   what=f"the container to serve {expected}", on_timeout=logs)
         assert _models(container)["source"].startswith(f"MLflow registry {uri}")
         rows = example_rows("gdl", "gdl200", 3, seed=8)
@@ -594,7 +546,7 @@ def test_the_compose_mlflow_image_runs_on_postgres_with_proxied_artefacts(postgr
             return subprocess.run(["docker", "logs", "--tail", "30", name], capture_output=True, text=True,
                                   check=False).stdout
 
-        _wait_for(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, timeout=180,
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, timeout=180,
                   what="the MLflow container's /health", interval=0.5, on_timeout=logs)
         # The client API with an explicit URI: MLflow's fluent API would leave a global active experiment behind.
         client = MlflowClient(tracking_uri=url)
@@ -630,7 +582,7 @@ def test_bentoml_build_packages_the_service_and_a_bundle_that_it_then_serves(tmp
     shutil.copy(PROJECT_ROOT / "bentofile.yaml", context / "bentofile.yaml")
     write_fake_bundle(context / "bundle")
     home = tmp_path / "bentoml-home"
-    env = _clean_env(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true")
+    env = clean_env(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true")
     built = subprocess.run([str(VENV_BIN / "bentoml"), "build", "--output", "tag", str(context)], cwd=context,
                            env=env, capture_output=True, text=True, timeout=240, check=False)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
@@ -647,7 +599,7 @@ def test_bentoml_build_packages_the_service_and_a_bundle_that_it_then_serves(tmp
                     tmp_path / "bento-serve.log", env={**env, "CELLMFG_BUNDLE": "bundle"}, cwd=tmp_path).start()
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=120,
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=120,
                   what="the built Bento to be ready", on_timeout=server.describe)
         assert _models(url)["source"] == f"bundle {(bento / 'src' / 'bundle').resolve()}"
     finally:
@@ -662,7 +614,7 @@ def test_bentoml_build_packages_the_service_and_a_bundle_that_it_then_serves(tmp
 def bundle_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("prometheus-target")
     bundle = write_fake_bundle(folder / "bundle")
-    env = _clean_env(BENTOML_HOME=str(folder / "bentoml-home"))
+    env = clean_env(BENTOML_HOME=str(folder / "bentoml-home"))
     service = ServerProcess(env, folder / "service.log", workers=1, bundle=bundle)
     with service:
         service.wait_ready(timeout=180)
@@ -696,7 +648,7 @@ def prometheus(bundle_service: ServerProcess, tmp_path_factory: pytest.TempPathF
     ], folder / "prometheus.log", cwd=folder).start()
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(lambda: daemon.alive() and httpx.get(f"{url}/-/ready", timeout=2).status_code == 200,
+        wait_for(lambda: daemon.alive() and httpx.get(f"{url}/-/ready", timeout=2).status_code == 200,
                   timeout=60, what="prometheus /-/ready", on_timeout=daemon.describe)
         yield url
     finally:
@@ -734,7 +686,7 @@ def test_prometheus_scrapes_the_service_and_reads_back_project_metrics(bundle_se
         result = _query(prometheus, 'cellmfg_predictions_total{job="cellmfg", model="density_nmc_onnx"}')
         return result if result and float(result[0]["value"][1]) >= 5 else []
 
-    result = _wait_for(scraped, timeout=60, what="cellmfg_predictions_total >= 5 in Prometheus")
+    result = wait_for(scraped, timeout=60, what="cellmfg_predictions_total >= 5 in Prometheus")
     assert result[0]["metric"]["version"] == "1"
     assert result[0]["metric"]["instance"] == f"127.0.0.1:{bundle_service.port}"
     rows = _query(prometheus, 'sum(cellmfg_predicted_rows_total{job="cellmfg", model="density_nmc_onnx"})')
@@ -744,7 +696,7 @@ def test_prometheus_scrapes_the_service_and_reads_back_project_metrics(bundle_se
     assert float(out_of_domain[0]["value"][1]) >= 5
     assert float(_query(prometheus, 'up{job="cellmfg"}')[0]["value"][1]) == 1
     served = _query(prometheus, 'count(cellmfg_model_info{job="cellmfg"} == 1)')
-    assert float(served[0]["value"][1]) == 8
+    assert float(served[0]["value"][1]) == len(SERVED_MODEL_NAMES)
 
     targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
     health = {t["labels"]["job"]: t["health"] for t in targets}
@@ -765,7 +717,7 @@ def test_every_grafana_dashboard_query_runs_in_prometheus(bundle_service: Server
     assert len(exprs) >= 10
     body = {"chemistry": "si_gra", "rows": example_rows("electrode", "si_gra", 2)}
     assert httpx.post(f"{bundle_service.url}/predict/electrode", json=body, timeout=60).status_code == 200
-    _wait_for(lambda: _query(prometheus, 'cellmfg_predictions_total{model="density_si_gra_onnx"}'), timeout=60,
+    wait_for(lambda: _query(prometheus, 'cellmfg_predictions_total{model="density_si_gra_onnx"}'), timeout=60,
               what="the si_gra prediction in Prometheus")
     empty = []
     for expr in exprs:

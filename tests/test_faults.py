@@ -31,17 +31,20 @@ import pytest
 from service_fakes import (
     EXPERIMENT,
     ServerProcess,
+    clean_env,
     example_rows,
     fake_model,
     fake_models,
     free_port,
     in_range_rows,
+    metric,
     move_alias,
     onnx_predict,
     register_fakes,
     register_model,
     stop_process_tree,
     tampered,
+    wait_for,
     write_fake_bundle,
 )
 
@@ -175,32 +178,6 @@ def test_a_failed_download_is_retried_at_the_next_poll(bundle_store: tuple[Model
 # Real servers: helpers
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_", "MLFLOW_"))}
-    env.update(extra)
-    return env
-
-
-def _wait(check: Callable[[], Any], timeout: float, what: str, describe: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-            result = check()
-            if result:
-                return result
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{describe()}")
-
-
-def _metric(url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
 def _density(url: str) -> tuple[str, list[float]]:
     response = httpx.post(f"{url}/predict/electrode", json=EXAMPLE_INPUT, timeout=60)
     assert response.status_code == 200, response.text
@@ -226,7 +203,7 @@ class MlflowServer:
         command = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
                    "--default-artifact-root", (self.folder / "artifacts").as_uri(), "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", "1"]
-        env = _clean_env(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env = clean_env(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder,
                                             start_new_session=True)
@@ -239,7 +216,7 @@ class MlflowServer:
                 pytest.fail(f"mlflow server exited with {self.process.returncode}:\n{self.tail()}")
             return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
 
-        _wait(healthy, timeout, "mlflow server /health", self.tail)
+        wait_for(healthy, timeout, "mlflow server /health", on_timeout=self.tail)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -340,7 +317,7 @@ def register_raw(tracking_uri: str, model: LoadedModel, artifact_root: Path) -> 
 @pytest.mark.integration
 def test_start_up_without_registry_or_bundle_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    server = ServerProcess(_clean_env(MLFLOW_TRACKING_URI=dead, BENTOML_HOME=str(tmp_path / "home")),
+    server = ServerProcess(clean_env(MLFLOW_TRACKING_URI=dead, BENTOML_HOME=str(tmp_path / "home")),
                            tmp_path / "server.log")
     started = time.monotonic()
     with server:
@@ -360,7 +337,7 @@ def test_a_bad_token_setting_fails_start_up_fast_and_is_not_echoed(tmp_path: Pat
     otherwise fail their start-up one after another."""
     bundle = write_fake_bundle(tmp_path / "bundle")
     secret = "short-secret"
-    server = ServerProcess(_clean_env(CELLMFG_API_TOKEN=secret, BENTOML_HOME=str(tmp_path / "home")),
+    server = ServerProcess(clean_env(CELLMFG_API_TOKEN=secret, BENTOML_HOME=str(tmp_path / "home")),
                            tmp_path / "server.log", bundle=bundle)
     with server:
         assert server.process is not None
@@ -388,7 +365,7 @@ def fallback(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServ
     folder = tmp_path_factory.mktemp("fallback")
     bundle = write_fake_bundle(folder / "bundle")
     dead = f"http://127.0.0.1:{free_port()}"
-    env = _clean_env(MLFLOW_TRACKING_URI=dead, CELLMFG_POLL_SECONDS="1", BENTOML_HOME=str(folder / "home"))
+    env = clean_env(MLFLOW_TRACKING_URI=dead, CELLMFG_POLL_SECONDS="1", BENTOML_HOME=str(folder / "home"))
     server = ServerProcess(env, folder / "server.log", bundle=bundle)
     with server:
         ready = server.wait_ready(timeout=180)
@@ -414,8 +391,8 @@ def test_sigterm_during_load_completes_in_flight_requests_then_exits_0(fallback:
     the signal arrives; the test checks that they were, and that every one is answered in full."""
     server = fallback["server"]
     assert server.process is not None
-    _wait(lambda: httpx.get(f"{server.url}/models", timeout=10).json()["explanations_ready"], 120,
-          "explanations to be ready", server.log_tail)
+    wait_for(lambda: httpx.get(f"{server.url}/models", timeout=10).json()["explanations_ready"], 120,
+             "explanations to be ready", on_timeout=server.log_tail)
     clients, n_rows = 8, 400
     rows = example_rows("electrode", "nmc", n_rows, seed=1)
     expected = onnx_predict(fake_model(TASK), in_range_rows("nmc", n_rows, seed=1))
@@ -481,7 +458,7 @@ def test_registry_outage_and_bad_versions_behind_a_moved_alias(mlflow_server: Ml
     timings: dict[str, float] = {}
     try:
         register_fakes(direct, artifact_root=artifacts)
-        env = _clean_env(MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS="1", BENTOML_HOME=str(tmp_path / "home"))
+        env = clean_env(MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS="1", BENTOML_HOME=str(tmp_path / "home"))
         server = ServerProcess(env, tmp_path / "server.log").start()
         timings["ready"] = server.wait_ready(timeout=180)
         url = server.url
@@ -491,7 +468,7 @@ def test_registry_outage_and_bad_versions_behind_a_moved_alias(mlflow_server: Ml
 
         # 1. The registry becomes unreachable: answers go on, unchanged; the failed checks are counted, and logged
         #    once. Meanwhile the alias moves.
-        polls_before = _metric(url, "cellmfg_model_poll_failures_total", model=NAME)
+        polls_before = metric(url, "cellmfg_model_poll_failures_total", model=NAME)
         link.down()
         outage = time.monotonic()
         v2_model = fake_model(TASK, version="2", salt=5)
@@ -500,14 +477,15 @@ def test_registry_outage_and_bad_versions_behind_a_moved_alias(mlflow_server: Ml
             assert _density(url) == ("1", _reference(good))
             assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
             time.sleep(0.2)
-        _wait(lambda: _metric(url, "cellmfg_model_poll_failures_total", model=NAME) >= polls_before + 2, 60,
-              "poll failures to be counted", server.log_tail)
+        wait_for(lambda: metric(url, "cellmfg_model_poll_failures_total", model=NAME) >= polls_before + 2, 60,
+                 "poll failures to be counted", on_timeout=server.log_tail)
         assert server.log_tail(100_000).count("model poll could not read") == 1
 
         # 2. It is reachable again: the alias that moved meanwhile is followed.
         link.up()
         back = time.monotonic()
-        _wait(lambda: _density(url)[0] == v2, 60, f"version {v2} after the registry returned", server.log_tail)
+        wait_for(lambda: _density(url)[0] == v2, 60, f"version {v2} after the registry returned",
+                 on_timeout=server.log_tail)
         timings["recovered"] = time.monotonic() - back
         assert _density(url)[1] == _reference(v2_model)
         assert "model poll reads every revision again" in server.log_tail(100_000)
@@ -515,12 +493,12 @@ def test_registry_outage_and_bad_versions_behind_a_moved_alias(mlflow_server: Ml
         # 3. Bad versions behind the moved alias: refused, v2 keeps serving, metric and log say why.
         for make, reason in ((corrupt, "onnxruntime cannot load the ONNX graph"), (mismatched, "input shape"),
                              (lambda m, v: tampered(m), "sha256")):
-            failures = _metric(url, "cellmfg_model_reload_failures_total", model=NAME)
+            failures = metric(url, "cellmfg_model_reload_failures_total", model=NAME)
             bad = register_raw(direct, make(good, "x"), artifacts)
             moved = time.monotonic()
             move_alias(direct, NAME, "champion", bad)
-            _wait(lambda: _metric(url, "cellmfg_model_reload_failures_total", model=NAME) >= failures + 1,  # noqa: B023
-                  60, f"version {bad} to be refused", server.log_tail)
+            wait_for(lambda: metric(url, "cellmfg_model_reload_failures_total", model=NAME) >= failures + 1,  # noqa: B023
+                     60, f"version {bad} to be refused", on_timeout=server.log_tail)
             timings[f"refused v{bad}"] = time.monotonic() - moved
             assert _density(url) == (v2, _reference(v2_model))
             log = server.log_tail(200_000)
@@ -528,7 +506,7 @@ def test_registry_outage_and_bad_versions_behind_a_moved_alias(mlflow_server: Ml
             assert NAME in line and reason in line and f"version {v2}" in line, (reason, line or log[-3000:])
         listing = httpx.get(f"{url}/models", timeout=30).json()
         assert next(m for m in listing["models"] if m["name"] == NAME)["version"] == v2
-        assert _metric(url, "cellmfg_model_info", model=NAME, version=v2, alias="champion") == 1
+        assert metric(url, "cellmfg_model_info", model=NAME, version=v2, alias="champion") == 1
         print("\nregistry faults: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     finally:
         if server is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
-from service_fakes import write_fake_bundle
+from service_fakes import clean_env, write_fake_bundle
 
 from service.patches import patch_bentoml_timeout
 
@@ -103,9 +102,7 @@ def test_the_service_installs_the_patch_when_it_starts(tmp_path: Path) -> None:
         "    assert client.get('/readyz').status_code == 200\n"
         "    print(at_import, TimeoutMiddleware.__call__.__module__)\n"
     )
-    env = {**os.environ, "CELLMFG_BUNDLE": str(bundle), "CELLMFG_POLL_SECONDS": "0",
-           "BENTOML_HOME": str(tmp_path / "home")}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = clean_env(CELLMFG_BUNDLE=str(bundle), CELLMFG_POLL_SECONDS="0", BENTOML_HOME=str(tmp_path / "home"))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
                             cwd=PROJECT_ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

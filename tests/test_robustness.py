@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from service_fakes import (
     ServerProcess,
+    clean_env,
     example_rows,
     fake_models,
     in_process_app,
@@ -466,7 +467,7 @@ def test_the_image_runs_as_a_non_root_user_and_bakes_in_no_secret() -> None:
 
 def test_compose_and_entrypoint_take_the_token_from_outside() -> None:
     for path in ("docker-compose.yml", "deploy/entrypoint.sh", "bentofile.yaml"):
-        text = (PROJECT_ROOT / path).read_text() if (PROJECT_ROOT / path).exists() else ""
+        text = (PROJECT_ROOT / path).read_text()
         for match in re.finditer(r"CELLMFG_API_TOKEN\w*\s*[:=]\s*(\S+)", text):
             assert match.group(1).startswith(("${", "$", '""', "''")), f"{path} sets a token: {match.group(0)}"
 
@@ -534,8 +535,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     folder = tmp_path_factory.mktemp("secured")
     bundle = write_fake_bundle(folder / "bundle")
     token = secrets.token_urlsafe(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_", "MLFLOW_"))}
-    env.update({"CELLMFG_API_TOKEN": token, "CELLMFG_POLL_SECONDS": "0", "BENTOML_HOME": str(folder / "home")})
+    env = clean_env(CELLMFG_API_TOKEN=token, CELLMFG_POLL_SECONDS="0", BENTOML_HOME=str(folder / "home"))
     server = ServerProcess(env, folder / "server.log", bundle=bundle)
     with server:
         server.wait_ready(timeout=180)

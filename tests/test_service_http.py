@@ -217,6 +217,9 @@ def test_bodies_other_than_json_are_a_415(client: TestClient, content_type: str)
     response = client.post("/predict/electrode", content=b"chemistry=nmc", headers={"Content-Type": content_type})
     assert response.status_code == 415, response.text
     assert "send the request body as application/json" in response.json()["error"]
+
+
+def test_a_body_without_content_type_is_read_as_json(client: TestClient) -> None:
     unlabelled = client.post("/predict/gdl", content=json.dumps(GDL_EXAMPLE_INPUT).encode(), headers={})
     assert unlabelled.status_code == 200, "a body without Content-Type is read as JSON"
 
