@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_train.py [--preset paper] [--keep DIR]
 
-Goal (issue 3): the paper preset under 5 minutes on 2 cores.
+Goal: the paper preset under 5 minutes on 2 cores.
 """
 
 from __future__ import annotations

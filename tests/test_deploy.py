@@ -237,11 +237,10 @@ def test_docker_compose_config_accepts_the_stack() -> None:
 
 
 def _deploy_docs() -> str:
-    """The deployment section of README.md once merged there, else deploy/README-section.md."""
+    """The deployment section of README.md."""
     readme = (PROJECT_ROOT / "README.md").read_text()
-    if "\n## Deploy" in readme:
-        return readme.split("\n## Deploy", 1)[1]
-    return (PROJECT_ROOT / "deploy" / "README-section.md").read_text()
+    assert "\n## Deploy" in readme, "README.md has no Deploy section"
+    return readme.split("\n## Deploy", 1)[1]
 
 
 def test_the_readme_documents_the_example_request_and_every_setting() -> None:
