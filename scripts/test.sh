@@ -9,6 +9,7 @@ scripts/setup.sh train
 bash scripts/integration_deps.sh
 echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy" && .venv/bin/mypy
+echo "== layers" && .venv/bin/lint-imports .importlinter
 echo "== pytest"
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"

@@ -12,8 +12,10 @@ import logging
 
 log = logging.getLogger("cellmfg.service")
 
-# The logger BentoML's HTTP app reports endpoint exceptions on (bentoml._internal.server.http_app.log_exception).
+# The logger BentoML's HTTP app reports endpoint exceptions on (bentoml._internal.server.http_app.log_exception),
+# and the source hash of that function in bentoml 1.4.40: the filter reads its record's (path, method) arguments.
 BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
+LOG_EXCEPTION_SHA256 = "8e37ab2b4433dff1b39b8e3e31e86f2cf6706294a2749f688a6b8c0e12b9ff70"
 
 
 def _client_error(error: BaseException | None) -> str | None:
@@ -50,7 +52,13 @@ def show_service_logs() -> None:
 
 
 def quiet_client_errors() -> None:
-    """Install `ClientErrorLogFilter` once per process (called when the service starts, never at import)."""
+    """Install `ClientErrorLogFilter` once per process (called when the service starts, never at import); fails
+    loudly (PatchedCodeChangedError) when BentoML's exception logging is not the code the filter was written for."""
+    from bentoml._internal.server import http_app
+
+    from cellmfg.patch_guard import expect_source
+
+    expect_source(http_app.log_exception, LOG_EXCEPTION_SHA256, "service/logs.py (one line per refused request)")
     target = logging.getLogger(BENTOML_HTTP_LOGGER)
     if not any(isinstance(f, ClientErrorLogFilter) for f in target.filters):
         target.addFilter(ClientErrorLogFilter())

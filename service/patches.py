@@ -21,6 +21,9 @@ import contextvars
 from typing import Any
 
 _PATCHED = "_cellmfg_timer_cancelled"
+# Source hashes of the bentoml 1.4.40 code this fix replaces and relies on (cellmfg.patch_guard).
+TIMEOUT_CALL_SHA256 = "71bdcd16506b917e18dd67d0067a6aeae8d94e69486c64bc1bb37d3925ea907e"
+SET_TIMER_OUT_SHA256 = "203d9aea7eca47e5fd15e10d00e114c6ee24c7467b5f451a8821d8a6142d8651"
 
 
 async def _call_with_cancelled_timer(self: Any, scope: Any, receive: Any, send: Any) -> None:
@@ -64,11 +67,16 @@ async def _call_with_cancelled_timer(self: Any, scope: Any, receive: Any, send: 
 
 
 def patch_bentoml_timeout() -> bool:
-    """Install the fix (idempotent); True if this call installed it."""
+    """Install the fix (idempotent); True if this call installed it. Fails loudly (PatchedCodeChangedError) when
+    BentoML's middleware is not the code this fix was written for."""
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from cellmfg.patch_guard import expect_source
 
     if getattr(TimeoutMiddleware, _PATCHED, False):
         return False
+    expect_source(TimeoutMiddleware.__call__, TIMEOUT_CALL_SHA256, "service/patches.py (request timer fix)")
+    expect_source(TimeoutMiddleware._set_timer_out, SET_TIMER_OUT_SHA256, "service/patches.py (request timer fix)")
     TimeoutMiddleware.__call__ = _call_with_cancelled_timer  # type: ignore[method-assign]
     setattr(TimeoutMiddleware, _PATCHED, True)
     return True
