@@ -8,7 +8,8 @@
 #
 # Stages: `builder` installs and slims the virtualenv and checks it; `runtime` adds it to the base with the app and
 # a non-root user; the last stage flattens `runtime` into one layer, so that the base's pip, setuptools and docs,
-# removed in `runtime`, are not shipped underneath (this keeps the image under 700 MB).
+# removed in `runtime`, are not shipped underneath. The serving lock has no shap, numba or llvmlite: the service
+# computes its exact SHAP values itself (service/shapley.py).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
@@ -44,13 +45,19 @@ RUN chmod -R a+rX /app /opt/cellmfg && chmod 0755 /usr/local/bin/cellmfg-entrypo
 
 FROM ${BASE_IMAGE} AS runtime
 # Nothing is installed at run time: drop the base's pip, setuptools and wheel (Debian's packages, or the official
-# image's copies), documentation, message translations (the service logs in English) and package lists.
+# image's copies), documentation, message translations (the service logs in English) and package lists; glibc's
+# iconv converters (Python has its own codecs) and the standard library's parts no server imports (2to3, pydoc's
+# topics, ensurepip, IDLE, Tk, the test suite), wherever the base keeps its Python.
 RUN if dpkg -s python3-pip >/dev/null 2>&1; then \
       DEBIAN_FRONTEND=noninteractive apt-get purge -y -q python3-pip python3-setuptools python3-wheel >/dev/null; \
     fi \
  && (python3 -m pip uninstall -y -q pip setuptools wheel >/dev/null 2>&1 || true) \
  && rm -rf /usr/share/doc/* /usr/share/man/* /usr/share/info/* /var/lib/apt/lists/* /var/cache/apt/* \
-           /var/cache/debconf/*-old /var/log/* /root/.cache \
+           /var/cache/debconf/*-old /var/log/* /root/.cache /usr/lib/x86_64-linux-gnu/gconv \
+ && for lib in /usr/lib/python3.11 /usr/local/lib/python3.11; do \
+      rm -rf "$lib/lib2to3" "$lib/pydoc_data" "$lib/ensurepip" "$lib/idlelib" "$lib/tkinter" "$lib/turtledemo" \
+             "$lib/test"; \
+    done \
  && find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} + \
  && groupadd --system --gid 10001 cellmfg \
  && useradd --system --uid 10001 --gid cellmfg --home-dir /home/cellmfg --create-home --shell /usr/sbin/nologin \

@@ -14,13 +14,25 @@ Kind = Literal["electrode", "gdl"]
 
 @dataclass(frozen=True)
 class Quantity:
-    """A measured column: its CSV name, unit, and the physically possible closed interval."""
+    """A measured column: its CSV name, unit, the physically possible closed interval and, for a feature, the
+    fixed standardisation every net applies to it: z = (value - scale_centre) / scale_width.
+
+    The scale comes from the process window a lab works in, not from a dataset's statistics: a feature a source
+    dataset holds constant (coating speed 0.3 m/min in graphite) would otherwise get a near-zero "std" and enter a
+    net at |z| of hundreds on a target that varies it.
+    """
 
     column: str
     unit: str
     description: str
     physical_min: float
     physical_max: float
+    scale_centre: float = 0.0
+    scale_width: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.scale_width > 0:
+            raise ValueError(f"{self.column}: scale_width must be positive, got {self.scale_width}")
 
     def physical_range_text(self) -> str:
         return f"[{self.physical_min:g}, {self.physical_max:g}] {self.unit}"
@@ -28,21 +40,34 @@ class Quantity:
 
 # Physical bounds say what is impossible (a negative gap, a percentage over 100), not what is unusual: values
 # inside them but outside a dataset's range are accepted and reported as out of ___domain.
+# Scales (centre, width): the typical lab process window of each quantity, so z stays within about ±1 on every
+# dataset of either kind; one definition for all nets and all datasets, recorded in each model's contract.
 ELECTRODE_FEATURES: tuple[Quantity, ...] = (
+    # a mass fraction: the whole 0–100 wt% span (Si share 8–15 and active material 85–97.5 share one axis)
     Quantity("am_wt_pct", "wt%", "active material mass fraction of the dry electrode "
-             "(for si_gra: the Si share of the composite)", 0.0, 100.0),
-    Quantity("solid_content_pct", "%", "solid content of the slurry by mass", 0.0, 100.0),
-    Quantity("coating_speed_m_min", "m/min", "comma-coater web speed", 0.0, 100.0),
-    Quantity("comma_gap_um", "µm", "comma-bar gap of the coater", 0.0, 5000.0),
-    Quantity("roll_speed_m_min", "m/min", "calender roll speed", 0.0, 100.0),
-    Quantity("roll_gap_um", "µm", "initial gap between the calender rolls", 0.0, 5000.0),
+             "(for si_gra: the Si share of the composite)", 0.0, 100.0, 50.0, 50.0),
+    # slurries are coatable from ~20 % (aqueous anodes) to ~70 % solids (NMP cathodes)
+    Quantity("solid_content_pct", "%", "solid content of the slurry by mass", 0.0, 100.0, 45.0, 25.0),
+    # lab comma coaters run at ~0.1–2 m/min
+    Quantity("coating_speed_m_min", "m/min", "comma-coater web speed", 0.0, 100.0, 1.0, 1.0),
+    # comma gaps of 0–500 µm give wet films for 1–10 mAh/cm² electrodes
+    Quantity("comma_gap_um", "µm", "comma-bar gap of the coater", 0.0, 5000.0, 250.0, 250.0),
+    # lab calenders: 0–1 m/min
+    Quantity("roll_speed_m_min", "m/min", "calender roll speed", 0.0, 100.0, 0.5, 0.5),
+    # calender gaps from touching rolls to ~250 µm (thicker than any dry coating here)
+    Quantity("roll_gap_um", "µm", "initial gap between the calender rolls", 0.0, 5000.0, 125.0, 125.0),
 )
 GDL_FEATURES: tuple[Quantity, ...] = (
-    Quantity("fiber_diameter_um", "µm", "carbon fiber diameter", 0.0, 100.0),
-    Quantity("fiber_concentration_pct", "vol%", "fiber volume fraction", 0.0, 100.0),
-    Quantity("binder_concentration_pct", "vol%", "binder (PTFE) volume fraction", 0.0, 100.0),
-    Quantity("thickness_um", "µm", "uncompressed layer thickness", 0.0, 5000.0),
-    Quantity("compression_factor", "1", "fraction of compression along z", 0.0, 0.95),
+    # PAN/pitch carbon fibers of commercial GDLs: ~5–15 µm
+    Quantity("fiber_diameter_um", "µm", "carbon fiber diameter", 0.0, 100.0, 10.0, 5.0),
+    # fiber volume fractions of carbon papers: ~10–30 %
+    Quantity("fiber_concentration_pct", "vol%", "fiber volume fraction", 0.0, 100.0, 20.0, 10.0),
+    # PTFE loadings: ~0–20 vol%
+    Quantity("binder_concentration_pct", "vol%", "binder (PTFE) volume fraction", 0.0, 100.0, 10.0, 10.0),
+    # GDL substrates: ~200–400 µm
+    Quantity("thickness_um", "µm", "uncompressed layer thickness", 0.0, 5000.0, 300.0, 100.0),
+    # assembly compression: 0–50 % of the thickness
+    Quantity("compression_factor", "1", "fraction of compression along z", 0.0, 0.95, 0.25, 0.25),
 )
 
 
@@ -165,6 +190,12 @@ def targets_for(kind: Kind) -> tuple[Target, ...]:
 
 def feature_columns(kind: Kind) -> list[str]:
     return [q.column for q in features_for(kind)]
+
+
+def feature_scaling(kind: Kind) -> tuple[list[float], list[float]]:
+    """The fixed (centres, widths) of a kind's features, in input order."""
+    features = features_for(kind)
+    return [q.scale_centre for q in features], [q.scale_width for q in features]
 
 
 def all_quantities(kind: Kind) -> dict[str, Quantity]:

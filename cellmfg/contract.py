@@ -1,9 +1,13 @@
 """The model contract and the model bundle: everything a served model needs, travelling with it.
 
-A contract (JSON, versioned schema) describes one ONNX model: task, target and unit, features in input order with
-units and training ranges, metrics, the conformal quantile for prediction intervals, a SHAP background, lineage
-and library versions, and the sha256 of the ONNX file. The registry writes it; the service reads it and never
-imports TensorFlow.
+A contract (JSON, versioned schema) describes one ONNX model: task, target with unit and physical range, features
+in input order with units, training ranges and the fixed scaling the net applies, metrics (validation estimates for
+choices, test figures for the report), the conformal quantile with its measured coverage and width, a SHAP
+background, lineage and library versions, and the sha256 of the ONNX file. The registry writes it; the service
+reads it and never imports TensorFlow.
+
+`PromotionInputs` is the seam between training and registry: everything a promotion needs, written by training as
+one typed artifact, so the registry neither re-reads the data nor imports training code.
 
 A bundle is a directory of ONNX files, their contracts and a `manifest.json` with checksums, so a server can run
 without reaching MLflow. `load_bundle` refuses a tampered or incomplete bundle, naming the file.
@@ -12,7 +16,6 @@ without reaching MLflow. `load_bundle` refuses a tampered or incomplete bundle, 
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +23,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-CONTRACT_SCHEMA_VERSION: Literal[1] = 1
+CONTRACT_SCHEMA_VERSION: Literal[2] = 2
 MANIFEST_NAME = "manifest.json"
 CONTRACT_ARTIFACT = "contract.json"
-SERVING_INPUTS_ARTIFACT = "serving_inputs.json"  # written by training, read by the registry to build a contract
+PROMOTION_INPUTS_ARTIFACT = "promotion_inputs.json"  # written by training, read by the registry to build a contract
 ONNX_METADATA_KEY = "cellmfg_contract"
 ONNX_INPUT_NAME = "features"
 
@@ -43,30 +46,52 @@ class FeatureSpec(_Strict):
     train_max: float
     physical_min: float
     physical_max: float
+    # The net's first (frozen) layer computes z = (x - scale_centre) / scale_width, a fixed physical scale.
+    scale_centre: float = 0.0
+    scale_width: float = 1.0
+    # Constant on the source rows the (base) net was trained on: the net ignores it (weight 0), since the source
+    # says nothing about its effect; predictions do not change when it changes.
+    constant_in_source: bool = False
 
 
 class TargetSpec(_Strict):
     task: str
     column: str
     unit: str
+    # Interval ends are clipped to this range (a mass loading is never below 0, a tortuosity never below 1).
+    physical_min: float | None = None
+    physical_max: float | None = None
 
 
 class Metrics(_Strict):
-    test_mape_pct: float = Field(description="test MAPE on the paper's single 70/30 split")
-    test_mape_pct_mean: float | None = Field(default=None, description="mean test MAPE over repeated random splits")
+    test_mape_pct: float = Field(description="test MAPE on the first grouped 70/30 split (report only)")
+    test_mape_pct_mean: float | None = Field(default=None, description="mean test MAPE over repeated grouped splits")
     test_mape_pct_std: float | None = None
     n_splits: int | None = None
     test_mae: float | None = None
     test_r2: float | None = None
+    validation_mape_pct: float | None = Field(
+        default=None, description="grouped inner-validation MAPE of the chosen configuration on the training part: "
+        "what registry choices and gates compare (never test rows)")
     zero_shot_test_mape_pct: float | None = Field(default=None, description="the pretrained net as is, same split")
+    zero_shot_validation_mape_pct: float | None = Field(
+        default=None, description="the pretrained net as is, on the same training-part rows as validation_mape_pct")
 
 
 class Conformal(_Strict):
     coverage: float = 0.9
     # Relative residual |y - p| / |p|: the nets are trained on a relative loss (MAPE), so errors scale with p.
+    # Interval: [p - q|p|, p + q|p|], then clipped to the target's physical range.
     relative_quantile: float
     n_calibration: int
     method: str = "split-conformal on relative residuals of held-out rows"
+    measured_coverage: float | None = Field(
+        default=None, description="share of grouped held-out rows inside their interval, each interval calibrated "
+        "without the row's group, averaged over the repeated splits")
+    mean_relative_width: float | None = Field(
+        default=None, description="mean (upper - lower) / |prediction| of those clipped intervals: the width a "
+        "user can expect")
+    n_evaluated: int | None = None
 
 
 class BaseModelRef(_Strict):
@@ -85,7 +110,7 @@ class Lineage(_Strict):
 
 
 class Contract(_Strict):
-    schema_version: Literal[1] = CONTRACT_SCHEMA_VERSION
+    schema_version: Literal[2] = CONTRACT_SCHEMA_VERSION
     name: str = Field(description="registered ONNX model name, e.g. density_nmc_onnx")
     task: str
     dataset: str
@@ -109,8 +134,53 @@ class Contract(_Strict):
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
 
+    @property
+    def source_constant_features(self) -> list[str]:
+        return [f.name for f in self.features if f.constant_in_source]
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+class Selection(_Strict):
+    """The configuration grouped inner validation chose for the registered net (nothing here read test rows)."""
+
+    method: str = Field(description="e.g. transfer_paper (the paper's adapter) or transfer_residual (ours)")
+    learning_rate: float
+    width: int
+    validation_mape_pct: float | None
+
+
+class ZeroShotInputs(_Strict):
+    """The transfer's base net applied as is to this target: what the registry needs to serve it instead."""
+
+    metrics: Metrics
+    conformal: Conformal
+
+
+class PromotionInputs(_Strict):
+    """Everything a promotion needs about one registered Keras version, written by training beside the model."""
+
+    schema_version: Literal[1] = 1
+    kind: Literal["electrode", "gdl"]
+    task: str
+    dataset: str
+    role: Literal["pretrained", "transfer"]
+    target: TargetSpec
+    features: list[FeatureSpec]
+    shap_background: list[list[float]]
+    probe_x: list[list[float]] = Field(description="unlabelled rows of this dataset for the ONNX parity check")
+    metrics: Metrics
+    conformal: Conformal
+    selection: Selection
+    zero_shot: ZeroShotInputs | None = None
+    data_sha256: str
+    data_rows: int
+    groups: int = Field(description="distinct groups (replicate sets) in the data")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
 
 
 def now_iso() -> str:
@@ -119,10 +189,6 @@ def now_iso() -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return sha256_bytes(Path(path).read_bytes())
 
 
 def parse_contract(text: str | bytes, source: str) -> Contract:
@@ -272,6 +338,3 @@ def contract_from_onnx_metadata(onnx_bytes: bytes, source: str) -> Contract:
             return parse_contract(prop.value, source)
     raise ContractError(f"{source}: no {ONNX_METADATA_KEY!r} metadata in the ONNX file")
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

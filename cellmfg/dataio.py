@@ -18,6 +18,11 @@ import pandas as pd
 from cellmfg.___domain import DATASETS, Kind, all_quantities, feature_columns, kind_of_columns
 
 SAMPLE_ID = "sample_id"
+# Rows that share a group (replicates of one coated sheet, one recipe, one structure) are not independent:
+# evaluation keeps a group on one side of every split. Kept as text, never a feature.
+GROUP_ID = "group_id"
+# Columns the shipped generators add for reference (see data/DATA_CARD.md) that no model uses: skipped quietly.
+DOCUMENTED_EXTRA_COLUMNS = frozenset({"porosity"})
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -44,6 +49,19 @@ class LoadedData:
     ignored_columns: list[str] = field(default_factory=list)
     out_of_range: list[OutOfRange] = field(default_factory=list)
 
+    @property
+    def groups(self) -> np.ndarray:
+        """One group label per row (see `row_groups`)."""
+        return row_groups(self.frame, self.kind)
+
+
+def row_groups(frame: pd.DataFrame, kind: Kind) -> np.ndarray:
+    """The `group_id` column as strings; without it, rows with identical inputs form one group (replicates)."""
+    if GROUP_ID in frame.columns:
+        return frame[GROUP_ID].astype(str).to_numpy()
+    numbers = frame.groupby(feature_columns(kind), sort=False).ngroup().to_numpy()
+    return np.asarray([f"inputs-{n}" for n in numbers], dtype=object)
+
 
 def _row_label(position: int) -> str:
     # CSV line numbers are what a user sees in an editor: header is line 1.
@@ -69,10 +87,12 @@ def validate_frame(
     if unknown_targets:
         raise DataValidationError(f"{source}: unknown target column(s) {', '.join(unknown_targets)}")
     optional_targets = [c for c in quantities if c not in wanted and c in frame.columns]
-    keep = ([SAMPLE_ID] if SAMPLE_ID in frame.columns else []) + wanted + optional_targets
+    ids = [c for c in (SAMPLE_ID, GROUP_ID) if c in frame.columns]
+    keep = ids + wanted + optional_targets
     ignored = [c for c in frame.columns if c not in keep]
-    if ignored:
-        warnings.warn(f"{source}: ignoring extra column(s) {', '.join(map(str, ignored))}", stacklevel=2)
+    unexpected = [c for c in ignored if c not in DOCUMENTED_EXTRA_COLUMNS]
+    if unexpected:
+        warnings.warn(f"{source}: ignoring extra column(s) {', '.join(map(str, unexpected))}", stacklevel=2)
 
     out = frame[keep].copy().reset_index(drop=True)
     for column in wanted + optional_targets:
@@ -98,6 +118,15 @@ def validate_frame(
                 )
         out[column] = numbers
 
+    if GROUP_ID in out.columns:
+        out[GROUP_ID] = out[GROUP_ID].astype(str).str.strip()
+        blank = (out[GROUP_ID] == "") | out[GROUP_ID].str.lower().isin({"nan", "none"})
+        if blank.any():
+            position = int(np.flatnonzero(blank.to_numpy())[0])
+            raise DataValidationError(
+                f"{source}: {_row_label(position)}, column {GROUP_ID}: blank (allowed: any non-empty label; "
+                f"rows sharing a label are replicates of one sample)"
+            )
     if SAMPLE_ID in out.columns:
         out[SAMPLE_ID] = out[SAMPLE_ID].astype(str)
         repeated = out[SAMPLE_ID].duplicated(keep="first")

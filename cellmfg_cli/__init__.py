@@ -27,29 +27,25 @@ VERBOSE_ENV = "CELLMFG_VERBOSE"
 
 # (module, Typer app attribute or command function, command name, help, the stage's top-level package)
 STAGES: tuple[tuple[str, str, str, str], ...] = (
-    ("datagen.cli", "data_app", "data", "Generate, check and validate datasets."),
+    ("datagen.cli", "data_app", "data", "Generate, check, validate and calibrate datasets."),
     ("training.cli", "train_app", "train", "Pretrain, transfer and evaluate nets; log to MLflow."),
     ("registry.cli", "app", "registry", "Promote models to ONNX champions, roll back, retire, export bundles."),
 )
 # Single commands (not groups) a stage offers at the top level.
 COMMANDS: tuple[tuple[str, str, str, str], ...] = (
     ("service.cli", "serve", "serve", "Start the prediction service (BentoML + onnxruntime)."),
+    ("service.cli", "predict", "predict", "Score a CSV with the served ONNX models, offline (no server)."),
+    ("service.cli", "design", "design", "Find the settings that give a wanted electrode or GDL, offline."),
 )
 
 # Loggers of libraries that print INFO/WARNING lines a user of the command line need not read.
 NOISY_LOGGERS = ("tensorflow", "absl", "keras", "mlflow", "alembic", "h5py", "numexpr", "urllib3", "git",
                  "tf2onnx", "onnx", "matplotlib", "PIL", "numba", "shap", "bentoml")
 
-app = typer.Typer(
-    name="cellmfg",
-    help="Predict electrochemical-cell component properties from manufacturing parameters "
-    "(transfer learning on small datasets, served over HTTP).",
-    no_args_is_help=True,
-    add_completion=False,
-)
+HELP = ("Predict electrochemical-cell component properties from manufacturing parameters "
+        "(transfer learning on small datasets, served over HTTP).")
 
 
-@app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library warnings and log output.")] = False,
 ) -> None:
@@ -86,7 +82,10 @@ def stage_installed(module: str) -> bool:
 
 
 def build() -> typer.Typer:
-    """Mount every installed stage; an installed stage that fails to import raises with its own traceback."""
+    """The command with every installed stage mounted; an installed stage that fails to import raises with its
+    own traceback."""
+    app = typer.Typer(name="cellmfg", help=HELP, no_args_is_help=True, add_completion=False)
+    app.callback()(_root)
     for module, attribute, name, help_text in STAGES:
         if stage_installed(module):
             app.add_typer(getattr(importlib.import_module(module), attribute), name=name, help=help_text)
@@ -99,8 +98,7 @@ def build() -> typer.Typer:
 def main() -> None:
     if os.environ.get(VERBOSE_ENV) != "1" and not {"--verbose", "-v"} & set(sys.argv[1:2]):
         quiet_libraries()
-    build()
-    app()
+    build()()
 
 
 if __name__ == "__main__":

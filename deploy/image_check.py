@@ -2,16 +2,21 @@
 
 1. Imports what the server imports before it is ready. Besides proving the slimmed virtualenv still works, this
    writes byte code for exactly those modules; the rest of the virtualenv ships without any (image size).
-2. When a bundle is baked in, verifies it (manifest, checksums, contracts) and runs every model once through
-   onnxruntime on its contract's own background rows, as the service does before serving a model.
+2. shap, numba and llvmlite are not installed: the service computes its SHAP values itself (service.shapley).
+3. When a bundle is baked in, verifies it (manifest, checksums, contracts), runs every model once through
+   onnxruntime on its contract's own background rows, as the service does before serving a model, and explains
+   two of those rows: base value + contributions must equal the prediction.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # The service and the code paths `bentoml serve` takes to start it (supervisor, HTTP worker), and the MLflow client
 # the registry source uses. BentoML's internals move between releases: a missing one is reported, not fatal.
@@ -19,6 +24,16 @@ REQUIRED = ["service.cli", "service.service", "cellmfg.contract", "onnxruntime"]
 WARM = ["bentoml_cli.cli", "_bentoml_impl.server.serving", "_bentoml_impl.worker.service", "uvicorn",
         "mlflow.tracking", "mlflow.artifacts"]
 BUNDLE = Path("/opt/cellmfg/bundle")
+NOT_SHIPPED = ["shap", "numba", "llvmlite"]
+
+
+def _predictor(session: Any, input_name: str, output_name: str) -> Callable[[Any], Any]:
+    import numpy as np
+
+    def predict(x: Any) -> Any:
+        return np.asarray(session.run([output_name], {input_name: x})[0], dtype=np.float64).reshape(len(x))
+
+    return predict
 
 
 def main() -> int:
@@ -31,6 +46,10 @@ def main() -> int:
         except ImportError as error:
             print(f"image-check: (not pre-compiled) {name}: {error}", file=sys.stderr)
     print(f"image-check: start-up imports OK in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    shipped = [name for name in NOT_SHIPPED if importlib.util.find_spec(name) is not None]
+    if shipped:
+        print(f"image-check: {', '.join(shipped)} should not be in the serving image", file=sys.stderr)
+        return 1
 
     if not (BUNDLE / "manifest.json").is_file():
         print("image-check: no bundle baked in; the container needs MLFLOW_TRACKING_URI or CELLMFG_BUNDLE",
@@ -40,15 +59,25 @@ def main() -> int:
     import onnxruntime as ort
 
     from cellmfg.contract import load_bundle
+    from service.shapley import MAX_FEATURES, make_plan, shapley_values
 
     models = load_bundle(BUNDLE)
     for model in models:
         contract = model.contract
         session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
+        predict = _predictor(session, contract.input_name, contract.output_name)
         rows = np.asarray(contract.shap_background, dtype=np.float32)
-        out = np.asarray(session.run([contract.output_name], {contract.input_name: rows})[0])
+        out = predict(rows)
         if out.shape[0] != len(rows) or not np.all(np.isfinite(out)):
             print(f"image-check: {model.name} v{model.version}: bad predictions on its background rows",
+                  file=sys.stderr)
+            return 1
+        if rows.shape[1] > MAX_FEATURES:
+            continue  # the service refuses to explain this model; nothing to check
+        plan = make_plan(predict, rows)
+        values = shapley_values(predict, plan, rows[:2])
+        if not np.allclose(plan.base_value + values.sum(axis=1), out[:2], rtol=1e-5, atol=0):
+            print(f"image-check: {model.name} v{model.version}: explanations do not add up to the predictions",
                   file=sys.stderr)
             return 1
     print("image-check: bundle OK: " + ", ".join(f"{m.name} v{m.version}" for m in models), file=sys.stderr)

@@ -20,6 +20,10 @@ rm -rf "$site/onnx/backend/test"
 find "$site" -type f \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' \) -delete
 # onnxruntime's C-API library: the Python binding (onnxruntime_pybind11_state) carries its own copy of the runtime.
 rm -f "$site"/onnxruntime/capi/libonnxruntime.so.*
+# onnxruntime's Python tools (transformer optimisers, quantisation, model converters, sample data): an inference
+# session imports none of them.
+rm -rf "$site"/onnxruntime/transformers "$site"/onnxruntime/quantization "$site"/onnxruntime/tools \
+       "$site"/onnxruntime/datasets
 
 # Debug symbols. Only libraries without RPATH/RUNPATH and outside auditwheel's `<pkg>.libs/`: those were rewritten
 # by patchelf, and strip breaks them ("ELF load command address/offset not page-aligned").

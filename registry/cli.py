@@ -22,9 +22,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _setup() -> Any:
-    from training import tracking
+    from cellmfg import mlflow_setup
 
-    tracking.configure()
+    mlflow_setup.configure()
     from registry import promote
 
     return promote
@@ -32,8 +32,11 @@ def _setup() -> Any:
 
 @app.command("promote")
 def promote_command(
-    model: Annotated[str | None, typer.Option(help="Registered Keras model name, e.g. density_nmc.")] = None,
-    version: Annotated[str | None, typer.Option(help="Version to promote (default: lowest test MAPE).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Keras model: a name (density_nmc) or a reference: models:/density_nmc/3, models:/density_nmc/latest, "
+             "models:/density_nmc@challenger, runs:/RUN_ID/model.")] = None,
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the version a reference names, "
+                                                     "else the lowest test MAPE).")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Promote all eight task/dataset models.")] = False,
     zero_shot_fallback: Annotated[bool, typer.Option(
         help="When a transfer does not beat its pretrained net as is, serve that net for the target instead.")]
@@ -48,7 +51,12 @@ def promote_command(
     if all_models and version is not None:
         _fail("--version applies to one --model, not --all", 2)
     promote = _setup()
-    names = list(MODEL_NAMES) if all_models else [str(model)]
+    names = list(MODEL_NAMES) if all_models else []
+    if model is not None:
+        name, referenced = _keras_target(model)
+        if referenced is not None and version is not None and referenced != version:
+            _fail(f"--model {model} names version {referenced} but --version says {version}; give one", 2)
+        names, version = [name], version or referenced
     started = time.perf_counter()
     results, failures = [], []
     for name in names:
@@ -85,19 +93,104 @@ def promote_command(
 
 @app.command("rollback")
 def rollback_command(
-    model: Annotated[str, typer.Option(help="Model name, e.g. density_nmc (or density_nmc_onnx).")],
+    model: Annotated[str, typer.Option(
+        help="Model name (density_nmc or density_nmc_onnx), or a reference to the version to restore: "
+             "models:/density_nmc_onnx/2, models:/density_nmc/3 (the ONNX export of Keras v3), models:/NAME@ALIAS.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Move `champion` back to the `previous` version."""
+    """Move `champion` back to the `previous` version (or to the version a reference names)."""
     promote = _setup()
     try:
-        demoted, restored = promote.rollback(model)
+        name, to_version = _onnx_target(model, promote)
+        demoted, restored = promote.rollback(name, to_version)
     except promote.GateError as error:
         _fail(str(error))
+        return
     if as_json:
-        print(json.dumps({"model": model, "champion": restored, "previous": demoted}))
+        print(json.dumps({"model": name, "champion": restored, "previous": demoted}))
+    elif demoted is None:
+        print(f"{name}: champion restored to v{restored}")
     else:
-        print(f"{model}: champion v{demoted} → v{restored} (previous now v{demoted})")
+        print(f"{name}: champion v{demoted} → v{restored} (previous now v{demoted})")
+
+
+@app.command("retire")
+def retire_command(
+    model: Annotated[list[str], typer.Option(
+        help="Model to stop serving (repeatable): density_lfp, density_lfp_onnx or models:/density_lfp@champion.")],
+    alias: Annotated[str, typer.Option(help="Alias to remove (the one the service follows).")] = "champion",
+    as_json: JsonOption = False,
+) -> None:
+    """Remove the serving alias: services following it stop serving the model at their next poll.
+
+    The retired version keeps `previous`, so `cellmfg registry rollback --model NAME` serves it again."""
+    promote = _setup()
+    retired, failures = [], []
+    for text in model:
+        try:
+            name, _ = _onnx_target(text, promote, with_version=False)
+            version = promote.retire(name, alias)
+        except promote.GateError as error:
+            failures.append({"model": text, "error": str(error)})
+            err.print(f"[red]{escape(str(error))}[/]", highlight=False, soft_wrap=True)
+            continue
+        retired.append({"model": promote.onnx_name(promote.keras_name(name)), "version": version, "alias": alias})
+        if not as_json:
+            print(f"{retired[-1]['model']}: v{version} no longer holds @{alias} (rollback serves it again)")
+    if as_json:
+        print(json.dumps({"retired": retired, "failed": failures}))
+    if failures:
+        raise typer.Exit(1)
+
+
+def _keras_target(text: str) -> tuple[str, str | None]:
+    """(Keras model name, version or None) for `promote --model`: a bare name leaves the version to the gates."""
+    from mlflow import MlflowClient
+
+    from cellmfg.modelref import ModelReferenceError, parse_reference, resolve_reference
+
+    try:
+        reference = parse_reference(text, allow_bare=True)
+        if reference.kind == "name":
+            name = str(reference.name)
+            version = None
+        else:
+            resolved = resolve_reference(reference, MlflowClient())
+            if resolved.name is None:
+                raise ModelReferenceError(f"{text!r}: the run's model is not registered; register it (train "
+                                          "registers its nets) or name a registered version")
+            name, version = resolved.name, resolved.version
+    except ModelReferenceError as error:
+        _fail(str(error), 2)
+        raise
+    if name.endswith("_onnx"):
+        _fail(f"{text!r} is an ONNX export; promote takes the Keras model it came from, e.g. "
+              f"{name.removesuffix('_onnx')}", 2)
+    return name, version
+
+
+def _onnx_target(text: str, promote: Any, with_version: bool = True) -> tuple[str, str | None]:
+    """(ONNX model name, ONNX version or None) for rollback and retire; a Keras reference with a version names the
+    ONNX version exported from it. Without `with_version` only the name is worked out."""
+    from mlflow import MlflowClient
+
+    from cellmfg.modelref import ModelReferenceError, parse_reference, resolve_reference
+
+    try:
+        reference = parse_reference(text, allow_bare=True)
+        if reference.kind == "name" or (reference.name is not None and not with_version):
+            return promote.onnx_name(promote.keras_name(str(reference.name))), None
+        resolved = resolve_reference(reference, MlflowClient())
+    except ModelReferenceError as error:
+        _fail(str(error), 2)
+        raise
+    if resolved.name is None or resolved.version is None:
+        _fail(f"{text!r} names no registered model version", 2)
+        raise AssertionError("unreachable")
+    onnx = promote.onnx_name(promote.keras_name(resolved.name))
+    if resolved.name == onnx:
+        return onnx, resolved.version
+    return onnx, promote.onnx_version_for(resolved.name, resolved.version)
 
 
 @app.command("list")

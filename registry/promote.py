@@ -2,24 +2,25 @@
 
 The flow, one step each in `promote()`:
 
-1. pick the candidate: the given version, or the registered version with the lowest test MAPE;
+1. pick the candidate: the given version, or the registered version with the lowest validation MAPE (grouped
+   inner validation of the training part; test rows never choose);
 2. export it to ONNX (tf2onnx from a `tf.function`), one named input `features`, dynamic batch dimension;
-3. parity gate: on a probe set spanning the training ranges plus the test rows, onnxruntime and Keras agree
-   within 1e-5 relative; otherwise stop;
-4. metric gate: test MAPE no worse than the current champion's, and for a transfer model better than the
-   zero-shot pretrained net on the same split; otherwise stop and say by how much;
+3. parity gate: on a probe set spanning the training ranges plus unlabelled rows of the data, onnxruntime and
+   Keras agree within 1e-5 relative; otherwise stop;
+4. metric gate: validation MAPE no worse than the current champion's, and for a transfer model better than the
+   zero-shot pretrained net on the same validation rows; otherwise stop and say by how much;
 5. write the contract and log the ONNX model (contract in its metadata and as `contract.json`) as a version of
    `{name}_onnx`, tagged with the Keras version it came from; read it back and verify its checksum;
 6. move alias `champion` to it and `previous` to the former champion.
 
 A failed gate raises `GateError` before anything is logged, so no alias moves. `rollback()` swaps `champion` and
-`previous`. The Keras model's run carries `serving_inputs.json` (written by training) with the feature ranges,
-test rows, SHAP background and conformal quantile the contract needs.
+`previous`. The Keras model's run carries `promotion_inputs.json` (`cellmfg.contract.PromotionInputs`, written by
+training) with the feature ranges and scaling, probe rows, SHAP background, validation and test metrics and the
+calibrated conformal quantile the contract needs.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -27,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from cellmfg import contract as contracts
-from cellmfg.___domain import all_quantities
 
 CHAMPION, PREVIOUS = "champion", "previous"
 ONNX_SUFFIX = "_onnx"
@@ -81,14 +82,19 @@ def onnx_name(name: str) -> str:
 
 
 def pick_candidate(name: str, version: str | None) -> Any:
-    """The requested version, or the one whose run has the lowest test MAPE."""
+    """The requested version, or the one whose run has the lowest validation MAPE (never a test figure)."""
     client = _client()
     if version is not None:
         return client.get_model_version(name, version)
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         raise GateError(f"no registered versions of {name!r}; run `cellmfg train all` first")
-    return min(versions, key=lambda v: (test_mape_of(v), -int(v.version)))
+    return min(versions, key=lambda v: (validation_mape_of(v), -int(v.version)))
+
+
+def validation_mape_of(model_version: Any) -> float:
+    metrics = _client().get_run(model_version.run_id).data.metrics
+    return float(metrics.get("validation_mape_pct", float("inf")))
 
 
 def test_mape_of(model_version: Any) -> float:
@@ -96,13 +102,36 @@ def test_mape_of(model_version: Any) -> float:
     return float(metrics.get("test_mape_pct", float("inf")))
 
 
-def serving_inputs(model_version: Any) -> dict[str, Any]:
+def promotion_inputs(model_version: Any) -> contracts.PromotionInputs:
+    """The typed inputs training logged beside this version."""
     from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
 
+    source = f"runs:/{model_version.run_id}/{contracts.PROMOTION_INPUTS_ARTIFACT}"
     with tempfile.TemporaryDirectory() as tmp:
-        path = download_artifacts(run_id=model_version.run_id, artifact_path=contracts.SERVING_INPUTS_ARTIFACT,
-                                  dst_path=tmp)
-        return dict(json.loads(Path(path).read_text()))
+        try:
+            path = download_artifacts(run_id=model_version.run_id, artifact_path=contracts.PROMOTION_INPUTS_ARTIFACT,
+                                      dst_path=tmp)
+        except MlflowException as error:
+            raise GateError(f"{source}: missing; retrain this model with the current `cellmfg train`") from error
+        try:
+            return contracts.PromotionInputs.model_validate_json(Path(path).read_text())
+        except ValidationError as error:
+            raise GateError(f"{source}: not valid promotion inputs: {error.errors()[0]['msg']}") from error
+
+
+def zero_shot_inputs(base: contracts.PromotionInputs, target: contracts.PromotionInputs
+                     ) -> contracts.PromotionInputs:
+    """The base net served for the target as is: its own features, ranges and SHAP background (what it knows),
+    the target's task and dataset, and the zero-shot metrics and conformal quantile training measured on the
+    target's grouped held-out rows; probes from both datasets."""
+    if target.zero_shot is None:
+        raise GateError(f"{target.task} on {target.dataset}: no zero-shot scores in the promotion inputs")
+    return base.model_copy(update={
+        "task": target.task, "dataset": target.dataset, "metrics": target.zero_shot.metrics,
+        "conformal": target.zero_shot.conformal, "probe_x": [*base.probe_x, *target.probe_x],
+        "selection": target.selection.model_copy(update={
+            "method": "zero_shot", "validation_mape_pct": target.zero_shot.metrics.validation_mape_pct})})
 
 
 # -- step 2 ------------------------------------------------------------------------------------------------------
@@ -132,12 +161,13 @@ def export_onnx(keras_model: Any, n_features: int) -> Any:
 # -- step 3 ------------------------------------------------------------------------------------------------------
 
 
-def probe_set(inputs: dict[str, Any], seed: int = 0) -> np.ndarray:
-    """Random rows inside the training ranges, their corners' extremes, and the test rows."""
-    low, high = np.asarray(inputs["train_min"]), np.asarray(inputs["train_max"])
+def probe_set(inputs: contracts.PromotionInputs, seed: int = 0) -> np.ndarray:
+    """Random rows inside the training ranges, their corners' extremes, and unlabelled rows of the data."""
+    low = np.asarray([f.train_min for f in inputs.features])
+    high = np.asarray([f.train_max for f in inputs.features])
     rng = np.random.default_rng(seed)
     random_rows = low + rng.random((PROBE_ROWS, len(low))) * (high - low)
-    return np.vstack([random_rows, low, high, np.asarray(inputs["test_x"])]).astype("float32")
+    return np.vstack([random_rows, low, high, np.asarray(inputs.probe_x)]).astype("float32")
 
 
 def onnx_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
@@ -180,50 +210,43 @@ def champion_contract(name: str) -> contracts.Contract | None:
         return None
 
 
-def metric_gate(inputs: dict[str, Any], champion: contracts.Contract | None, role: str) -> None:
-    mape = float(inputs["metrics"]["test_mape_pct"])
-    if champion is not None and mape > champion.metrics.test_mape_pct:
-        raise GateError(f"metric gate: test MAPE {mape:.3f}% is worse than the champion's "
-                        f"{champion.metrics.test_mape_pct:.3f}% (version {champion.lineage.keras_model_version}) "
-                        f"by {mape - champion.metrics.test_mape_pct:.3f} points")
-    zero_shot = inputs["metrics"].get("zero_shot_test_mape_pct")
+def metric_gate(inputs: contracts.PromotionInputs, champion: contracts.Contract | None, role: str) -> None:
+    """Validation estimates only: no worse than the champion's, and a transfer better than its zero-shot net on
+    the same training-part rows. (The chosen configuration's validation MAPE is the minimum over the candidates,
+    so it is slightly optimistic; zero-shot chooses nothing.)"""
+    mape = inputs.metrics.validation_mape_pct
+    if mape is None:
+        raise GateError("metric gate: no validation MAPE in the promotion inputs; retrain with `cellmfg train`")
+    incumbent = champion.metrics.validation_mape_pct if champion is not None else None
+    if champion is not None and incumbent is not None and mape > incumbent:
+        raise GateError(f"metric gate: validation MAPE {mape:.3f}% is worse than the champion's "
+                        f"{incumbent:.3f}% (version {champion.lineage.keras_model_version}) "
+                        f"by {mape - incumbent:.3f} points")
+    zero_shot = inputs.metrics.zero_shot_validation_mape_pct
     if role == "transfer" and zero_shot is not None and not mape < zero_shot:
-        raise ZeroShotGateError(f"metric gate: transfer test MAPE {mape:.3f}% is not better than the zero-shot "
-                        f"pretrained net's {zero_shot:.3f}% on the same split (by {mape - zero_shot:.3f} points)")
+        raise ZeroShotGateError(f"metric gate: transfer validation MAPE {mape:.3f}% is not better than the "
+                                f"zero-shot pretrained net's {zero_shot:.3f}% on the same rows (by "
+                                f"{mape - zero_shot:.3f} points)")
 
 
 # -- step 5 ------------------------------------------------------------------------------------------------------
 
 
-def build_contract(model_version: Any, inputs: dict[str, Any], onnx_model: Any, served_as: str | None = None,
-                   role: str | None = None) -> contracts.Contract:
+def build_contract(model_version: Any, inputs: contracts.PromotionInputs, onnx_model: Any,
+                   served_as: str | None = None, role: str | None = None) -> contracts.Contract:
     tags = model_version.tags
     chosen_role: Any = role or tags.get("role", "pretrained")  # validated by the Contract model
-    quantities = all_quantities(inputs["kind"])
-    features = [contracts.FeatureSpec(name=f, unit=quantities[f].unit, train_min=low, train_max=high,
-                                      physical_min=quantities[f].physical_min,
-                                      physical_max=quantities[f].physical_max)
-                for f, low, high in zip(inputs["feature_names"], inputs["train_min"], inputs["train_max"],
-                                        strict=True)]
-    metrics = inputs["metrics"]
     base = (contracts.BaseModelRef(name=tags["base_model_name"], version=tags["base_model_version"])
             if tags.get("base_model_name") else None)
     return contracts.Contract(
-        name=onnx_name(served_as or model_version.name), task=inputs["task"], dataset=inputs["dataset"],
-        kind=inputs["kind"], role=chosen_role,
-        target=contracts.TargetSpec(**inputs["target"]),
-        output_name=onnx_model.graph.output[0].name, features=features,
-        metrics=contracts.Metrics(
-            test_mape_pct=metrics["test_mape_pct"], test_mape_pct_mean=metrics.get("test_mape_pct_mean"),
-            test_mape_pct_std=metrics.get("test_mape_pct_std"), n_splits=metrics.get("n_splits"),
-            test_mae=metrics.get("test_mae"), test_r2=metrics.get("test_r2"),
-            zero_shot_test_mape_pct=metrics.get("zero_shot_test_mape_pct")),
-        conformal=contracts.Conformal(**inputs["conformal"]),
-        shap_background=inputs["shap_background"],
+        name=onnx_name(served_as or model_version.name), task=inputs.task, dataset=inputs.dataset,
+        kind=inputs.kind, role=chosen_role, target=inputs.target,
+        output_name=onnx_model.graph.output[0].name, features=inputs.features,
+        metrics=inputs.metrics, conformal=inputs.conformal, shap_background=inputs.shap_background,
         lineage=contracts.Lineage(
             keras_model_name=model_version.name, keras_model_version=str(model_version.version),
-            run_id=model_version.run_id, base_model=base, data_sha256=inputs["data_sha256"],
-            data_rows=inputs["data_rows"], git_commit=tags.get("git_commit", "unknown")),
+            run_id=model_version.run_id, base_model=base, data_sha256=inputs.data_sha256,
+            data_rows=inputs.data_rows, git_commit=tags.get("git_commit", "unknown")),
         opset=OPSET,
         versions={p: package_version(p) for p in ("onnx", "onnxruntime", "tf2onnx", "tensorflow-cpu", "keras")},
         created_at=contracts.now_iso(),
@@ -244,7 +267,7 @@ def log_onnx(model_version: Any, onnx_bytes: bytes, contract: contracts.Contract
     import mlflow
     import onnx
 
-    from training.tracking import experiment_name
+    from cellmfg.mlflow_setup import experiment_name
 
     mlflow.set_experiment(experiment_name(contract.task))
     tags = {"keras_model_name": model_version.name, "keras_model_version": str(model_version.version),
@@ -271,7 +294,38 @@ def move_aliases(onnx_model_name: str, new_version: str) -> str | None:
     if former is not None:
         client.set_registered_model_alias(onnx_model_name, PREVIOUS, former)
     client.set_registered_model_alias(onnx_model_name, CHAMPION, new_version)
+    sync_keras_champion(onnx_model_name)
     return former
+
+
+def keras_name(name: str) -> str:
+    """The Keras model behind an ONNX name (density_nmc_onnx -> density_nmc); other names as they are."""
+    return name.removesuffix(ONNX_SUFFIX)
+
+
+def sync_keras_champion(onnx_model_name: str) -> str | None:
+    """Point the Keras model's `champion` at the version the served ONNX champion was exported from, so
+    `models:/density_graphite@champion` names the net that is served. When the ONNX champion comes from another
+    Keras model (a zero-shot fallback serves the source net) or there is none, the Keras alias is removed rather
+    than left naming a net nobody serves. Returns the Keras version now holding `champion`, if any."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    keras = keras_name(onnx_model_name)
+    champion = _alias_version(onnx_model_name, CHAMPION)
+    target = None
+    if champion is not None:
+        tags = client.get_model_version(onnx_model_name, champion).tags
+        if tags.get("keras_model_name") == keras and tags.get("keras_model_version"):
+            target = str(tags["keras_model_version"])
+    try:
+        if target is not None:
+            client.set_registered_model_alias(keras, CHAMPION, target)
+        elif _alias_version(keras, CHAMPION) is not None:
+            client.delete_registered_model_alias(keras, CHAMPION)
+    except MlflowException:  # no Keras model of that name in this registry (bundled or hand-registered ONNX)
+        return None
+    return target
 
 
 def _alias_version(model_name: str, alias: str) -> str | None:
@@ -289,14 +343,16 @@ def _alias_version(model_name: str, alias: str) -> str | None:
 def promote(name: str, version: str | None = None) -> Promotion:
     # 1. pick the candidate
     candidate = pick_candidate(name, version)
-    inputs = serving_inputs(candidate)
+    inputs = promotion_inputs(candidate)
     champion = champion_contract(name)
-    if champion is not None and champion.lineage.keras_model_version == str(candidate.version):
+    # Same Keras model and version (a zero-shot champion comes from the base model, whose numbers overlap).
+    if champion is not None and champion.lineage.keras_model_name == candidate.name and \
+            champion.lineage.keras_model_version == str(candidate.version):
         return Promotion(name, str(candidate.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION)
                          or "", None, 0.0, champion.metrics.test_mape_pct, skipped=True)
     # 2. export it to ONNX
     keras_model = load_keras(candidate)
-    onnx_model = export_onnx(keras_model, len(inputs["feature_names"]))
+    onnx_model = export_onnx(keras_model, len(inputs.features))
     # 3. parity gate
     parity = parity_gate(keras_model, onnx_model.SerializeToString(), probe_set(inputs))
     # 4. metric gate
@@ -320,13 +376,11 @@ def promote_zero_shot(name: str, version: str | None = None) -> Promotion:
     test MAPE on the target's split, a contract whose ranges and SHAP background are the source net's own
     training data (what it knows) and whose conformal quantile comes from the target's held-out rows.
     """
-    from training.evaluate import conformal_relative_quantile
-
     # 1. pick the candidate: the transfer's base net, with the target's split for scoring
     candidate = pick_candidate(name, version)
-    target_inputs = serving_inputs(candidate)
+    target_inputs = promotion_inputs(candidate)
     base = _client().get_model_version(candidate.tags["base_model_name"], candidate.tags["base_model_version"])
-    base_inputs = serving_inputs(base)
+    inputs = zero_shot_inputs(promotion_inputs(base), target_inputs)
     champion = champion_contract(name)
     if champion is not None and champion.role == "zero_shot" and \
             champion.lineage.keras_model_version == str(base.version):
@@ -334,17 +388,11 @@ def promote_zero_shot(name: str, version: str | None = None) -> Promotion:
                          None, 0.0, champion.metrics.test_mape_pct, skipped=True)
     # 2. export it to ONNX
     keras_model = load_keras(base)
-    onnx_model = export_onnx(keras_model, len(base_inputs["feature_names"]))
+    onnx_model = export_onnx(keras_model, len(inputs.features))
     # 3. parity gate on the source's and the target's probe rows
     onnx_bytes = onnx_model.SerializeToString()
-    parity = parity_gate(keras_model, onnx_bytes, np.vstack([probe_set(base_inputs), probe_set(target_inputs)]))
-    # 4. metric gate: the zero-shot score on the target's test rows, against the current champion
-    test_x, test_y = np.asarray(target_inputs["test_x"]), np.asarray(target_inputs["test_y"])
-    predictions = onnx_predict(onnx_bytes, test_x.astype("float32"))
-    inputs = {**base_inputs, "task": target_inputs["task"], "dataset": target_inputs["dataset"],
-              "metrics": {"test_mape_pct": target_inputs["metrics"]["zero_shot_test_mape_pct"]},
-              "conformal": {"coverage": 0.9, "n_calibration": len(test_y),
-                            "relative_quantile": conformal_relative_quantile(test_y, predictions, 0.9)}}
+    parity = parity_gate(keras_model, onnx_bytes, probe_set(inputs))
+    # 4. metric gate: the zero-shot validation estimate on the target, against the current champion
     metric_gate(inputs, champion, "zero_shot")
     # 5. write the contract, log the ONNX model under the target's name, verify what was stored
     onnx_bytes, contract = embed_contract(onnx_model, build_contract(base, inputs, onnx_model, served_as=name,
@@ -369,16 +417,51 @@ def _verify_logged(expected: contracts.LoadedModel, uri: str) -> None:
     contracts.verify_model(expected.contract, stored, f"models:/{expected.name}/{expected.version}")
 
 
-def rollback(name: str) -> tuple[str, str]:
-    """Champion back to `previous`; `previous` then points at the demoted version, so a second rollback undoes."""
-    model = onnx_name(name) if not name.endswith(ONNX_SUFFIX) else name
+def rollback(name: str, to_version: str | None = None) -> tuple[str | None, str]:
+    """Champion back to `previous` (or to `to_version`); `previous` then points at the demoted version, so a second
+    rollback undoes. After `retire` (no champion) it restores the retired version. Returns (demoted, restored)."""
+    model = onnx_name(keras_name(name))
     current_champion, former = _alias_version(model, CHAMPION), _alias_version(model, PREVIOUS)
-    if former is None or current_champion is None:
+    target = to_version or former
+    if target is None:
         raise GateError(f"{model}: no `previous` version to roll back to")
     client = _client()
-    client.set_registered_model_alias(model, CHAMPION, former)
-    client.set_registered_model_alias(model, PREVIOUS, current_champion)
-    return current_champion, former
+    client.set_registered_model_alias(model, CHAMPION, target)
+    if current_champion is not None and current_champion != target:
+        client.set_registered_model_alias(model, PREVIOUS, current_champion)
+    elif former == target:
+        client.delete_registered_model_alias(model, PREVIOUS)  # restored after a retire: nothing was demoted
+    sync_keras_champion(model)
+    return current_champion, target
+
+
+def retire(name: str, alias: str = CHAMPION) -> str:
+    """Remove `alias` from the ONNX model, so services following that alias stop serving it at their next poll.
+
+    The version keeps `previous` (when the champion is retired), so `rollback` brings it back. Returns the version
+    that held the alias."""
+    model = onnx_name(keras_name(name))
+    version = _alias_version(model, alias)
+    if version is None:
+        raise GateError(f"{model}: no version holds alias {alias!r}; nothing to retire")
+    client = _client()
+    client.delete_registered_model_alias(model, alias)
+    if alias == CHAMPION:
+        client.set_registered_model_alias(model, PREVIOUS, version)
+        sync_keras_champion(model)
+    return version
+
+
+def onnx_version_for(name: str, keras_version: str) -> str:
+    """The newest ONNX version exported from Keras version `keras_version` of `name`."""
+    model, source = onnx_name(keras_name(name)), (keras_name(name), keras_version)
+    found = [v for v in _client().search_model_versions(f"name='{model}'")
+             if (v.tags.get("keras_model_name"), v.tags.get("keras_model_version")) == source]
+    if not found:
+        raise GateError(f"{keras_name(name)} version {keras_version} was never promoted: no {model} version comes "
+                        f"from it (promote it with `cellmfg registry promote --model models:/{keras_name(name)}/"
+                        f"{keras_version}`)")
+    return str(max(int(v.version) for v in found))
 
 
 def listing() -> list[dict[str, Any]]:
@@ -393,7 +476,7 @@ def listing() -> list[dict[str, Any]]:
         for mv in client.search_model_versions(f"name='{model.name}'"):
             mape = mv.tags.get("test_mape_pct")
             versions.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
-                             "test_mape_pct": float(mape) if mape else test_mape_of(mv),
+                             "test_mape_pct": float(mape) if mape else None,
                              "role": mv.tags.get("role"), "keras_model_version": mv.tags.get("keras_model_version")})
         rows.append({"name": model.name, "versions": sorted(versions, key=lambda v: int(v["version"]))})
     return sorted(rows, key=lambda r: r["name"])

@@ -23,17 +23,26 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
 
+    # The same environment as `cellmfg train all` (its library settings, oneDNN included, change the last digits).
+    from cellmfg_cli import quiet_libraries
+
+    quiet_libraries()
     started = time.perf_counter()
-    from training import tracking, train
+    from training import jobs, nets, tracking
     from training.config import load_config
+
+    nets.single_threaded()
 
     tracking.configure()
     imported = time.perf_counter() - started
-    watch = train.Stopwatch({"import TensorFlow, MLflow": imported})
-    results = train.train_all(load_config(args.preset), stopwatch=watch)
+    watch = jobs.Stopwatch({"import TensorFlow, MLflow": imported})
+    load_before = os.getloadavg()[0]
+    results = jobs.train_all(load_config(args.preset), stopwatch=watch)
     total = time.perf_counter() - started
+    used = os.times()
     print(f"cellmfg train all --preset {args.preset}: {len(results)} registered models in {total:.1f} s "
-          f"(goal for paper: < 300 s) on {os.cpu_count()} cores")
+          f"(goal for paper: < 300 s) on {os.cpu_count()} cores; load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (1-min); this process used {used.user + used.system:.0f} CPU-seconds")
     for stage, seconds in watch.laps.items():
         print(f"  {seconds:7.1f} s  {stage}")
     print(f"MLflow store: {folder}")

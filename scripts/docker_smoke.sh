@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Docker smoke test of the serving image: build it, run it, wait for /readyz, post the README's example request and
-# check the answer, check /metrics and the HEALTHCHECK, stop it, and report image size and time to ready.
+# check the answer, load the page at /ui, check /metrics and the HEALTHCHECK, stop it, and report image size and
+# time to ready.
 #
 #   scripts/docker_smoke.sh
 #   BASE_IMAGE=python:3.11-slim BUNDLE_DIR=bundle scripts/docker_smoke.sh
@@ -175,6 +176,11 @@ assert models == {f"density_{chemistry}_onnx", f"mass_loading_{chemistry}_onnx"}
 rows, predictions = EXAMPLE_INPUT["rows"], answer["predictions"]
 assert len(predictions) == len(rows), answer
 _, raw_models = call("/models")
+# --- page: the page at /ui is in the image, with its script and style sheet ---
+for path, needle in (("/ui/", b'src="app.js"'), ("/ui/app.js", b"predict/electrode"), ("/ui/app.css", b".feature")):
+    status, raw = call(path)
+    assert status == 200 and needle in raw, f"{path}: the page is not served from the image (HTTP {status})"
+# --- end page ---
 served = {m["name"]: m for m in json.loads(raw_models)["models"]}
 ranges = {f["name"]: (f["train_min"], f["train_max"]) for f in served[f"density_{chemistry}_onnx"]["features"]}
 for row, prediction in zip(rows, predictions, strict=True):

@@ -4,6 +4,8 @@
 #   PostgreSQL server binaries  initdb, pg_ctl, postgres (on PATH, or /usr/lib/postgresql/*/bin; else apt `postgresql`)
 #   prometheus                  Debian's `prometheus` (the binary only is used; the system service is never started)
 #   docker-compose              Debian's `docker-compose` (for `docker-compose config` on docker-compose.yml)
+#   chromium                    Debian's `chromium` (tests/test_ui_browser.py drives it with Playwright; Playwright's
+#                               own browser download is never used)
 # The Docker engine and the base image of the smoke test come from ../shared/tools/local-base-image.sh, which
 # scripts/docker_smoke.sh calls itself.
 set -euo pipefail
@@ -28,6 +30,7 @@ packages=()
 have_postgres || packages+=(postgresql)
 command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "${sudo[*]}" = false ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -63,5 +66,8 @@ report() { command -v "$1" >/dev/null 2>&1 && echo "$1: $("$@" 2>&1 | head -1)" 
   fi
   report prometheus --version
   report docker-compose version --short
+  # Debian's launcher script prints a harmless shell warning on stderr on some machines.
+  command -v chromium >/dev/null 2>&1 && echo "chromium: $(chromium --version 2>/dev/null | head -1)" \
+    || echo "chromium: missing"
   echo "psycopg: $(.venv/bin/python -c 'import psycopg; print(psycopg.__version__)' 2>/dev/null || echo missing)"
 } | sed 's/^/integration-deps: /' >&2

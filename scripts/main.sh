@@ -23,8 +23,9 @@ echo "== 4/4 serve"
 mlflow_pid=$!
 trap 'kill "$mlflow_pid" 2>/dev/null || true' EXIT
 cat <<INFO
+  Page:       http://127.0.0.1:$PORT/ui/  (try a recipe: prediction, interval, explanation, CSV batches)
   API:        http://127.0.0.1:$PORT/predict/electrode  and  /predict/gdl
-  API docs:   http://127.0.0.1:$PORT/docs  (OpenAPI/Swagger)
+  API docs:   http://127.0.0.1:$PORT/docs  (OpenAPI/Swagger; also at /)
   Metrics:    http://127.0.0.1:$PORT/metrics
   MLflow UI:  http://127.0.0.1:$MLFLOW_PORT  (log: mlflow-ui.log)
 INFO

@@ -23,7 +23,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 # uv resolves nothing here (the lock is exact); it only makes the install about ten times faster than pip.
-.venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"
+.venv/bin/python -m pip install -qq --disable-pip-version-check "uv==0.13.9"
 echo "setup: installing $lock into .venv" >&2
 # Compiled bytecode: without it every service process recompiles BentoML at start (~2.4 s of a 5 s cold start).
 VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install -q --compile-bytecode -r "$lock"

@@ -6,7 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cellmfg.___domain import MODEL_NAMES, model_name
 
@@ -15,16 +18,14 @@ DEFAULT_POLL_SECONDS = 30.0
 DEFAULT_ORT_THREADS = 1
 DEFAULT_MAX_ROWS = 10_000
 
-# The eight served models: each pretrained/transfer net of the paper, exported to ONNX.
+# The paper's eight nets, exported to ONNX. The service serves whatever its source's catalogue offers (these and a
+# lab's own); this list is for tests, benchmarks and scripts that deal with the paper's set.
 SERVED_MODEL_NAMES: tuple[str, ...] = tuple(f"{name}_onnx" for name in MODEL_NAMES)
 
 
 def served_name(task: str, dataset: str) -> str:
     """Registered ONNX model that answers `task` on `dataset`, e.g. density_nmc_onnx."""
     return f"{model_name(task, dataset)}_onnx"
-
-
-N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,8 @@ class Settings:
       CELLMFG_POLL_SECONDS  how often to check whether an alias moved (default 30; 0 disables hot reload)
       CELLMFG_ORT_THREADS   onnxruntime intra-op threads per session (default 1)
       CELLMFG_MAX_ROWS      largest batch accepted in one request (default 10000)
+      CELLMFG_REQUIRED_MODELS  comma-separated model names that must be served before /readyz says ready
+                            (default none: ready once every model in the catalogue at start is loaded)
     Security (read by service.security): CELLMFG_API_TOKEN, CELLMFG_API_TOKEN_FILE, CELLMFG_OPEN_PATHS,
     CELLMFG_MAX_BODY_BYTES.
     """
@@ -52,37 +55,71 @@ class Settings:
     poll_seconds: float = DEFAULT_POLL_SECONDS
     ort_threads: int = DEFAULT_ORT_THREADS
     max_rows: int = DEFAULT_MAX_ROWS
+    required_models: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        bundle_text = env.get("CELLMFG_BUNDLE", "").strip()
-        tracking_uri = env.get("MLFLOW_TRACKING_URI", "").strip() or None
+        variables = _Variables.read(env)
+        bundle_text = variables.CELLMFG_BUNDLE
+        tracking_uri = variables.MLFLOW_TRACKING_URI or None
         if not bundle_text and not tracking_uri:
             raise ConfigError("no model source: set CELLMFG_BUNDLE to a bundle directory or MLFLOW_TRACKING_URI "
                               "to an MLflow registry (for example `cellmfg serve --bundle DIR`)")
         bundle = Path(bundle_text).expanduser().resolve() if bundle_text else None
         if bundle is not None and not bundle.is_dir() and tracking_uri is None:
             raise ConfigError(f"CELLMFG_BUNDLE={bundle_text}: not a directory")
-        alias = env.get("CELLMFG_ALIAS", DEFAULT_ALIAS).strip() or DEFAULT_ALIAS
         return cls(
             bundle=bundle,
             tracking_uri=tracking_uri,
-            alias=alias,
-            poll_seconds=_number(env, "CELLMFG_POLL_SECONDS", DEFAULT_POLL_SECONDS, float, minimum=0.0),
-            ort_threads=_number(env, "CELLMFG_ORT_THREADS", DEFAULT_ORT_THREADS, int, minimum=1),
-            max_rows=_number(env, "CELLMFG_MAX_ROWS", DEFAULT_MAX_ROWS, int, minimum=1),
+            alias=variables.CELLMFG_ALIAS or DEFAULT_ALIAS,
+            poll_seconds=variables.CELLMFG_POLL_SECONDS,
+            ort_threads=variables.CELLMFG_ORT_THREADS,
+            max_rows=variables.CELLMFG_MAX_ROWS,
+            required_models=tuple(name.strip() for name in variables.CELLMFG_REQUIRED_MODELS.split(",")
+                                  if name.strip()),
         )
 
 
-def _number(env: Mapping[str, str], key: str, default: N, kind: type[N], minimum: N) -> N:
-    text = env.get(key, "").strip()
-    if not text:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ConfigError(f"{key}={text!r}: not a valid {kind.__name__}") from None
-    if value < minimum:
-        raise ConfigError(f"{key}={text!r}: must be at least {minimum}")
-    return value
+class _Variables(BaseSettings):
+    """The environment variables, typed and bounded by pydantic-settings; read from one mapping only (the process
+    environment, or the one `cellmfg serve` builds for its server), so nothing else leaks in."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", str_strip_whitespace=True)
+
+    CELLMFG_BUNDLE: str = ""
+    MLFLOW_TRACKING_URI: str = ""
+    CELLMFG_ALIAS: str = ""
+    CELLMFG_POLL_SECONDS: float = Field(DEFAULT_POLL_SECONDS, ge=0, allow_inf_nan=False)
+    CELLMFG_ORT_THREADS: int = Field(DEFAULT_ORT_THREADS, ge=1)
+    CELLMFG_MAX_ROWS: int = Field(DEFAULT_MAX_ROWS, ge=1)
+    CELLMFG_REQUIRED_MODELS: str = ""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # `read` passes the mapping in; the process environment is not read behind it
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> _Variables:
+        """The variables of `env` (an empty value counts as unset), or ConfigError naming the first bad one."""
+        given: dict[str, Any] = {key: env[key] for key in cls.model_fields if env.get(key, "").strip()}
+        try:
+            return cls(**given)
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            key = str(first["loc"][0])
+            text = given.get(key, "")
+            kind = first["type"]
+            if kind in ("greater_than_equal", "greater_than"):
+                problem = f"must be at least {first['ctx']['ge']}"
+            elif kind.startswith("int"):
+                problem = "not a valid int"
+            elif kind.startswith("float") or kind == "finite_number":
+                problem = "not a valid float"
+            else:
+                problem = first["msg"]
+            raise ConfigError(f"{key}={text!r}: {problem}") from None

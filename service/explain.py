@@ -1,123 +1,66 @@
-"""Exact SHAP explanations of the served ONNX models with the `shap` library.
+"""Exact SHAP explanations of the served ONNX models, computed by the service itself (`service.shapley`).
 
-With 5-6 features, `shap.explainers.Exact` evaluates every coalition (2^6 = 64) against the contract's whole
-background (~50 rows): one onnxruntime call of ~3,200 rows per explained row, and exact Shapley values, so
-base value + contributions equals the prediction to float32 precision. The base value is the mean prediction over
-the background.
-
-`import shap` takes ~8 s here (it pulls in sklearn, pandas, matplotlib and numba) and the first explanation
-another ~8 s of numba compilation per feature count. Doing that before /readyz would blow the cold-start budget,
-so it happens in a background thread after the models are loaded; an `explain` request that arrives earlier
-waits for it (up to `wait` seconds) and then gets a 503 that says so.
+The values are those of `shap.explainers.Exact` with a `shap.maskers.Independent` masker over the contract's whole
+background (tests/test_explain.py checks them against shap): with 5-6 features every coalition (2^6 = 64) is
+evaluated against every background row (~50), the base value is the mean prediction over the background, and
+base value + contributions equals the prediction to float32 precision. The work is plain array work through the
+model's own onnxruntime session, so explanations are ready as soon as a model is: the first explanation of a model
+costs one extra prediction on its background (the base value), nothing is imported or compiled.
 """
 
 from __future__ import annotations
 
-import gc
-import logging
+import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 
 from service import metrics
 from service.model_store import ServedModel
+from service.shapley import DEFAULT_CHUNK_MODEL_ROWS, ShapleyPlan, make_plan, shapley_values
 
-log = logging.getLogger("cellmfg.service")
+# Large explained batches are split over this many threads at most (onnxruntime releases the GIL, so they run on
+# separate cores); more would only queue on the small machines this runs on.
+MAX_THREADS = 4
 
 
-class ExplanationsUnavailableError(RuntimeError):
-    """shap is not loaded (yet, or at all); the message says which."""
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class Explainers:
-    """One shap Exact explainer per served model, built on first use."""
+    """Shapley values for any served model; safe to call from concurrent requests.
 
-    def __init__(self) -> None:
-        self._shap: Any = None
-        self._ready = threading.Event()
-        self._failure: str | None = None
+    `threads` bounds how many cores one large request uses (default: the CPUs this process may run on, at most
+    MAX_THREADS); a single row or a small batch always runs in the calling thread.
+    """
+
+    def __init__(self, threads: int | None = None, chunk_model_rows: int = DEFAULT_CHUNK_MODEL_ROWS) -> None:
+        self.threads = max(1, threads if threads is not None else min(MAX_THREADS, available_cpus()))
+        self.chunk_model_rows = chunk_model_rows
         self._lock = threading.Lock()
-        # Keyed by the ServedModel object: a swapped-in version gets its own explainer, the old one goes with it.
-        self._explainers: weakref.WeakKeyDictionary[ServedModel, tuple[Any, threading.Lock]] = (
-            weakref.WeakKeyDictionary())
-        self.warm_up_seconds: float | None = None
+        # Keyed by the ServedModel object: a swapped-in version gets its own plan, the old one goes with it.
+        self._plans: weakref.WeakKeyDictionary[ServedModel, ShapleyPlan] = weakref.WeakKeyDictionary()
 
-    @property
-    def ready(self) -> bool:
-        return self._ready.is_set() and self._failure is None
+    def plan(self, model: ServedModel) -> ShapleyPlan:
+        plan = self._plans.get(model)
+        if plan is None:
+            # Built outside the lock (it runs the model); two threads racing build equal plans, one is kept.
+            built = make_plan(model.predict, model.background)
+            with self._lock:
+                plan = self._plans.setdefault(model, built)
+        return plan
 
-    @property
-    def status(self) -> str:
-        if not self._ready.is_set():
-            return "warming up"
-        return self._failure or "ready"
-
-    def warm_up(self, models: Iterable[ServedModel]) -> None:
-        """Import shap and compile its kernels by explaining one background row per feature count."""
-        started = time.perf_counter()
-        try:
-            import shap
-
-            self._shap = shap
-            # The first explanation per feature count compiles shap's numba kernels; later ones per model only
-            # build the explainer, so do both now rather than in the first requests.
-            for model in models:
-                self._compute(model, model.background[:1])
-            # shap drags ~10^6 long-lived objects into the heap; freezing them keeps full garbage collections
-            # (otherwise ~200 ms pauses under allocation-heavy 10,000-row requests) to what requests allocate.
-            gc.freeze()
-        except Exception as error:
-            self._failure = f"explanations unavailable: shap failed to load: {type(error).__name__}: {error}"
-            log.exception("shap warm-up failed")
-        finally:
-            self.warm_up_seconds = time.perf_counter() - started
-            self._ready.set()
-        log.info("explanations ready after %.1f s", self.warm_up_seconds)
-
-    def warm_up_in_background(self, models: Iterable[ServedModel]) -> threading.Thread:
-        thread = threading.Thread(target=self.warm_up, args=(list(models),), name="cellmfg-shap-warm-up",
-                                  daemon=True)
-        thread.start()
-        return thread
-
-    def _explainer(self, model: ServedModel) -> tuple[Any, threading.Lock]:
-        with self._lock:
-            entry = self._explainers.get(model)
-            if entry is None:
-                shap = self._shap
-                background = model.background
-
-                def predict(x: np.ndarray) -> np.ndarray:
-                    return model.predict(np.asarray(x, dtype=np.float32))
-
-                masker = shap.maskers.Independent(background, max_samples=len(background))
-                entry = (shap.explainers.Exact(predict, masker), threading.Lock())
-                self._explainers[model] = entry
-            return entry
-
-    def _compute(self, model: ServedModel, x: np.ndarray) -> tuple[float, np.ndarray]:
-        explainer, lock = self._explainer(model)
-        # shap explainers keep per-call state (cached masks); one call at a time per explainer.
-        with lock:
-            result = explainer(x, silent=True)
-        values = np.asarray(result.values, dtype=np.float64).reshape(len(x), x.shape[1])
-        base = float(np.asarray(result.base_values, dtype=np.float64).reshape(-1)[0])
-        return base, values
-
-    def explain(self, model: ServedModel, x: np.ndarray, wait: float = 60.0) -> tuple[float, np.ndarray]:
+    def explain(self, model: ServedModel, x: np.ndarray) -> tuple[float, np.ndarray]:
         """(base value, Shapley values [n, n_features]) for float64 rows `x` exactly as the model sees them."""
-        if not self._ready.wait(wait):
-            raise ExplanationsUnavailableError(
-                "explanations are not available yet: shap is still loading after start-up (about 15-20 s); "
-                "retry shortly or send explain=false")
-        if self._failure is not None:
-            raise ExplanationsUnavailableError(self._failure)
         started = time.perf_counter()
-        base, values = self._compute(model, x)
+        plan = self.plan(model)
+        values = shapley_values(model.predict, plan, x, self.chunk_model_rows, self.threads)
         metrics.EXPLANATION_SECONDS.labels(model=model.name).observe(time.perf_counter() - started)
         metrics.EXPLAINED_ROWS.labels(model=model.name).inc(len(x))
-        return base, values
+        return plan.base_value, values

@@ -1,8 +1,9 @@
 """Checks made on a request before BentoML reads its body.
 
 `RequestGuard` is an ASGI middleware inside BentoML's metrics and tracing middleware (so refused requests are
-still counted) and outside its router. Today it only insists on JSON for the prediction routes: BentoML would
-otherwise hand a multipart or form body to its multipart parser, whose errors surface as 500s.
+still counted) and outside its router. It insists on JSON or CSV for the prediction routes (BentoML would otherwise
+hand a multipart or form body to its multipart parser, whose errors surface as 500s) and sends CSV bodies for the
+kind endpoints to the routes that read them.
 
 Bearer-token authentication and the body-size limit (`service.security`) are middleware of the same kind,
 registered before this one in `service.service` so they wrap it: an unauthenticated or over-size request is
@@ -23,6 +24,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_ROUTES = frozenset({"/predict/electrode", "/predict/gdl"})
+# CSV bodies for the kind endpoints go to FastAPI routes that read the raw body (service.service): BentoML's API
+# would parse any body as JSON first.
+CSV_ROUTES = {"/predict/electrode": "/_csv/predict/electrode", "/predict/gdl": "/_csv/predict/gdl"}
+_CSV_MEDIA_TYPES = ("text/csv", "application/csv")
 
 
 async def send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -48,12 +53,27 @@ class RequestGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in JSON_ROUTES and scope["method"] == "POST":
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/predict/") and scope["method"] == "POST":
             content_types = header_values(scope, b"content-type")
             media_type = content_types[0].decode("latin-1").split(";")[0].strip().lower() if content_types else ""
+            if media_type in _CSV_MEDIA_TYPES:
+                if path in CSV_ROUTES:
+                    target = CSV_ROUTES[path]
+                    scope = {**scope, "path": target, "raw_path": target.encode()}
             # No Content-Type is read as JSON, as BentoML does.
-            if media_type not in ("", "application/json"):
+            elif media_type not in ("", "application/json"):
                 await send_error(send, 415, f"Content-Type {media_type!r} is not accepted: send the request body "
+                                            "as application/json (or text/csv: a header line, then one row per "
+                                            "line)")
+                return
+        # --- design: the recipe-design routes take JSON only, refused here like the others (service.design) ---
+        elif scope["type"] == "http" and path.startswith("/design/") and scope["method"] == "POST":
+            content_types = header_values(scope, b"content-type")
+            media_type = content_types[0].decode("latin-1").split(";")[0].strip().lower() if content_types else ""
+            if media_type not in ("", "application/json"):
+                await send_error(send, 415, f"Content-Type {media_type!r} is not accepted: send the design request "
                                             "as application/json")
                 return
+        # --- end design ---
         await self.app(scope, receive, send)

@@ -35,6 +35,22 @@ MODEL_POLL_FAILURES = Counter(
 MODEL_INFO = Gauge(
     "cellmfg_model_info", "Served model version and alias (1 = serving)", ["model", "version", "alias"],
     multiprocess_mode="livemax")
+# -- recipe design (service.design)
+DESIGNS = Counter("cellmfg_designs", "Recipe designs answered with at least one search, per dataset", ["dataset"])
+DESIGNS_INFEASIBLE = Counter(
+    "cellmfg_designs_infeasible", "Design requests no recipe could meet (answered 422 with the reachable range)",
+    ["dataset"])
+DESIGN_SECONDS = Histogram(
+    "cellmfg_design_seconds", "Time to search and answer one design request, per dataset", ["dataset"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+# -- end recipe design
+
+
+# Models of the catalogue (every model the source offers) served and not served, per worker; a lab's own models count
+# too, so an alert on state="missing" > 0 catches a refused newcomer whatever the catalogue's size.
+CATALOGUE_MODELS = Gauge(
+    "cellmfg_catalogue_models", "Models in the source's catalogue, by state (served, missing)", ["state"],
+    multiprocess_mode="livemax")
 
 
 def sample(metric: Counter | Gauge, **labels: str) -> float:

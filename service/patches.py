@@ -3,7 +3,7 @@
 BentoML wraps every request in `bentoml._internal.server.http.traffic.TimeoutMiddleware`, which schedules
 `loop.call_later(timeout, ...)` per request and never cancels it. Each finished request therefore leaves a timer
 handle, a future and a copy of the request's context vars on the event loop for the whole `traffic.timeout` (600 s
-here). `scripts/soak.py` measured what that does: at ~350 requests/s the worker's resident memory grew by 21 % in
+at the time). `scripts/soak.py` measured what that does: at ~350 requests/s the worker's resident memory grew by 21 % in
 five minutes (by 30 % in two minutes with 10,001-row bodies, whose parse results share memory arenas with the
 pinned timers, so the arenas are never returned to the OS). Also, a request whose app fails before sending
 anything waits out the whole timeout before its error is raised.

@@ -8,6 +8,7 @@ The result is a plain dict in the documented response shape (`service.schemas.El
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +17,10 @@ import numpy as np
 
 from cellmfg.___domain import Kind, Target, targets_for
 from service import metrics
-from service.config import Settings, served_name
-from service.explain import Explainers, ExplanationsUnavailableError
+from service.config import Settings
+from service.explain import Explainers
 from service.model_store import ModelStore, ServedModel
+from service.schemas import MAX_ERRORS_REPORTED
 
 
 class RequestRejectedError(Exception):
@@ -51,12 +53,10 @@ _NO_PROBLEMS: list[dict[str, Any]] = []  # shared by every in-___domain row; ser
 
 
 class Predictor:
-    def __init__(self, store: ModelStore, explainers: Explainers, settings: Settings,
-                 explain_wait_seconds: float = 60.0) -> None:
+    def __init__(self, store: ModelStore, explainers: Explainers, settings: Settings) -> None:
         self.store = store
         self.explainers = explainers
         self.settings = settings
-        self.explain_wait_seconds = explain_wait_seconds
         self._bounds_cache: dict[tuple[ServedModel, ...], tuple[np.ndarray, np.ndarray, bool]] = {}
         self._counter_cache: dict[tuple[str, str], _Counters] = {}
 
@@ -86,30 +86,75 @@ class Predictor:
                                for f in model.feature_names})
         return counters
 
-    def _answering(self, kind: Kind, dataset: str) -> list[_Answering]:
+    def answering(self, kind: Kind, dataset: str) -> list[_Answering]:
+        """The models that answer `dataset` on the kind's endpoint, one per target the dataset has a model for.
+
+        400 naming the served datasets when `dataset` has none; 503 naming the model when one of its models is in
+        the catalogue but not loaded (it failed verification, or is still being fetched)."""
         # Each model is looked up once per request, so a hot swap mid-request cannot mix versions in one answer.
+        catalogue = self.store.catalogue
+        slots = catalogue.endpoints.get(kind, {}).get(dataset)
+        if not slots:
+            field = "chemistry" if kind == "electrode" else "dataset"
+            served = catalogue.datasets(kind)
+            raise RequestRejectedError(
+                400, f"{field} {dataset!r} is not served; served {kind} datasets: "
+                     f"{', '.join(served) if served else 'none yet'}",
+                [{"type": "unknown_dataset", "loc": [field], "msg": f"{field} = {dataset!r} is unknown; allowed "
+                  f"values: {', '.join(served) if served else 'none (no model is served yet)'}"}])
         answering = []
         for target in targets_for(kind):
-            name = served_name(target.task, dataset)
+            name = slots.get(target.task)
+            if name is None:
+                continue  # this dataset has no model for that target: the answer names the targets it has
             model = self.store.get(name)
             if model is None:
                 reason = self.store.problems().get(name, "not loaded")
                 raise RequestRejectedError(
                     503, f"model {name} is not loaded, so {target.column} for {dataset} cannot be predicted: {reason}")
-            answering.append(_Answering(target, model))
+            answering.append(_Answering(model.target, model))
         return answering
 
-    def predict(self, kind: Kind, dataset: str, rows: list[dict[str, float]], explain: bool = False,
-                interval: bool = False) -> dict[str, Any]:
-        n = len(rows)
+    def model_answering(self, name: str) -> list[_Answering]:
+        """The one model `POST /predict/{name}` runs; 404 naming the served models when it is not in the catalogue,
+        503 when it is but is not loaded."""
+        model = self.store.get(name)
+        if model is None:
+            if name in self.store.names:
+                reason = self.store.problems().get(name, "not loaded")
+                raise RequestRejectedError(503, f"model {name} is not loaded: {reason}")
+            served = [m.name for m in self.store.models()]
+            raise RequestRejectedError(404, f"no served model {name!r}; served models: "
+                                            f"{', '.join(served) if served else 'none yet'}")
+        return [_Answering(model.target, model)]
+
+    def check_size(self, n: int) -> None:
         if n > self.settings.max_rows:
             raise RequestRejectedError(413, f"{n} rows in one request; the limit is {self.settings.max_rows} rows per "
                                        f"request (CELLMFG_MAX_ROWS): split the batch")
         if n == 0:
             raise RequestRejectedError(422, "rows: at least one row is required, got an empty list")
-        answering = self._answering(kind, dataset)
+
+    def predict(self, kind: Kind, dataset: str, rows: list[dict[str, float]], explain: bool = False,
+                interval: bool = False) -> dict[str, Any]:
+        """Rows already validated against the kind's features (the request schema did) -> the JSON answer."""
+        self.check_size(len(rows))
+        answering = self.answering(kind, dataset)
+        return self.predict_array(answering, _to_array(rows, answering[0].model.feature_names), explain, interval)
+
+    def predict_model(self, name: str, rows: list[Any], explain: bool = False,
+                      interval: bool = False) -> dict[str, Any]:
+        """`POST /predict/{name}`: rows checked here against the model's own contract (features, physical bounds)."""
+        self.check_size(len(rows))
+        answering = self.model_answering(name)
+        return self.predict_array(answering, rows_to_array(rows, answering[0].model), explain, interval)
+
+    def predict_array(self, answering: list[_Answering], x: np.ndarray, explain: bool = False,
+                      interval: bool = False) -> dict[str, Any]:
+        """The prediction path proper, on float64 rows [n, n_features] in the answering models' feature order."""
+        n = len(x)
+        self.check_size(n)
         columns = answering[0].model.feature_names
-        x = _to_array(rows, columns)
         x32 = x.astype(np.float32)
 
         # The range reported per row is where every answering model was trained (identical for the paper's
@@ -129,18 +174,14 @@ class Predictor:
 
         if interval:
             for a in answering:
-                p = predictions[a.target.column]
-                half = np.abs(p) * a.model.contract.conformal.relative_quantile
-                for row, lo, hi in zip(result_rows, (p - half).tolist(), (p + half).tolist(), strict=True):
+                lows, highs = conformal_interval(a.model, a.target, predictions[a.target.column])
+                for row, lo, hi in zip(result_rows, lows.tolist(), highs.tolist(), strict=True):
                     row.setdefault("interval", {})[a.target.column] = [lo, hi]
 
         if explain:
             x_seen = x32.astype(np.float64)  # explain what the model saw: the float32-rounded inputs
             for a in answering:
-                try:
-                    base, values = self.explainers.explain(a.model, x_seen, wait=self.explain_wait_seconds)
-                except ExplanationsUnavailableError as error:
-                    raise RequestRejectedError(503, str(error)) from error
+                base, values = self.explainers.explain(a.model, x_seen)
                 for row, contributions in zip(result_rows, values.tolist(), strict=True):
                     row.setdefault("explanation", {})[a.target.column] = {
                         "base_value": base, "contributions": dict(zip(columns, contributions, strict=True))}
@@ -157,7 +198,76 @@ class Predictor:
                     if count:
                         counters.out_of_domain[feature].inc(count)
 
-        return {"models": {a.target.task: a.model.ref() for a in answering}, "predictions": result_rows}
+        answer = {"models": {a.target.task: a.model.ref() for a in answering}, "predictions": result_rows}
+        if interval:  # what the intervals are worth, as the contract measured it
+            answer["intervals"] = {a.target.column: interval_summary(a.model) for a in answering}
+        return answer
+
+
+def conformal_interval(model: ServedModel, target: Target, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The split-conformal interval p ± |p|·q, clipped to the target's physical range (a mass loading below 0 or a
+    tortuosity below 1 cannot happen, so no interval should offer them)."""
+    half = np.abs(p) * model.contract.conformal.relative_quantile
+    q = target.quantity
+    return (np.clip(p - half, q.physical_min, q.physical_max), np.clip(p + half, q.physical_min, q.physical_max))
+
+
+def interval_summary(model: ServedModel) -> dict[str, Any]:
+    """What the contract says about a model's intervals: nominal and measured coverage, expected relative width."""
+    conformal = model.contract.conformal
+    return {"coverage": conformal.coverage, "measured_coverage": conformal.measured_coverage,
+            "mean_relative_width": conformal.mean_relative_width, "relative_quantile": conformal.relative_quantile}
+
+
+def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:
+    """JSON rows for one model -> float64 [n, n_features], checked against its contract: every feature present,
+    no unknown one, each a finite number inside the feature's physical range. 400 listing the problems (row,
+    field, value, what is allowed), at most MAX_ERRORS_REPORTED of them."""
+    columns = model.feature_names
+    specs = {f.name: f for f in model.contract.features}
+    x = np.empty((len(rows), len(columns)), dtype=np.float64)
+    problems: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        if len(problems) > MAX_ERRORS_REPORTED:
+            break
+        if not isinstance(row, dict):
+            problems.append(_problem("model_type", ["rows", i], f"row {i}: expected an object with the features "
+                                     f"{', '.join(columns)}, got {_short(row)}"))
+            continue
+        for j, column in enumerate(columns):
+            spec = specs[column]
+            allowed = f"a number in [{spec.physical_min:g}, {spec.physical_max:g}] {spec.unit}"
+            if column not in row:
+                problems.append(_problem("missing", ["rows", i, column], f"row {i}: feature {column!r} is missing; "
+                                         f"every row needs {', '.join(columns)}"))
+                continue
+            value = row[column]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not spec.physical_min <= value <= spec.physical_max:
+                problems.append(_problem("value_error", ["rows", i, column],
+                                         f"row {i}, {column} = {_short(value)}: allowed: {allowed}"))
+                continue
+            x[i, j] = value
+        for extra in row:
+            if extra not in specs:
+                problems.append(_problem("extra_forbidden", ["rows", i, str(extra)],
+                                         f"row {i}: unknown feature {str(extra)!r}; allowed features: "
+                                         f"{', '.join(columns)}"))
+    if problems:
+        shown = problems[:MAX_ERRORS_REPORTED]
+        if len(problems) > MAX_ERRORS_REPORTED:
+            shown.append(_problem("too_many_errors", [], "more problems not listed; fix the ones above first"))
+        raise RequestRejectedError(400, f"{len(shown)} problem(s) in the rows for {model.name}", shown)
+    return x
+
+
+def _problem(kind: str, loc: list[Any], message: str) -> dict[str, Any]:
+    return {"type": kind, "loc": loc, "msg": message}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _rows(predictions: dict[str, np.ndarray], flags: list[bool]) -> list[dict[str, Any]]:

@@ -10,22 +10,60 @@ is allowed, since pydantic's own messages leave the value out.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from bentoml import IODescriptor
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
-from cellmfg.___domain import ELECTRODE_FEATURES, GDL_FEATURES, feature_columns
+from cellmfg.___domain import DATASETS, ELECTRODE_FEATURES, GDL_FEATURES, feature_columns
+from cellmfg.contract import FeatureSpec
 
-Chemistry = Literal["graphite", "si_gra", "nmc"]
-GdlDataset = Literal["gdl200", "gdl1000"]
+# Any dataset the catalogue serves: the paper's are the examples, a lab's own (e.g. lfp) are accepted once their
+# models are promoted; the prediction path answers an unknown one with 400 naming the served datasets.
+DatasetName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# Where the served datasets come from: the running service's catalogue (set by service.service). Without one the
+# paper's datasets are named as examples and the predictor decides what is served.
+_DATASET_PROVIDER: Callable[[str], list[str]] | None = None
+
+
+def use_dataset_provider(provider: Callable[[str], list[str]] | None) -> None:
+    """Name the served datasets of a kind in validation messages (None: the paper's, as examples)."""
+    global _DATASET_PROVIDER
+    _DATASET_PROVIDER = provider
+
+
+# The served models and their features, for the per-model operations of the OpenAPI document (set likewise).
+_MODEL_PROVIDER: Callable[[], dict[str, list[FeatureSpec]]] | None = None
+
+
+def use_model_provider(provider: Callable[[], dict[str, list[FeatureSpec]]] | None) -> None:
+    global _MODEL_PROVIDER
+    _MODEL_PROVIDER = provider
+
+
+def served_models() -> dict[str, list[FeatureSpec]] | None:
+    """Served model name -> its features (contract order), or None when no service runs in this process."""
+    return _MODEL_PROVIDER() if _MODEL_PROVIDER is not None else None
+
+
+def catalogue_is_live() -> bool:
+    return _DATASET_PROVIDER is not None
+
+
+def served_datasets(kind: str) -> tuple[str, ...]:
+    if _DATASET_PROVIDER is not None:
+        return tuple(_DATASET_PROVIDER(kind))
+    return PAPER_CHEMISTRIES if kind == "electrode" else PAPER_GDL_DATASETS
+
+
+PAPER_CHEMISTRIES: tuple[str, ...] = tuple(n for n, s in DATASETS.items() if s.kind == "electrode")
+PAPER_GDL_DATASETS: tuple[str, ...] = tuple(n for n, s in DATASETS.items() if s.kind == "gdl")
 
 _ELECTRODE_COLUMNS = feature_columns("electrode")
 _GDL_COLUMNS = feature_columns("gdl")
-_CHEMISTRIES: tuple[str, ...] = get_args(Chemistry)
-_GDL_DATASETS: tuple[str, ...] = get_args(GdlDataset)
 _QUANTITIES = {q.column: q for q in (*ELECTRODE_FEATURES, *GDL_FEATURES)}
 # A response lists at most this many problems: a 10,000-row batch with one bad column would otherwise answer
 # with 10,000 entries.
@@ -117,8 +155,9 @@ def _describe(error: Any, columns: list[str], top_fields: list[str], choice_fiel
         return f"rows: {msg}; expected a list of row objects, got {_short(value)}"
     if loc == (choice_field,):
         if kind == "missing":
-            return f"{choice_field} is missing; allowed values: {', '.join(choices)}"
-        return f"{choice_field} = {_short(value)} is unknown; allowed values: {', '.join(choices)}"
+            return (f"{choice_field} is missing; a served dataset name, e.g. {', '.join(choices)} "
+                    "(GET /models lists them)")
+        return f"{choice_field} = {_short(value)}: {msg}; a served dataset name, e.g. {', '.join(choices)}"
     if len(loc) == 1 and kind == "extra_forbidden":
         return f"unknown field {loc[0]!r}; allowed fields: {', '.join(top_fields)}"
     if loc:
@@ -130,10 +169,17 @@ def _describe(error: Any, columns: list[str], top_fields: list[str], choice_fiel
 
 
 def _explained(title: str, model: type[BaseModel], exc: ValidationError, columns: list[str], choice_field: str,
-               choices: tuple[str, ...]) -> ValidationError:
+               choices: tuple[str, ...], data: Any = None) -> ValidationError:
     errors = exc.errors(include_url=False)
     top_fields = list(model.model_fields)
     details: list[InitErrorDetails] = []
+    chosen = data.get(choice_field) if isinstance(data, dict) else None
+    if isinstance(chosen, str) and _DATASET_PROVIDER is not None and chosen not in choices and \
+            not any(tuple(e["loc"]) == (choice_field,) for e in errors):
+        # Reported with the other problems: an unknown dataset is otherwise caught only after validation passes.
+        message = f"{choice_field} = {_short(chosen)} is not served; served datasets: {', '.join(choices) or 'none'}"
+        details.append(InitErrorDetails(type=PydanticCustomError("unknown_dataset", "{message}", {"message": message}),
+                                        loc=(choice_field,), input=chosen))
     for error in errors[:MAX_ERRORS_REPORTED]:
         message = _describe(error, columns, top_fields, choice_field, choices)
         details.append(InitErrorDetails(type=PydanticCustomError(error["type"], "{message}", {"message": message}),
@@ -149,7 +195,9 @@ class ElectrodeRequest(IODescriptor):
     """Electrode properties for a batch of manufacturing settings of one chemistry."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
-    chemistry: Chemistry = Field(description="electrode chemistry: which transfer (or source) model answers")
+    chemistry: DatasetName = Field(description="electrode dataset (chemistry) whose models answer: any served one, "
+                                                "e.g. graphite, si_gra, nmc or a lab's own; GET /models lists them",
+                                    examples=list(PAPER_CHEMISTRIES))
     rows: list[ElectrodeRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
@@ -160,14 +208,17 @@ class ElectrodeRequest(IODescriptor):
         try:
             return handler(data)
         except ValidationError as exc:
-            raise _explained("ElectrodeRequest", cls, exc, _ELECTRODE_COLUMNS, "chemistry", _CHEMISTRIES) from None
+            raise _explained("ElectrodeRequest", cls, exc, _ELECTRODE_COLUMNS, "chemistry",
+                             served_datasets("electrode"), data) from None
 
 
 class GdlRequest(IODescriptor):
     """Gas-diffusion-layer tortuosity for a batch of structures."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": GDL_EXAMPLE_INPUT})
-    dataset: GdlDataset = Field(description="GDL ___domain: gdl200 (thin slab, source) or gdl1000 (square, transfer)")
+    dataset: DatasetName = Field(description="GDL dataset whose model answers: any served one, e.g. gdl200 (thin "
+                                              "slab, source), gdl1000 (square, transfer) or a lab's own",
+                                  examples=list(PAPER_GDL_DATASETS))
     rows: list[GdlRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
@@ -178,7 +229,7 @@ class GdlRequest(IODescriptor):
         try:
             return handler(data)
         except ValidationError as exc:
-            raise _explained("GdlRequest", cls, exc, _GDL_COLUMNS, "dataset", _GDL_DATASETS) from None
+            raise _explained("GdlRequest", cls, exc, _GDL_COLUMNS, "dataset", served_datasets("gdl"), data) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,12 +260,15 @@ _IN_DOMAIN = ("every feature lies inside the training range of the answering mod
 
 
 class ElectrodePrediction(BaseModel):
-    density_g_cm3: float = Field(description="calendered electrode density [g/cm³]")
-    mass_loading_mg_cm2: float = Field(description="active-material mass loading [mg/cm²]")
+    density_g_cm3: float | None = Field(None, description="calendered electrode density [g/cm³]; absent when the "
+                                                          "chemistry has no density model")
+    mass_loading_mg_cm2: float | None = Field(None, description="active-material mass loading [mg/cm²]; absent "
+                                                                "when the chemistry has no mass-loading model")
     in_domain: bool = Field(description=_IN_DOMAIN)
     out_of_domain: list[OutOfDomain] = Field(description="the features outside the training range, with the range")
     interval: dict[str, tuple[float, float]] | None = Field(
-        None, description="only with interval=true: target -> [low, high], a 90 % prediction interval")
+        None, description="only with interval=true: target -> [low, high], a split-conformal prediction interval "
+                          "(coverage in GET /models), clipped to the target's physical range")
     explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
 
 
@@ -223,7 +277,8 @@ class GdlPrediction(BaseModel):
     in_domain: bool = Field(description=_IN_DOMAIN)
     out_of_domain: list[OutOfDomain]
     interval: dict[str, tuple[float, float]] | None = Field(
-        None, description="only with interval=true: target -> [low, high], a 90 % prediction interval")
+        None, description="only with interval=true: target -> [low, high], a split-conformal prediction interval "
+                          "(coverage in GET /models), clipped to the target's physical range")
     explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
 
 
@@ -238,15 +293,28 @@ _ELECTRODE_RESPONSE_EXAMPLE: dict[str, Any] = {
 }
 
 
+class IntervalSummary(BaseModel):
+    coverage: float = Field(description="nominal coverage the conformal quantile was calibrated for")
+    measured_coverage: float | None = Field(description="share of held-out rows inside their interval (contract)")
+    mean_relative_width: float | None = Field(description="mean (high - low) / |prediction| on held-out rows: the "
+                                                          "width to expect")
+    relative_quantile: float
+
+
+_INTERVALS = "only with interval=true: target column -> what its intervals are worth, from the model's contract"
+
+
 class ElectrodeResponse(IODescriptor):
     model_config = ConfigDict(json_schema_extra={"example": _ELECTRODE_RESPONSE_EXAMPLE})
     models: dict[str, ModelRef] = Field(description="target task (density, mass_loading) -> the model that answered")
     predictions: list[ElectrodePrediction] = Field(description="one per request row, in request order")
+    intervals: dict[str, IntervalSummary] | None = Field(None, description=_INTERVALS)
 
 
 class GdlResponse(IODescriptor):
     models: dict[str, ModelRef] = Field(description="target task (tortuosity) -> the model that answered")
     predictions: list[GdlPrediction] = Field(description="one per request row, in request order")
+    intervals: dict[str, IntervalSummary] | None = Field(None, description=_INTERVALS)
 
 
 class FeatureRange(BaseModel):
@@ -267,22 +335,37 @@ class ModelInfo(BaseModel):
     task: str
     dataset: str
     role: str
-    target: dict[str, str]
+    target: dict[str, Any] = Field(description="task, column, unit and the physical range intervals are clipped to")
     test_mape_pct: float
     metrics: dict[str, Any]
     conformal: dict[str, Any]
     lineage: dict[str, Any]
     features: list[FeatureRange]
+    endpoints: list[str] = Field(description="where it answers: POST /predict/{name} always, and the kind's endpoint "
+                                             "with its dataset when its features and target are the ___domain's own")
 
 
 class ModelsResponse(BaseModel):
-    ready: bool = Field(description="every served model is loaded")
-    explanations_ready: bool = Field(description="shap is loaded; until then explain=true waits or answers 503")
+    ready: bool = Field(description="every model in the catalogue at start (still in it) is loaded, and at least "
+                                    "one model is served")
+    datasets: dict[str, list[str]] = Field(description="kind (electrode, gdl) -> the datasets its endpoint answers "
+                                                       "now: the values `chemistry` and `dataset` accept")
     source: str
     alias: str
     poll_seconds: float
     models: list[ModelInfo]
-    missing: dict[str, str] = Field(description="served model names not loaded, with the reason")
+    missing: dict[str, str] = Field(description="catalogue model names not loaded, with the reason (refused as "
+                                                "invalid, or not fetched yet)")
+
+
+class ModelRequest(BaseModel):
+    """Rows for one served model, with exactly the features its contract names (GET /models lists them)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "rows": EXAMPLE_INPUT["rows"][:1], "explain": False, "interval": True}})
+    rows: list[Any] = Field(min_length=1, description=_ROWS_DESCRIPTION)
+    explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
+    interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
 
 
 class ErrorDetail(BaseModel):

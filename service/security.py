@@ -42,10 +42,13 @@ import anyio
 from service.config import ConfigError
 from service.guards import ASGIApp, Message, Receive, Scope, Send, header_values, send_error
 from service.logs import show_service_logs
+from service.ui import UI_PATHS  # page
 
 log = logging.getLogger("cellmfg.service")
 
-DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics")
+# --- page: its static files hold no data, and a browser cannot send a token for them (service.ui) ---
+DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics", *UI_PATHS)
+# --- end page ---
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 MIN_TOKEN_LENGTH = 16
 # An over-size body is read and thrown away up to this many bytes (and for at most DRAIN_SECONDS) before the 413
@@ -317,9 +320,11 @@ _BODY_ERRORS = {
     "400": "Invalid request: one entry per problem, naming row, field, value and what is allowed",
     "413": "Too many rows, or a body larger than CELLMFG_MAX_BODY_BYTES",
     "415": "A body that is not application/json",
-    "503": "A model this request needs is not loaded, or explanations are not available yet",
+    "503": "A model this request needs is not loaded",
 }
 _AUTH_ERROR = "Missing or invalid bearer token (only when the server sets CELLMFG_API_TOKEN)"
+_INFEASIBLE_DESIGN = ("No recipe meets every target within its tolerance: the error names each target's reachable "
+                      "range; `reachable` and `closest` (the recipe found closest) come with it")  # design
 
 
 def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[str, Any]:
@@ -329,6 +334,7 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
     if settings.auth_enabled:
         components.setdefault("securitySchemes", {})["bearerAuth"] = {
             "type": "http", "scheme": "bearer", "description": "the server's CELLMFG_API_TOKEN"}
+    _document_catalogue(spec)
     for path, item in spec.get("paths", {}).items():
         for method, operation in item.items():
             if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
@@ -340,6 +346,11 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
                 for status, description in _BODY_ERRORS.items():
                     responses[status] = {"description": description,
                                          "content": {"application/json": {"schema": _ERROR_REF}}}
+                # --- design: no recipe meets the targets (service.design) ---
+                if path.startswith("/design/"):
+                    responses["422"] = {"description": _INFEASIBLE_DESIGN,
+                                        "content": {"application/json": {"schema": _ERROR_REF}}}
+                # --- end design ---
             if settings.auth_enabled:
                 if path in settings.open_paths:
                     operation["security"] = []
@@ -348,6 +359,55 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
                     responses["401"] = {"description": _AUTH_ERROR,
                                         "content": {"application/json": {"schema": _ERROR_REF}}}
     return spec
+
+
+def _document_catalogue(spec: dict[str, Any]) -> None:
+    """What the service serves now (the catalogue changes while it runs): the datasets `chemistry` and `dataset`
+    accept, and one operation per served model with the rows its contract names. CSV bodies are described in the
+    operations' text, not as a schema: no JSON Schema says which strings are a valid CSV, and a schema that
+    accepted any string would promise what the service refuses."""
+    from service.schemas import catalogue_is_live, served_datasets, served_models
+
+    schemas = spec.get("components", {}).get("schemas", {})
+    for schema_name, path, param, kind in (("ElectrodeRequest", "/predict/electrode", "chemistry", "electrode"),
+                                           ("GdlRequest", "/predict/gdl", "dataset", "gdl")):
+        served = list(served_datasets(kind))
+        body = spec.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {})
+        inline = body.get("content", {}).get("application/json", {}).get("schema", {})
+        for holder in (schemas.get(schema_name, {}), inline):  # BentoML writes the schema in both places
+            prop = holder.get("properties", {}).get(param)
+            if prop is None:
+                continue
+            prop["examples"] = served
+            if catalogue_is_live() and served:
+                for constraint in ("pattern", "minLength", "maxLength"):  # the enum says it all
+                    prop.pop(constraint, None)
+                prop["enum"] = served
+            prop["description"] = (f"{kind} dataset whose models answer; served now: {', '.join(served) or 'none'} "
+                                   "(GET /models, `datasets`)")
+    paths = spec.get("paths", {})
+    template = paths.get("/predict/{model_name}")
+    models = served_models()
+    if template is None or not models:
+        return
+    # One documented operation per served model, each with its own features, instead of the template.
+    del paths["/predict/{model_name}"]
+    for name, features in sorted(models.items()):
+        operation = json.loads(json.dumps(template))
+        post = operation["post"]
+        post["parameters"] = [p for p in post.get("parameters", []) if p.get("in") != "path"]
+        post["summary"] = f"Model {name}: rows with {', '.join(f.name for f in features)}"
+        post["operationId"] = f"predict_{name}"
+        row = {"type": "object", "additionalProperties": False, "required": [f.name for f in features],
+               "properties": {f.name: {"type": "number", "minimum": f.physical_min, "maximum": f.physical_max,
+                                       "description": f"[{f.unit}]"} for f in features}}
+        body = post["requestBody"]["content"]["application/json"]
+        body["schema"] = {"type": "object", "additionalProperties": False, "required": ["rows"], "properties": {
+            "rows": {"type": "array", "minItems": 1, "items": row},
+            "explain": {"type": "boolean", "default": False}, "interval": {"type": "boolean", "default": False}}}
+        body.pop("example", None)
+        post["requestBody"]["content"] = {"application/json": body}
+        paths[f"/predict/{name}"] = operation
 
 
 class OpenAPIErrorDocs:

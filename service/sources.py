@@ -1,7 +1,9 @@
 """Where served models come from: the MLflow registry by alias, or a bundle directory.
 
-A source says cheaply which revision of a model is current (the poller asks every interval) and fetches it as a
-verified `cellmfg.contract.LoadedModel`. Importing this module costs almost nothing (MLflow and the contract
+A source lists its catalogue cheaply (every model it offers now, with the revision of each: one registry search or
+one manifest read; the poller asks every interval) and fetches a model as a verified
+`cellmfg.contract.LoadedModel`. The registry offers every `*_onnx` model holding the served alias; a bundle every
+model in its manifest. Importing this module costs almost nothing (MLflow and the contract
 code load on first use), so `cellmfg serve` can check the source before starting BentoML.
 """
 
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cellmfg.service")
 
+# Registered ONNX exports are named {keras model}_onnx (registry.promote); only those are served.
+ONNX_SUFFIX = "_onnx"
+
 
 class SourceUnavailableError(RuntimeError):
     """Neither the registry nor the bundle can provide models."""
@@ -30,6 +35,9 @@ class ModelSource(Protocol):
 
     def check(self) -> None:
         """Raise SourceUnavailableError unless the source answers at all."""
+
+    def catalogue(self) -> dict[str, str]:
+        """Cheap: every model the source offers now, name -> an identifier of what `fetch` would return."""
 
     def revision(self, name: str) -> str:
         """Cheap: an identifier of what `fetch` would return now."""
@@ -65,6 +73,20 @@ class RegistrySource:
             raise SourceUnavailableError(
                 f"{self.description} is unreachable: {type(error).__name__}: {str(error)[:300]}") from error
 
+    def catalogue(self) -> dict[str, str]:
+        # Registered models carry their aliases, so one paged search answers for every model at once.
+        found: dict[str, str] = {}
+        token = None
+        while True:
+            page = self._client().search_registered_models(max_results=200, page_token=token)
+            for model in page:
+                version = (model.aliases or {}).get(self.alias)
+                if model.name.endswith(ONNX_SUFFIX) and version is not None:
+                    found[model.name] = str(version)
+            token = page.token
+            if not token:
+                return found
+
     def revision(self, name: str) -> str:
         return str(self._client().get_model_version_by_alias(name, self.alias).version)
 
@@ -97,25 +119,59 @@ class BundleSource:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SourceUnavailableError(f"{self.description}: no readable manifest.json ({error})") from error
 
+    def catalogue(self) -> dict[str, str]:
+        return {name: _bundle_revision(entry) for name, entry in self._manifest().items()}
+
     def revision(self, name: str) -> str:
         entry = self._manifest().get(name)
         if entry is None:
             raise KeyError(f"{name} is not in {self.directory / 'manifest.json'}")
-        return f"{entry['version']}@{entry['onnx_sha256'][:16]}"
+        return _bundle_revision(entry)
 
     def revision_of(self, model: LoadedModel) -> str:
         return f"{model.version}@{(model.contract.onnx_sha256 or '')[:16]}"
 
     def fetch(self, name: str) -> LoadedModel:
-        from cellmfg.contract import ContractError, load_bundle
+        """The one model `name`, verified on its own: a broken entry beside it (a lab's new model with a bad
+        contract) must not stop the others from loading."""
+        from cellmfg.contract import (
+            MANIFEST_NAME,
+            ContractError,
+            LoadedModel,
+            Manifest,
+            parse_contract,
+            sha256_bytes,
+            verify_model,
+        )
 
-        for model in load_bundle(self.directory):
-            if model.name == name:
-                return model
-        raise ContractError(f"{self.directory / 'manifest.json'}: no model {name!r} in the bundle")
+        manifest_path = self.directory / MANIFEST_NAME
+        try:
+            manifest = Manifest.model_validate_json(manifest_path.read_bytes())
+        except ValueError as error:
+            raise ContractError(f"{manifest_path}: not a valid bundle manifest: {str(error)[:300]}") from error
+        entry = next((e for e in manifest.models if e.name == name), None)
+        if entry is None:
+            raise ContractError(f"{manifest_path}: no model {name!r} in the bundle")
+        onnx_path, contract_path = self.directory / entry.onnx, self.directory / entry.contract
+        for path in (onnx_path, contract_path):
+            if not path.is_file():
+                raise ContractError(f"{path}: listed in the manifest but missing from the bundle")
+        contract_bytes, onnx_bytes = contract_path.read_bytes(), onnx_path.read_bytes()
+        if sha256_bytes(contract_bytes) != entry.contract_sha256:
+            raise ContractError(f"{contract_path}: checksum does not match the manifest; the file was changed")
+        if sha256_bytes(onnx_bytes) != entry.onnx_sha256:
+            raise ContractError(f"{onnx_path}: checksum does not match the manifest; the file was changed")
+        contract = parse_contract(contract_bytes, str(contract_path))
+        verify_model(contract, onnx_bytes, str(onnx_path))
+        return LoadedModel(name=entry.name, version=entry.version, alias=entry.alias, contract=contract,
+                           onnx_bytes=onnx_bytes)
 
     def origin(self, model: LoadedModel) -> str:
         return f"{self.directory}/{model.name}.onnx"
+
+
+def _bundle_revision(entry: dict[str, Any]) -> str:
+    return f"{entry['version']}@{entry['onnx_sha256'][:16]}"
 
 
 def open_source(settings: Settings) -> ModelSource:

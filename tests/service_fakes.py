@@ -400,17 +400,72 @@ def start_local_server(folder: Path, bundle: Path, token: str = "", workers: int
         raise
 
 
-def wait_for_explanations(url: str, headers: dict[str, str] | None = None, timeout: float = 240.0) -> float:
-    """Seconds until /models says shap is loaded (it loads in the background after /readyz)."""
-    import httpx
+# ---------------------------------------------------------------------------------------------------------------
+# A lab's own datasets and targets (the open catalogue)
 
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            answer = httpx.get(f"{url}/models", headers=headers, timeout=10).json()
-            if answer.get("explanations_ready"):
-                return time.monotonic() - started
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"explanations not ready after {timeout:.0f} s")
+# An LFP-like cathode: a fourth electrode chemistry, inside the ___domain's physical bounds.
+LFP_RANGES: dict[str, tuple[float, float]] = {
+    "am_wt_pct": (88.0, 95.0), "solid_content_pct": (40.0, 55.0), "coating_speed_m_min": (0.2, 0.8),
+    "comma_gap_um": (100.0, 350.0), "roll_speed_m_min": (0.3, 0.5), "roll_gap_um": (30.0, 180.0),
+}
+
+
+def custom_model(task: str, dataset: str, ranges: dict[str, tuple[float, float]], version: str = "1",
+                 alias: str = "champion", salt: int = 0, kind: Kind = "electrode", level: float | None = None,
+                 units: dict[str, str] | None = None, target_column: str | None = None,
+                 relative_quantile: float = 0.08) -> LoadedModel:
+    """A served model for any dataset and target: features are `ranges`' keys in order (physical bounds from the
+    ___domain when the feature is one of ours, else [0, 10 × max]); the ___domain target when `task` is one."""
+    from cellmfg.___domain import TARGETS, all_quantities
+
+    quantities = all_quantities(kind)
+    names = list(ranges)
+    lows = np.array([ranges[n][0] for n in names])
+    highs = np.array([ranges[n][1] for n in names])
+    scale = np.where(highs > lows, (highs - lows) / 2, 1.0)
+    name = f"{task}_{dataset}_onnx"
+    known = TARGETS.get(task)
+    onnx_bytes = build_mlp(len(names), (lows + highs) / 2, scale,
+                           level if level is not None else _TARGET_LEVEL.get(task, 1.0), _seed(name, salt))
+    features = []
+    for n, low, high in zip(names, lows, highs, strict=True):
+        q = quantities.get(n)
+        features.append(FeatureSpec(name=n, unit=q.unit if q else (units or {}).get(n, "1"), train_min=float(low),
+                                    train_max=float(high), physical_min=q.physical_min if q else 0.0,
+                                    physical_max=q.physical_max if q else float(10 * high)))
+    rng = np.random.default_rng(_seed(name, 2))
+    background = (lows + rng.random((BACKGROUND_ROWS, len(names))) * (highs - lows)).round(4).tolist()
+    column = target_column or (known.column if known else task)
+    contract = Contract(
+        name=name, task=task, dataset=dataset, kind=kind, role="transfer",
+        target=TargetSpec(task=task, column=column, unit=known.unit if known else "1"),
+        output_name=OUTPUT_NAME, features=features,
+        metrics=Metrics(test_mape_pct=5.0, n_splits=3),
+        conformal=Conformal(relative_quantile=relative_quantile, n_calibration=20),
+        shap_background=background,
+        lineage=Lineage(keras_model_name=f"{task}_{dataset}", keras_model_version=version, run_id="fake-run",
+                        base_model=BaseModelRef(name=f"{task}_graphite", version="1"), data_sha256="0" * 64,
+                        data_rows=40, git_commit="fake"),
+        opset=OPSET, versions={"onnx": onnx.__version__, "fake": "tests/service_fakes.py"},
+        onnx_sha256=sha256_bytes(onnx_bytes), created_at=now_iso())
+    return LoadedModel(name=name, version=version, alias=alias, contract=contract, onnx_bytes=onnx_bytes)
+
+
+def lfp_models(version: str = "1", salt: int = 0) -> list[LoadedModel]:
+    """density_lfp_onnx and mass_loading_lfp_onnx."""
+    return [custom_model(task, "lfp", LFP_RANGES, version=version, salt=salt) for task in ("density", "mass_loading")]
+
+
+def corrupt_onnx(model: LoadedModel) -> LoadedModel:
+    """The model with ONNX bytes onnxruntime cannot read, under a contract whose checksum matches them."""
+    broken = model.onnx_bytes[: len(model.onnx_bytes) // 3] + b"\x00garbage"
+    contract = model.contract.model_copy(update={"onnx_sha256": sha256_bytes(broken)})
+    return model.model_copy(update={"onnx_bytes": broken, "contract": contract})
+
+
+def invalid_contract(model: LoadedModel) -> LoadedModel:
+    """The model under a contract that parses but cannot be used: a training range outside the physical range."""
+    first = model.contract.features[0]
+    bad = first.model_copy(update={"train_max": first.physical_max + 1.0})
+    contract = model.contract.model_copy(update={"features": [bad, *model.contract.features[1:]]})
+    return model.model_copy(update={"contract": contract})

@@ -110,3 +110,23 @@ def test_missing_file_and_non_csv(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataValidationError):
         load_csv(binary)
+
+
+def test_group_id_is_kept_as_text_and_is_not_a_feature(tmp_path: Path) -> None:
+    rows = [{**row, "group_id": group} for row, group in zip(_rows(4), ["007", "007", "8", "x-1"], strict=True)]
+    loaded = load_csv(_write(tmp_path, rows), ["density_g_cm3"])
+    assert loaded.groups.tolist() == ["007", "007", "8", "x-1"]  # "007" stays text, not the number 7
+    assert "group_id" not in feature_columns("electrode")
+
+
+def test_blank_group_id_is_named(tmp_path: Path) -> None:
+    rows = [{**row, "group_id": group} for row, group in zip(_rows(3), ["a", " ", "b"], strict=True)]
+    with pytest.raises(DataValidationError, match=r"row 2 \(line 3\), column group_id: blank"):
+        load_csv(_write(tmp_path, rows), ["density_g_cm3"])
+
+
+def test_without_group_id_identical_inputs_form_one_group(tmp_path: Path) -> None:
+    replicate = {**GOOD_ROW, "density_g_cm3": 1.41}
+    loaded = load_csv(_write(tmp_path, [GOOD_ROW, replicate, *_rows(2)]), ["density_g_cm3"])
+    groups = loaded.groups
+    assert groups[0] == groups[1] and len(set(groups.tolist())) == 3

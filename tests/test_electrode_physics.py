@@ -1,7 +1,8 @@
-"""Physics and design checks of the synthetic electrode datasets (training/electrode_process.py).
+"""Physics and design checks of the synthetic electrode datasets (datagen/electrode_process.py).
 
-The noise-free `process_model` is probed directly for the laws; the generated noisy sets are checked statistically,
-the way one would check a lab's data: within a coated sheet, calendering must not move the mass loading.
+The nominal `process_model` is probed directly for the laws; the generated campaigns are checked statistically, the
+way one would check a lab's data: sheets (`group_id`) exist in the asked numbers, within a coated sheet calendering
+must not move the mass loading, and no measured density passes what the recipe's minimum porosity allows.
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ import pandas as pd
 import pytest
 
 from cellmfg.___domain import DATASETS
-from training.electrode_process import (
+from datagen.calibration import random_forest_scores
+from datagen.electrode_process import (
     CHEMISTRIES,
     COLUMNS,
     FEATURES,
+    GROUP_ID,
     MATERIAL_DENSITIES_G_CM3,
+    NMC_DENSITY_LITERATURE_MAX_G_CM3,
+    SCATTER,
+    SHEET_FEATURES,
     SOURCES,
     ChemistryConstants,
+    ScatterConstants,
     data_card_section,
+    density_cap,
     design_of_experiments,
     generate_electrode,
     process_model,
@@ -28,7 +36,9 @@ from training.electrode_process import (
 
 CHEMS = ("graphite", "si_gra", "nmc")
 SEEDS = (0, 42)
-SHEET = ["am_wt_pct", "solid_content_pct", "coating_speed_m_min", "comma_gap_um"]
+SHEET = [GROUP_ID]
+# Sheets (slurry batches) per campaign the issue asks for: a lab's months of work, not a handful of recipes.
+SHEET_COUNTS = {"graphite": (40, 80), "si_gra": (12, 20), "nmc": (12, 20)}
 # "About" the realistic calendered densities of the brief; the lower anode bound leaves room for the few pieces
 # calendered with a gap at the coating's thickness (barely compacted).
 DENSITY_RANGE = {"graphite": (1.05, 1.7), "si_gra": (1.05, 1.7), "nmc": (2.4, 3.6)}
@@ -76,8 +86,8 @@ def test_nmc_wet_film_thins_with_coating_speed() -> None:
     speeds = np.linspace(0.2, 1.0, 5)
     loading = process_model(_base("nmc", 5, coating_speed_m_min=speeds), "nmc")["mass_loading_mg_cm2"].to_numpy()
     assert np.all(np.diff(loading) < 0)
-    # The wet-film factor stays within 0.6–0.95 of the gap, so the loading falls by less than 0.6/0.95.
-    assert loading[-1] / loading[0] > 0.6 / 0.95
+    # The wet-film factor stays within 0.5–1.0 of the gap, so the loading falls by less than half.
+    assert loading[-1] / loading[0] > 0.5
 
 
 @pytest.mark.parametrize("chemistry", CHEMS)
@@ -151,8 +161,9 @@ def test_chemistries_share_laws_but_not_constants() -> None:
         for name in ("wet_film_factor_ref", "dry_porosity_ref", "compaction_strain_scale", "spring_back"):
             assert getattr(graphite, name) != getattr(other, name), name
     frame = _base("graphite", 1)
-    assert process_model(frame, "graphite").iat[0, 0] != pytest.approx(
-        process_model(frame.assign(am_wt_pct=10.0), "si_gra").iat[0, 0], rel=0.02)
+    graphite_out = process_model(frame, "graphite").to_numpy()[0]
+    si_gra_out = process_model(frame.assign(am_wt_pct=10.0), "si_gra").to_numpy()[0]
+    assert np.max(np.abs(si_gra_out / graphite_out - 1.0)) > 0.02
 
 
 def test_unknown_chemistry_and_missing_column_are_rejected() -> None:
@@ -206,20 +217,49 @@ def test_determinism(chemistry: str, generated: dict[tuple[str, int], pd.DataFra
 
 
 @pytest.mark.parametrize("chemistry", CHEMS)
-def test_few_formulations_and_replicates(chemistry: str, generated: dict[tuple[str, int], pd.DataFrame]) -> None:
-    for seed in SEEDS:
-        frame = generated[(chemistry, seed)]
-        recipes = frame.groupby(["am_wt_pct", "solid_content_pct"]).ngroups
-        assert 3 <= recipes <= 8
-        assert recipes * 5 < len(frame)
-        settings = frame[list(FEATURES)]
-        assert settings.duplicated().sum() >= 0.2 * len(frame)  # replicate discs
-        # Each recipe is coated at more than one comma gap, not one point per recipe.
-        gaps_per_recipe = frame.groupby(["am_wt_pct", "solid_content_pct"])["comma_gap_um"].nunique()
-        assert gaps_per_recipe.max() >= 2
-        # Not a full factorial grid over the observed levels.
-        assert len(settings.drop_duplicates()) < 0.5 * np.prod([settings[c].nunique() for c in FEATURES])
-        assert frame["roll_gap_um"].nunique() > 10
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rows_come_in_sheets_pieces_and_replicate_discs(chemistry: str, seed: int,
+                                                        generated: dict[tuple[str, int], pd.DataFrame]) -> None:
+    frame = generated[(chemistry, seed)]
+    sheets = frame.groupby(GROUP_ID)
+    low, high = SHEET_COUNTS[chemistry]
+    assert low <= sheets.ngroups <= high
+    assert sheets.size().min() >= 2  # every sheet has at least one piece with two discs
+    assert sheets.size().median() >= 2 and sheets.size().max() >= 4
+    # A sheet is one slurry batch at one comma gap and web speed: those columns never vary inside it.
+    assert (sheets[list(SHEET_FEATURES)].nunique() == 1).all().all()
+    # ...and every sheet has its own formulation: continuous recipes, not a handful repeated.
+    recipes = frame.groupby(["am_wt_pct", "solid_content_pct"]).ngroups
+    assert recipes >= 0.9 * sheets.ngroups
+    assert frame.groupby(GROUP_ID)["am_wt_pct"].first().nunique() >= 0.6 * sheets.ngroups
+    # Pieces = distinct calendering settings inside a sheet; 2–4 replicate discs each.
+    discs = frame.groupby([GROUP_ID, "roll_gap_um", "roll_speed_m_min"]).size()
+    assert discs.min() >= 2 and discs.max() <= 4
+    pieces = discs.groupby(level=0).size()
+    assert pieces.max() >= 2 and (pieces >= 2).mean() >= 0.4  # most sheets calendered more than one way
+    assert frame["roll_gap_um"].nunique() > 10
+
+
+@pytest.mark.parametrize("chemistry", CHEMS)
+def test_grouped_splits_never_share_a_sheet(chemistry: str, generated: dict[tuple[str, int], pd.DataFrame]) -> None:
+    from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+
+    frame = generated[(chemistry, 42)]
+    groups = frame[GROUP_ID].to_numpy()
+    splitters = [GroupShuffleSplit(n_splits=10, test_size=0.3, random_state=0), GroupKFold(n_splits=5)]
+    for splitter in splitters:
+        for train, test in splitter.split(frame, groups=groups):
+            assert not set(groups[train]) & set(groups[test])
+            assert len(train) + len(test) == len(frame)
+
+
+def test_calibration_scores_grouped_harder_than_random_rows(
+        generated: dict[tuple[str, int], pd.DataFrame]) -> None:
+    # Replicate discs leak across a random-row split; a grouped split has to predict a new sheet.
+    scores = {(s.target, s.split): s.mean_mape_pct for s in random_forest_scores(generated[("graphite", 42)],
+                                                                                 repeats=3)}
+    assert scores[("mass_loading_mg_cm2", "grouped")] > 1.5 * scores[("mass_loading_mg_cm2", "random rows")]
+    assert scores[("density_g_cm3", "grouped")] > scores[("density_g_cm3", "random rows")]
 
 
 @pytest.mark.parametrize("chemistry", CHEMS)
@@ -244,17 +284,36 @@ def test_nmc_loading_higher_and_broader_than_graphite(generated: dict[tuple[str,
 
 
 @pytest.mark.parametrize("chemistry", CHEMS)
-def test_noise_is_a_few_percent_with_rare_outliers(chemistry: str,
-                                                   generated: dict[tuple[str, int], pd.DataFrame]) -> None:
+@pytest.mark.parametrize("seed", SEEDS)
+def test_measured_density_never_passes_the_minimum_porosity_cap(
+        chemistry: str, seed: int, generated: dict[tuple[str, int], pd.DataFrame]) -> None:
+    frame = generated[(chemistry, seed)]
+    cap = density_cap(frame, chemistry)
+    assert np.all(frame["density_g_cm3"].to_numpy() <= cap)
+    assert np.all(frame["density_g_cm3"] > 0.0) and np.all(frame["mass_loading_mg_cm2"] > 0.0)
+    if chemistry == "nmc":
+        assert cap.max() <= NMC_DENSITY_LITERATURE_MAX_G_CM3
+        assert frame["density_g_cm3"].max() <= 3.55
+
+
+@pytest.mark.parametrize("chemistry", CHEMS)
+def test_scatter_has_sheet_and_disc_levels_with_rare_outliers(
+        chemistry: str, generated: dict[tuple[str, int], pd.DataFrame]) -> None:
     frame = generated[(chemistry, 42)]
-    clean = process_model(frame, chemistry)
-    largest = 0.0
-    for column in ("density_g_cm3", "mass_loading_mg_cm2"):
-        error = np.abs(np.log(frame[column].to_numpy() / clean[column].to_numpy()))
-        assert 0.005 < np.median(error) < 0.05
-        assert (error > 0.09).sum() <= max(3, int(0.05 * len(frame)))
-        largest = max(largest, float(error.max()))
-    assert largest > 0.09  # at least one gross error
+    nominal = process_model(frame, chemistry)
+    error = np.log(frame["mass_loading_mg_cm2"] / nominal["mass_loading_mg_cm2"])
+    # Sheet level: the batch and coater effects move a whole sheet away from nominal by several percent...
+    sheet_error = error.groupby(frame[GROUP_ID]).median()
+    assert 0.04 < sheet_error.std() < 0.25
+    # ...while discs of one piece agree to about the punch scatter (robust: median absolute deviation).
+    piece = [GROUP_ID, "roll_gap_um", "roll_speed_m_min"]
+    within = np.log(frame["mass_loading_mg_cm2"]) - np.log(frame["mass_loading_mg_cm2"]).groupby(
+        [frame[c] for c in piece]).transform("median")
+    punch = SCATTER[chemistry].punch_loading_log_sd
+    assert 0.3 * punch < 1.4826 * np.median(np.abs(within[within != 0.0])) < 2.0 * punch
+    # Gross errors (12–25 %): rare, but present; with two discs a piece's median sits halfway, hence 0.05.
+    assert np.abs(within).max() > 0.05
+    assert (np.abs(within) > 0.1).sum() <= max(4, int(0.05 * len(frame)))
 
 
 def _within_sheet(frame: pd.DataFrame, column: str, log: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -308,15 +367,21 @@ def test_measured_loading_ignores_calendering_while_density_follows_it(
 def test_measured_loading_follows_comma_gap_and_solid_content(
         chemistry: str, seed: int, generated: dict[tuple[str, int], pd.DataFrame]) -> None:
     frame = generated[(chemistry, seed)]
-    # log loading ≈ log comma gap + solid-content term. The roll gap is a control only: the lab chose wider gaps for
-    # thicker sheets, so across sheets it is confounded with the coating (hence the within-sheet test above).
-    log_loading = np.log(frame["mass_loading_mg_cm2"].to_numpy())
-    design = np.column_stack([np.ones(len(frame)), np.log(frame["comma_gap_um"]), frame["solid_content_pct"],
-                              frame["am_wt_pct"], frame["coating_speed_m_min"], frame["roll_gap_um"]])
-    coef, *_ = np.linalg.lstsq(design, log_loading, rcond=None)
-    assert 0.85 < coef[1] < 1.15
+    # One point per sheet (the loading is a sheet property): log loading ≈ log comma gap + solid-content term. The
+    # sheet effects are noise here, so the slope on log gap is checked against 1 within three standard errors.
+    sheets = frame.assign(log_loading=np.log(frame["mass_loading_mg_cm2"])).groupby(GROUP_ID).agg(
+        log_loading=("log_loading", "median"), gap=("comma_gap_um", "first"), solids=("solid_content_pct", "first"),
+        am=("am_wt_pct", "first"), speed=("coating_speed_m_min", "first"))
+    design = np.column_stack([np.ones(len(sheets)), np.log(sheets["gap"]), sheets["solids"], sheets["am"],
+                              sheets["speed"]])
+    coef, *_ = np.linalg.lstsq(design, sheets["log_loading"].to_numpy(), rcond=None)
+    residual = sheets["log_loading"].to_numpy() - design @ coef
+    dof = len(sheets) - np.linalg.matrix_rank(design)
+    covariance = residual @ residual / dof * np.linalg.pinv(design.T @ design)
+    stderr = np.sqrt(np.diag(covariance))
+    assert abs(coef[1] - 1.0) < 3.0 * stderr[1] and coef[1] > 0.5
     assert coef[2] > 0.0
-    assert np.corrcoef(np.log(frame["comma_gap_um"]), log_loading)[0, 1] > 0.5
+    assert np.corrcoef(np.log(sheets["gap"]), sheets["log_loading"])[0, 1] > 0.5
 
 
 # --- documentation -----------------------------------------------------------------------------------------------
@@ -332,5 +397,8 @@ def test_every_constant_has_a_source_and_is_on_the_data_card() -> None:
         assert f.metadata["unit"], f.name
         if f.name != "name":
             assert f"| {f.name} |" in card, f.name
+    for f in fields(ScatterConstants):
+        assert SOURCES[f.name] and f.metadata["level"] in ("sheet", "campaign", "disc"), f.name
+        assert f"| {f.name} | {f.metadata['level']} |" in card, f.name
     assert "typical value" in card and "handbook value" in card
     assert "ρ_s = 1 / Σ_i" in card and "exp(−δ/δ_c)" in card

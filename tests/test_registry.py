@@ -17,10 +17,10 @@ from cellmfg import contract as contracts
 from cellmfg.___domain import DENSITY
 from cellmfg.dataio import load_shipped
 from registry import promote
-from training import tracking, train
+from training import jobs, tracking
 from training.config import load_config
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.trains, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +31,20 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     os.environ["MLFLOW_TRACKING_URI"] = uri
     tracking.configure()
     mlflow.set_experiment("registry-test")
-    source = train.prepare(load_shipped("graphite"), DENSITY, "graphite")
-    target = train.prepare(load_shipped("nmc"), DENSITY, "nmc")
+    source = jobs.prepare(load_shipped("graphite"), DENSITY, "graphite")
+    target = jobs.prepare(load_shipped("nmc"), DENSITY, "nmc")
     results = []
     for seed in (1, 2):
-        config = dataclasses.replace(load_config("quick", seed), repeats=1)
+        config = dataclasses.replace(load_config("quick", seed), repeats=2)
         with tracking.run(f"seed-{seed}"):
-            results.append(train.run_source(source, config, "density_graphite"))
-    base = train.BaseRef(results[0].model, "density_graphite", "1", "graphite")
+            results.append(jobs.run_source(source, config, "density_graphite"))
+    base = jobs.BaseRef(results[0].model, "density_graphite", "1", "graphite", source)
     with tracking.run("transfer"):
-        transfer = train.run_target(target, base, dataclasses.replace(load_config("quick", 1), repeats=1),
-                                    "density_nmc")
-    mapes = {r.registered_version: r.scores["pretrained"].paper for r in results}
+        transfer = jobs.run_target(target, base, dataclasses.replace(load_config("quick", 1), repeats=2),
+                                   "density_nmc")
+    # Versions are chosen and gated by validation MAPE (never test).
+    mapes = {r.registered_version: r.summary.methods["pretrained"].validation_mape_pct_first_split
+             for r in results}
     assert mapes["1"] != mapes["2"]
     worse, better = sorted(mapes, key=lambda v: -mapes[v])
     yield {"uri": uri, "worse": worse, "better": better, "mapes": mapes, "transfer": transfer}
@@ -85,11 +87,11 @@ def test_promotion_aliases_metric_gate_and_rollback(registry: dict[str, Any]) ->
     first = promote.promote("density_graphite", registry["worse"])
     assert first.parity_max_relative_error <= 1e-5
     assert _aliases("density_graphite_onnx") == {"champion": first.onnx_version}
-    second = promote.promote("density_graphite")  # no version: picks the lowest test MAPE
+    second = promote.promote("density_graphite")  # no version: picks the lowest validation MAPE
     assert second.keras_version == registry["better"]
     assert _aliases("density_graphite_onnx") == {"champion": second.onnx_version, "previous": first.onnx_version}
 
-    with pytest.raises(promote.GateError, match=r"metric gate: test MAPE .* worse than the champion's .* by "):
+    with pytest.raises(promote.GateError, match=r"metric gate: validation MAPE .* worse than the champion's .* by "):
         promote.promote("density_graphite", registry["worse"])
     assert _aliases("density_graphite_onnx") == {"champion": second.onnx_version, "previous": first.onnx_version}
 
@@ -103,24 +105,57 @@ def test_promotion_aliases_metric_gate_and_rollback(registry: dict[str, Any]) ->
     assert champion.contract.lineage.keras_model_version == registry["worse"]
 
 
-def test_transfer_gate_against_zero_shot_and_contract(registry: dict[str, Any]) -> None:
-    transfer = registry["transfer"]
-    zero_shot = transfer.scores["zero_shot"].paper
-    if transfer.scores["transfer"].paper >= zero_shot:
-        with pytest.raises(promote.GateError, match="not better than the zero-shot"):
-            promote.promote("density_nmc")
-        return
-    result = promote.promote("density_nmc")
+def _with_validation(monkeypatch: pytest.MonkeyPatch, transfer: float, zero_shot: float) -> None:
+    """Fix the transfer's and its zero-shot net's validation MAPEs, so both gate outcomes are exercised whatever
+    the quick training produced."""
+    real = promote.promotion_inputs
+
+    def fixed(model_version: Any) -> contracts.PromotionInputs:
+        inputs = real(model_version)
+        if inputs.role != "transfer" or inputs.zero_shot is None:
+            return inputs
+        metrics = inputs.metrics.model_copy(update={"validation_mape_pct": transfer,
+                                                    "zero_shot_validation_mape_pct": zero_shot})
+        zero = inputs.zero_shot.model_copy(update={
+            "metrics": inputs.zero_shot.metrics.model_copy(update={"validation_mape_pct": zero_shot})})
+        return inputs.model_copy(update={"metrics": metrics, "zero_shot": zero})
+
+    monkeypatch.setattr(promote, "promotion_inputs", fixed)
+
+
+def test_transfer_gate_zero_shot_fallback_and_contract(registry: dict[str, Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1. Zero-shot better on validation: the transfer is refused and nothing moves...
+    _with_validation(monkeypatch, transfer=9.0, zero_shot=5.0)
+    with pytest.raises(promote.ZeroShotGateError, match="not better than the zero-shot"):
+        promote.promote("density_nmc")
+    assert _aliases("density_nmc_onnx") == {}
+    # 2. ...and the base net is served for the target instead, with the target's zero-shot scores.
+    fallback = promote.promote_zero_shot("density_nmc")
     model = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion")
-    contract = model.contract
+    assert model.contract.role == "zero_shot" and model.contract.dataset == "nmc"
+    assert model.contract.lineage.keras_model_name == "density_graphite"
+    assert model.contract.metrics.validation_mape_pct == 5.0
+    zero_shot_test = registry["transfer"].summary.methods["zero_shot"].test_mape_pct_first_split
+    assert fallback.test_mape_pct == pytest.approx(zero_shot_test, abs=1e-3)
+    # 3. A transfer better than zero-shot on validation replaces that champion.
+    _with_validation(monkeypatch, transfer=4.0, zero_shot=5.0)
+    result = promote.promote("density_nmc")
+    contract = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion").contract
     assert contract.role == "transfer" and contract.lineage.base_model is not None
     assert contract.lineage.base_model.name == "density_graphite"
     assert contract.feature_names[0] == "am_wt_pct" and contract.target.unit == "g/cm³"
-    assert contract.onnx_sha256 == contracts.sha256_bytes(model.onnx_bytes)
-    assert contract.metrics.zero_shot_test_mape_pct == pytest.approx(zero_shot)
+    assert contract.target.physical_min == 0.0 and contract.conformal.measured_coverage is not None
+    assert contract.source_constant_features == ["coating_speed_m_min"]
     assert contract.conformal.relative_quantile > 0 and len(contract.shap_background) <= 20
-    assert contracts.contract_from_onnx_metadata(model.onnx_bytes, "x").onnx_sha256 is None
     assert result.onnx_version == _aliases("density_nmc_onnx")["champion"]
+    assert _aliases("density_nmc_onnx")["previous"] == fallback.onnx_version
+    model = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion")
+    assert contract.onnx_sha256 == contracts.sha256_bytes(model.onnx_bytes)
+    assert contracts.contract_from_onnx_metadata(model.onnx_bytes, "x").onnx_sha256 is None
+    # 4. The zero-shot net cannot come back over a better champion.
+    with pytest.raises(promote.GateError, match="worse than the champion"):
+        promote.promote_zero_shot("density_nmc")
 
 
 def test_onnx_equals_keras_on_random_in_range_inputs(registry: dict[str, Any]) -> None:
@@ -155,17 +190,3 @@ def test_bundle_loads_with_onnxruntime_and_refuses_tampering(registry: dict[str,
     onnx_file.unlink()
     with pytest.raises(contracts.ContractError, match="missing from the bundle"):
         contracts.load_bundle(bundle)
-
-
-def test_zero_shot_fallback_serves_the_base_net_only_if_no_better_champion(registry: dict[str, Any]) -> None:
-    champion = _aliases("density_nmc_onnx").get("champion")
-    if champion is not None:  # the transfer passed its gates: its far better MAPE keeps the zero-shot net out
-        with pytest.raises(promote.GateError, match="worse than the champion"):
-            promote.promote_zero_shot("density_nmc")
-        assert _aliases("density_nmc_onnx")["champion"] == champion
-        return
-    result = promote.promote_zero_shot("density_nmc")
-    model = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion")
-    assert model.contract.role == "zero_shot" and model.contract.dataset == "nmc"
-    assert model.contract.lineage.keras_model_name == "density_graphite"
-    assert result.test_mape_pct == pytest.approx(registry["transfer"].scores["zero_shot"].paper)

@@ -90,7 +90,8 @@ def _run(coroutine: Any) -> Any:
 def test_settings_default_to_auth_off_open_probes_and_a_16_mib_limit() -> None:
     settings = SecuritySettings.from_env({})
     assert settings.token is None and not settings.auth_enabled
-    assert settings.open_paths == {"/livez", "/readyz", "/metrics"}
+    assert settings.open_paths == {"/livez", "/readyz", "/metrics",  # and the page's static files:
+                                   "/ui", "/ui/", "/ui/index.html", "/ui/app.js", "/ui/app.css"}
     assert settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 16 * MIB
     assert "authentication off" in settings.describe()
 

@@ -79,7 +79,7 @@ def test_predictions_over_http_equal_the_onnx_models_own(client: TestClient, dat
 
 def test_explanations_over_http_add_up(client: TestClient) -> None:
     body = {**EXAMPLE_INPUT, "explain": True, "interval": False}
-    response = client.post("/predict/electrode", json=body)  # waits for shap's warm-up if it is still running
+    response = client.post("/predict/electrode", json=body)
     assert response.status_code == 200, response.text
     for row in response.json()["predictions"]:
         assert "interval" not in row

@@ -214,7 +214,6 @@ def test_moving_champion_swaps_within_the_poll_interval_and_a_bad_version_is_ref
 
 
 def test_real_server_explanations_add_up(server: ServerProcess) -> None:
-    # Each worker loads shap in the background after start-up; an explain request waits for it.
     body = {"dataset": "gdl1000", "rows": example_rows("gdl", "gdl1000", 10), "explain": True}
     for _ in range(2 * WORKERS):
         response = _post(f"{server.url}/predict/gdl", body, timeout=180)

@@ -24,8 +24,10 @@ def _client(bundle: Path, monkeypatch: pytest.MonkeyPatch, poll_seconds: float =
     return TestClient(in_process_app())
 
 
-def test_not_ready_until_every_model_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_ready_until_every_required_model_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The catalogue serves what the bundle offers; CELLMFG_REQUIRED_MODELS names models that must be among them.
     write_bundle([m for m in fake_models() if m.name != "density_si_gra_onnx"], tmp_path)
+    monkeypatch.setenv("CELLMFG_REQUIRED_MODELS", "density_si_gra_onnx")
     with _client(tmp_path, monkeypatch) as client:
         assert client.get("/readyz").status_code == 503
         assert client.get("/livez").status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -12,21 +13,24 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cellmfg import cli
+from cellmfg import contract as contracts
+from cellmfg.___domain import feature_columns
 from cellmfg.dataio import shipped_path
+from cellmfg_cli import build
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.trains, pytest.mark.filterwarnings("ignore::UserWarning")]
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def app(session_mlflow_uri: str) -> Iterator[object]:
-    cli._build()
-    yield cli.app
+    yield build()
 
 
-def _subset(tmp: Path, dataset: str, rows: int, name: str) -> Path:
+def _subset(tmp: Path, dataset: str, rows: int, name: str, groups: bool = True) -> Path:
     frame = pd.read_csv(shipped_path(dataset)).sample(n=rows, random_state=0)
+    if not groups:
+        frame = frame.drop(columns=["group_id"], errors="ignore")
     path = tmp / f"{name}.csv"
     frame.to_csv(path, index=False)
     return path
@@ -38,27 +42,42 @@ def _invoke(app: object, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def pretrained(app: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def pretrained(app: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("pretrain")
     source = _subset(tmp, "graphite", 60, "lab_graphite")
     code, out, err = _invoke(app, "train", "pretrain", "--dataset", str(source), "--target", "density_g_cm3",
                              "--preset", "quick", "--json")
     assert code == 0, err
-    return dict(json.loads(out.strip().splitlines()[-1]))
+    return {**json.loads(out.strip().splitlines()[-1]), "csv": str(source)}
 
 
-def test_pretrain_json_contract(pretrained: dict[str, object]) -> None:
-    assert {"run_id", "model_uri", "test_mape_pct", "baselines"} <= set(pretrained)
-    assert set(pretrained["baselines"]) == {"mean", "linear", "random_forest"}  # type: ignore[arg-type]
-    assert all(0 < v < 1000 for v in pretrained["baselines"].values())  # type: ignore[attr-defined]
-    assert pretrained["registered_model"] == "density_lab_graphite"
+def _check_methods(result: dict[str, Any], expected: set[str]) -> None:
+    methods = result["methods"]
+    assert set(methods) == expected
+    for name, method in methods.items():
+        assert method["n_splits"] == 3 and 0 < method["test_mape_pct_mean"] < 1000
+        assert 0.0 <= method["coverage"] <= 1.0 and method["mean_relative_width"] > 0
+        if name == result["main"]:
+            assert method["vs_main"] is None
+        else:
+            paired = method["vs_main"]
+            assert paired["low"] <= paired["mean"] <= paired["high"]
+            assert paired["verdict"] in {"wins", "loses", "indistinguishable"}
+
+
+def test_pretrain_json_contract(pretrained: dict[str, Any]) -> None:
+    _check_methods(pretrained, {"pretrained", "mean", "linear", "random_forest"})
+    assert pretrained["registered_model"] == "density_lab_graphite" and pretrained["groups"] < pretrained["rows"]
+    assert pretrained["source_constant_features"] == ["coating_speed_m_min"]
     run = mlflow.tracking.MlflowClient().get_run(str(pretrained["run_id"]))
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["test_mape_pct"] == pytest.approx(float(pretrained["test_mape_pct"]))  # type: ignore[arg-type]
-    for key in ("train_mape_pct", "validation_mape_pct", "test_mae", "test_r2", "test_mape_pct_mean"):
+    assert run.data.metrics["test_mape_pct"] == pytest.approx(float(pretrained["test_mape_pct"]), abs=1e-3)
+    for key in ("train_mape_pct", "validation_mape_pct", "test_mae", "test_r2", "test_mape_pct_mean",
+                "interval_coverage", "interval_mean_relative_width", "vs_random_forest_pct_points"):
         assert key in run.data.metrics
     assert run.data.params["nets.density.epochs"] == "5"
     assert run.data.tags["role"] == "pretrained" and len(run.data.tags["data_sha256"]) == 64
+    assert run.data.tags["source_constant_features"] == "coating_speed_m_min"
     history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "train_loss_mape")
     assert [m.step for m in history] == list(range(5))
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(run.info.run_id, "plots")}
@@ -67,7 +86,18 @@ def test_pretrain_json_contract(pretrained: dict[str, object]) -> None:
     assert {p.split("/")[-1] for p in artifacts} == expected
 
 
-def test_logged_model_reloads_with_same_predictions(pretrained: dict[str, object]) -> None:
+def test_promotion_inputs_are_typed_and_carry_the_scaling(pretrained: dict[str, Any]) -> None:
+    path = mlflow.artifacts.download_artifacts(run_id=str(pretrained["run_id"]),
+                                               artifact_path=contracts.PROMOTION_INPUTS_ARTIFACT)
+    inputs = contracts.PromotionInputs.model_validate_json(Path(path).read_text())
+    speed = next(f for f in inputs.features if f.name == "coating_speed_m_min")
+    assert speed.constant_in_source and (speed.scale_centre, speed.scale_width) == (1.0, 1.0)
+    assert inputs.target.physical_min == 0.0
+    assert inputs.metrics.validation_mape_pct is not None and inputs.conformal.measured_coverage is not None
+    assert inputs.selection.method == "pretrained"
+
+
+def test_logged_model_reloads_with_same_predictions(pretrained: dict[str, Any]) -> None:
     client = mlflow.tracking.MlflowClient()
     run_id = str(pretrained["run_id"])
     shap_csv = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="shap/shap_values.csv"))
@@ -75,9 +105,8 @@ def test_logged_model_reloads_with_same_predictions(pretrained: dict[str, object
     model = mlflow.keras.load_model(str(pretrained["model_uri"]))
     version = client.get_model_version("density_lab_graphite", "1")
     assert version.tags["task"] == "density" and version.tags["git_commit"]
-    inputs = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="serving_inputs.json")).read_text())
-    x_test = np.asarray(inputs["test_x"], dtype="float32")
+    frame = pd.read_csv(pretrained["csv"])
+    x_test = frame.loc[table["row"], feature_columns("electrode")].to_numpy(dtype="float32")
     reloaded = np.asarray(model(x_test), dtype=float).reshape(-1)
     assert np.allclose(reloaded, table["prediction"].to_numpy(), rtol=1e-6)
     # SHAP values add up to the prediction (exact explainer).
@@ -85,20 +114,23 @@ def test_logged_model_reloads_with_same_predictions(pretrained: dict[str, object
     assert np.allclose(table[features].sum(axis=1) + table["base_value"], table["prediction"], rtol=1e-4)
 
 
-def test_transfer_json_contract_and_lineage(app: object, pretrained: dict[str, object], tmp_path: Path) -> None:
-    target = _subset(tmp_path, "nmc", 40, "lab_nmc")
+def test_transfer_on_a_lab_csv_without_groups(app: object, pretrained: dict[str, Any], tmp_path: Path) -> None:
+    target = _subset(tmp_path, "nmc", 40, "lab_nmc", groups=False)
     code, out, err = _invoke(app, "train", "transfer", "--base", "models:/density_lab_graphite/1", "--data",
                              str(target), "--target", "density", "--preset", "quick", "--seed", "5",
                              "--test-fraction", "0.25", "--json")
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["role"] == "transfer" and result["registered_model"] == "density_lab_nmc"
-    assert set(result["repeated_splits"]) >= {"zero_shot", "transfer", "finetune", "scratch"}
+    # The base's source CSV is still where it was logged, so the pooled comparison runs too.
+    _check_methods(result, {"transfer", "transfer_paper", "transfer_residual", "zero_shot", "zero_shot_recalibrated",
+                            "pooled", "scratch", "mean", "linear", "random_forest"})
+    assert result["groups"] < result["rows"]  # replicates (identical inputs) grouped
     version = mlflow.tracking.MlflowClient().get_model_version("density_lab_nmc", result["registered_version"])
     assert version.tags["base_model_name"] == "density_lab_graphite" and version.tags["base_model_version"] == "1"
     run = mlflow.tracking.MlflowClient().get_run(result["run_id"])
     assert run.data.params["test_fraction"] == "0.25" and run.data.params["seed"] == "5"
-    assert "zero_shot_test_mape_pct" in run.data.metrics
+    assert "zero_shot_validation_mape_pct" in run.data.metrics
 
 
 def _run_count() -> int:
@@ -125,7 +157,7 @@ def test_unknown_target_column(app: object, tmp_path: Path) -> None:
     assert code == 2 and "unknown target column 'porosity'" in err and "density_g_cm3" in err
 
 
-def test_base_with_other_inputs_is_refused(app: object, pretrained: dict[str, object], tmp_path: Path) -> None:
+def test_base_with_other_inputs_is_refused(app: object, pretrained: dict[str, Any], tmp_path: Path) -> None:
     gdl = _subset(tmp_path, "gdl1000", 30, "lab_gdl")
     before = _run_count()
     code, _, err = _invoke(app, "train", "transfer", "--base", "models:/density_lab_graphite/1", "--data", str(gdl),
@@ -138,4 +170,4 @@ def test_unknown_base_model(app: object, tmp_path: Path) -> None:
     target = _subset(tmp_path, "nmc", 30, "n")
     code, _, err = _invoke(app, "train", "transfer", "--base", "models:/no_such_model/1", "--data", str(target),
                            "--target", "density_g_cm3", "--preset", "quick")
-    assert code == 2 and "cannot load base model models:/no_such_model/1" in err
+    assert code == 2 and "base model" in err and "no_such_model" in err

@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-data_app = typer.Typer(no_args_is_help=True, add_completion=False)
 train_app = typer.Typer(no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,84 +41,6 @@ def _progress(total: int, quiet: bool = False) -> Iterator[Callable[..., None]]:
             progress.update(bar, advance=steps, description=label[:60])
 
         yield advance
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# cellmfg data
-
-
-@data_app.command("generate")
-def data_generate(
-    seed: SeedOption = None,
-    quick: Annotated[bool, typer.Option(help="Only a few GDL rows (fast; for smoke tests).")] = False,
-    check: Annotated[bool, typer.Option(help="Regenerate and fail on any difference from the files in --out.")]
-    = False,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: the project's data/).")] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Generate the five datasets (electrodes from a process model, GDLs from microstructures)."""
-    from cellmfg.___domain import DATASETS
-    from cellmfg.dataio import DATA_DIR
-    from training import datagen
-
-    seed = datagen.DEFAULT_SEED if seed is None else seed
-    directory = out or DATA_DIR
-    total = sum(s.paper_rows for s in DATASETS.values()) if not quick else \
-        sum(s.paper_rows for s in DATASETS.values() if s.kind == "electrode") + 2 * (datagen.QUICK_GDL_ROWS + 2)
-    with _progress(total) as advance:
-        def step(name: str, rows: int) -> None:
-            advance(f"{'checking' if check else 'generating'} {name}", rows)
-
-        if check:
-            problems = datagen.check(seed, directory, quick=quick, progress=step)
-        else:
-            generated = datagen.generate(seed, directory, quick=quick, progress=step)
-    if check:
-        result: dict[str, Any] = {"identical": not problems, "problems": problems, "seed": seed}
-        if as_json:
-            print(json.dumps(result))
-        for problem in problems:
-            err.print(f"[red]{escape(problem)}[/]", highlight=False, soft_wrap=True)
-        if problems:
-            raise typer.Exit(1)
-        if not as_json:
-            print(f"data/ matches a fresh generation with seed {seed}" + (" (quick sample of GDL rows)" if quick
-                                                                          else ""))
-        return
-    summary = {name: {"path": str(path), "seconds": round(generated.seconds[name], 2)}
-               for name, path in generated.paths.items()}
-    if as_json:
-        print(json.dumps({"seed": seed, "datasets": summary}))
-    else:
-        for name, info in summary.items():
-            print(f"{name:10s} {info['path']}  ({info['seconds']} s)")
-
-
-@data_app.command("validate")
-def data_validate(
-    csv: Annotated[Path, typer.Argument(help="A CSV in the canonical column format.")],
-    dataset: Annotated[str | None, typer.Option(help="Paper dataset to compare ranges with (e.g. nmc).")] = None,
-    target: Annotated[list[str] | None, typer.Option(help="Target column(s) that must be present.")] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Check a lab's CSV: columns, types, NaN/inf, duplicates, physical bounds; report out-of-range values."""
-    from cellmfg.dataio import DataValidationError, load_csv
-
-    try:
-        loaded = load_csv(csv, target or [], dataset=dataset)
-    except (DataValidationError, KeyError) as error:
-        _fail(str(error))
-        return
-    report = {"file": str(csv), "kind": loaded.kind, "rows": len(loaded.frame), "sha256": loaded.sha256,
-              "ignored_columns": loaded.ignored_columns,
-              "out_of_paper_range": [vars(item) for item in loaded.out_of_range]}
-    if as_json:
-        print(json.dumps(report))
-        return
-    print(f"{csv}: {report['rows']} valid {loaded.kind} rows")
-    for item in loaded.out_of_range:
-        print(f"  {item.column}: {item.rows} row(s) outside the paper range {item.paper_min:g}–{item.paper_max:g} "
-              f"(observed {item.observed_min:g}–{item.observed_max:g}); accepted")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,15 +97,15 @@ def train_all(
     import time
 
     config = _config(preset, seed)
-    from training import report, tracking, train
+    from training import jobs, report, tracking
 
     tracking.configure()
     started = time.perf_counter()
-    watch = train.Stopwatch()
-    with _progress(train.work_units(config), quiet=False) as advance:
-        results = train.train_all(config, advance, watch)
-    summaries = [r.to_json() for r in results]
-    markdown = report.markdown(summaries)
+    watch = jobs.Stopwatch()
+    with _progress(jobs.work_units(config), quiet=False) as advance:
+        results = jobs.train_all(config, advance, watch)
+    summaries = [r.summary for r in results]
+    markdown = report.markdown(summaries, config.coverage, report.protocol(config))
     if docs if docs is not None else preset == "paper":
         docs_dir = PROJECT_ROOT / "docs"
         docs_dir.mkdir(exist_ok=True)
@@ -195,7 +116,8 @@ def train_all(
     seconds = time.perf_counter() - started
     stages = {name: round(value, 1) for name, value in watch.laps.items()}
     if as_json:
-        print(json.dumps({"seconds": round(seconds, 1), "stages": stages, "models": summaries}))
+        print(json.dumps({"seconds": round(seconds, 1), "stages": stages,
+                          "models": [s.model_dump(mode="json") for s in summaries]}))
     else:
         print(markdown)
         print(f"{len(results)} models registered in {seconds:.0f} s; MLflow: {tracking.tracking_uri()}")
@@ -203,13 +125,14 @@ def train_all(
             print(f"  {value:6.1f} s  {name}")
 
 
-def _print_result(summary: dict[str, Any], as_json: bool) -> None:
+def _print_result(summary: Any, as_json: bool) -> None:
+    from training import report
+
     if as_json:
-        print(json.dumps(summary))
+        print(json.dumps(summary.model_dump(mode="json")))
         return
-    print(f"run {summary['run_id']}: {summary['model_uri']}")
-    print(f"test MAPE {summary['test_mape_pct']:.2f}%  baselines: " +
-          ", ".join(f"{k} {v:.2f}%" for k, v in summary["baselines"].items()))
+    print(f"run {summary.run_id}: {summary.model_uri}")
+    print(report.markdown([summary]))
 
 
 @train_app.command("pretrain")
@@ -225,17 +148,16 @@ def train_pretrain(
     """Pretrain a net on a lab's large dataset and register it."""
     loaded, target_spec = _load_user_csv(dataset, target)
     config = _config(preset, seed, test_fraction)
-    import mlflow
 
-    from training import tracking, train
+    from training import jobs, tracking
 
     tracking.configure()
-    data = train.prepare(loaded, target_spec, dataset.stem)
+    data = _prepare(loaded, target_spec, dataset.stem)
     registered = name or f"{target_spec.task}_{dataset.stem}"
-    mlflow.set_experiment(tracking.experiment_name(target_spec.task))
-    with tracking.run(f"pretrain-{registered}", tags={"task": target_spec.task}), _progress(config.repeats + 3) as bar:
-        result = train.run_source(data, config, registered, bar)
-    _print_result(result.to_json(), as_json)
+    tracking.use_experiment(target_spec.task)
+    with tracking.run(f"pretrain-{registered}", tags={"task": target_spec.task}), _progress(2) as bar:
+        result = jobs.run_source(data, config, registered, bar)
+    _print_result(result.summary, as_json)
 
 
 @train_app.command("transfer")
@@ -249,55 +171,87 @@ def train_transfer(
     test_fraction: Annotated[float | None, typer.Option(help="Test share of the rows (default 0.3).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Adapt a pretrained net to a lab's small dataset (frozen net + one adapter layer) and register it."""
+    """Adapt a pretrained net to a lab's small dataset and compare it, on grouped splits, with every alternative."""
     loaded, target_spec = _load_user_csv(data_csv, target)
     config = _config(preset, seed, test_fraction)
-    import mlflow
+    import dataclasses
 
-    from training import tracking, train
+    from training import jobs, nets, tracking
 
+    nets.single_threaded()  # before loading the base net initialises TensorFlow
     tracking.configure()
     base_ref = _load_base(base, loaded, data_csv)
-    data = train.prepare(loaded, target_spec, data_csv.stem)
+    base_ref = dataclasses.replace(base_ref, source=_base_source(base_ref, target_spec))
+    data = _prepare(loaded, target_spec, data_csv.stem)
     registered = name or f"{target_spec.task}_{data_csv.stem}"
-    mlflow.set_experiment(tracking.experiment_name(target_spec.task))
-    with tracking.run(f"transfer-{registered}", tags={"task": target_spec.task}), _progress(config.repeats + 2) as bar:
-        result = train.run_target(data, base_ref, config, registered, bar)
-    _print_result(result.to_json(), as_json)
+    tracking.use_experiment(target_spec.task)
+    with tracking.run(f"transfer-{registered}", tags={"task": target_spec.task}), _progress(2) as bar:
+        result = jobs.run_target(data, base_ref, config, registered, bar)
+    _print_result(result.summary, as_json)
+
+
+def _prepare(loaded: Any, target: Any, name: str) -> Any:
+    """The dataset, or a clear error when its groups cannot be split (too few distinct samples)."""
+    from training import fit
+
+    data = fit.prepare(loaded, target, name)
+    groups = len(set(data.groups.tolist()))
+    if groups < 5:
+        _fail(f"{loaded.source}: {groups} distinct sample group(s); grouped train/validation/test splits need at "
+              "least 5 (rows with identical inputs, or one group_id, count as one group)")
+    return data
+
+
+def _base_source(base: Any, target: Any) -> Any:
+    """The base net's own training data, for the pooled comparison, when its CSV is still where it was logged
+    and unchanged; else None (the pooled comparison is then left out)."""
+    import mlflow
+
+    from cellmfg.dataio import DataValidationError, file_sha256, load_csv
+    from training import fit
+
+    if not base.version:
+        return None
+    try:
+        version = mlflow.tracking.MlflowClient().get_model_version(base.name, base.version)
+        params = mlflow.tracking.MlflowClient().get_run(str(version.run_id)).data.params
+        path = Path(params.get("data_source", ""))
+        if not path.is_file() or file_sha256(path) != params.get("data_sha256"):
+            return None
+        return fit.prepare(load_csv(path, [target.column]), target, params.get("dataset", path.stem))
+    except (mlflow.exceptions.MlflowException, DataValidationError, OSError, ValueError):
+        return None
 
 
 def _load_base(uri: str, loaded: Any, source: Path) -> Any:
-    """Load and check the base net: its inputs must be this data's feature columns, in order."""
+    """Load and check the base net named by an MLflow reference (models:/NAME/VERSION, models:/NAME/latest,
+    models:/NAME@ALIAS or runs:/RUN_ID/PATH): its inputs must be this data's feature columns, in order."""
     import mlflow
 
     from cellmfg.___domain import feature_columns
-    from training.train import BaseRef
+    from cellmfg.modelref import ModelReferenceError, resolve_reference
+    from training.jobs import BaseRef
 
     client = mlflow.tracking.MlflowClient()
-    name, version, dataset = uri, "", ""
     try:
-        if uri.startswith("models:/"):
-            reference = uri.removeprefix("models:/")
-            if "@" in reference:
-                name, alias = reference.split("@", 1)
-                model_version = client.get_model_version_by_alias(name, alias)
-            else:
-                name, number = reference.split("/", 1)
-                model_version = client.get_model_version(name, number)
-            version, dataset = str(model_version.version), model_version.tags.get("dataset", "")
-            expected = model_version.tags.get("features")
-            columns = ",".join(feature_columns(loaded.kind))
-            if expected and expected != columns:
-                _fail(f"base model {uri} takes inputs [{expected}] but {source} has {loaded.kind} columns "
-                      f"[{columns}]")
-        model = mlflow.keras.load_model(uri)
+        resolved = resolve_reference(uri, client)
+    except ModelReferenceError as error:
+        _fail(f"base model: {error}")
+        raise  # unreachable: _fail exits; keeps the type checker sure `resolved` is bound
+    expected = resolved.tags.get("features")
+    columns = ",".join(feature_columns(loaded.kind))
+    if expected and expected != columns:
+        _fail(f"base model {uri} takes inputs [{expected}] but {source} has {loaded.kind} columns [{columns}]")
+    try:
+        # The pinned URI: an alias or `latest` that moves while this runs must not change the net halfway.
+        model = mlflow.keras.load_model(resolved.load_uri)
     except (mlflow.exceptions.MlflowException, ValueError, OSError) as error:
-        _fail(f"cannot load base model {uri}: {str(error).splitlines()[0]}")
+        _fail(f"cannot load base model {uri} ({resolved.load_uri}): {str(error).splitlines()[0]}")
     width = int(model.inputs[0].shape[-1])
     if width != len(feature_columns(loaded.kind)):
         _fail(f"base model {uri} takes {width} inputs but {source} has {len(feature_columns(loaded.kind))} "
               f"{loaded.kind} feature columns")
-    return BaseRef(model, name, version, dataset)
+    return BaseRef(model, resolved.name or "", resolved.version or "", resolved.tags.get("dataset", ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,8 @@
 """Training configuration: one typed object, defaults commented, loaded once at the entry point.
 
 Every saved model carries the config it was built from (logged as MLflow params and as `config.json`).
-Presets: `paper` is the paper's protocol (250 epochs); `quick` trains a few epochs on the same data for tests and
-integration checks.
+Presets: `paper` is the paper's protocol (250 epochs) with 20 grouped repeated splits and nested selection; `quick`
+trains a few epochs on the same data for tests and integration checks.
 """
 
 from __future__ import annotations
@@ -15,19 +15,26 @@ from typing import Any
 
 @dataclass(frozen=True)
 class NetConfig:
-    """A feed-forward ReLU net; the paper does not give sizes, so these are ours, per task."""
+    """A feed-forward ReLU net (pretrained, scratch, pooled); the paper does not give sizes.
 
-    hidden_units: int = 32  # width of every hidden layer, and of the transfer adapter layer
-    hidden_layers: int = 2  # ReLU hidden layers of the pretrained/scratch net
-    learning_rate: float = 5e-3  # Adam, pretraining and scratch
+    `widths` and `learning_rates` are candidates: grouped inner validation inside each training part chooses one
+    pair per split (nested), never the test rows.
+    """
+
+    hidden_layers: int = 2  # ReLU hidden layers
+    widths: tuple[int, ...] = (16, 32)  # candidate width of every hidden layer
+    learning_rates: tuple[float, ...] = (1e-3, 5e-3)  # candidate Adam learning rates
     epochs: int = 250  # the paper's epoch count
     batch_size: int = 16  # small sets: a few steps per epoch
-    adapter_learning_rate: float = 5e-3  # Adam on the transfer adapter only
 
 
 @dataclass(frozen=True)
-class TransferConfig:
-    finetune_learning_rate: float = 1e-3  # Adam on every weight (comparison only): smaller, to not erase the source
+class AdapterConfig:
+    """The transfer adapter on the frozen net: which designs, widths and learning rates validation may choose."""
+
+    adapters: tuple[str, ...] = ("paper", "residual")  # paper: hidden → Dense → out; residual (ours): + skip
+    widths: tuple[int, ...] = (16, 32)
+    learning_rates: tuple[float, ...] = (1e-3, 5e-3)
     epochs: int = 250
 
 
@@ -35,21 +42,20 @@ class TransferConfig:
 class TrainConfig:
     preset: str = "paper"
     seed: int = 42  # one seed drives splits, initial weights and shuffling
-    test_fraction: float = 0.3  # the paper's 70/30 split
-    validation_fraction: float = 0.1  # of the training part, as in the paper
-    repeats: int = 10  # extra random splits for mean ± std (beyond the paper)
+    test_fraction: float = 0.3  # the paper's 70/30 split, by whole groups
+    inner_folds: int = 2  # grouped validation folds inside each training part, for every choice
+    repeats: int = 20  # grouped outer splits; the first one's model is registered
+    coverage: float = 0.9  # nominal coverage of the conformal intervals
+    bootstrap_resamples: int = 4000  # for the paired-difference intervals
     random_forest_trees: int = 200
     shap_background_rows: int = 50  # rows kept as SHAP background in the contract
-    workers: int = 2  # processes for repeated splits and the learning curve (0: inline, no process pool)
     learning_curve_fractions: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)  # of the source training part
     nets: dict[str, NetConfig] = field(default_factory=lambda: {
-        "density": NetConfig(hidden_units=32, hidden_layers=2),
-        "mass_loading": NetConfig(hidden_units=32, hidden_layers=2),
-        # GDL200 → GDL1000 is the same physics on a larger ___domain: the zero-shot net is already close, so the
-        # adapter takes small steps and stays near it (5e-3 overfits the ~50 training rows' noise).
-        "tortuosity": NetConfig(hidden_units=16, hidden_layers=2, adapter_learning_rate=1e-3),
+        "density": NetConfig(),
+        "mass_loading": NetConfig(),
+        "tortuosity": NetConfig(widths=(8, 16)),
     })
-    transfer: TransferConfig = field(default_factory=TransferConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
     def net(self, task: str) -> NetConfig:
         return self.nets[task]
@@ -58,7 +64,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def flat_params(self) -> dict[str, str]:
-        """The whole config as flat MLflow params (`nets.density.hidden_units` = `32`)."""
+        """The whole config as flat MLflow params (`nets.density.hidden_layers` = `2`)."""
         flat: dict[str, str] = {}
 
         def walk(prefix: str, value: Any) -> None:
@@ -73,12 +79,12 @@ class TrainConfig:
 
 
 def _quick() -> TrainConfig:
-    small = NetConfig(hidden_units=8, hidden_layers=1, epochs=5)
+    small = NetConfig(hidden_layers=1, widths=(8,), learning_rates=(5e-3,), epochs=5)
     return TrainConfig(
-        preset="quick", repeats=2, workers=0, random_forest_trees=20, shap_background_rows=20,
-        learning_curve_fractions=(0.5, 1.0),
+        preset="quick", repeats=3, inner_folds=2, random_forest_trees=20, shap_background_rows=20,
+        bootstrap_resamples=500, learning_curve_fractions=(0.5, 1.0),
         nets={"density": small, "mass_loading": small, "tortuosity": small},
-        transfer=TransferConfig(epochs=5),
+        adapter=AdapterConfig(widths=(8,), learning_rates=(5e-3,), epochs=5),
     )
 
 

@@ -1,8 +1,24 @@
-"""Splits, metrics, baselines and conformal calibration: pure functions on arrays."""
+"""Grouped splits, metrics, baselines, paired comparisons with verdicts, and conformal intervals: pure functions.
+
+Groups. Rows of one group (replicates of a coated sheet, a recipe, a structure) are never on both sides of any
+split: outer train/test, inner validation folds, conformal calibration.
+
+Paired comparisons. Every method runs on the same outer splits; the per-split difference of test MAPEs is
+averaged and given a 95 % bootstrap interval over splits. Repeated splits of one dataset share most of their
+training rows, so split-to-split scatter understates the real uncertainty; the interval is widened by the
+Nadeau–Bengio factor sqrt(1 + J·n_test/n_train) (Nadeau & Bengio, Machine Learning 52, 2003). The words
+"wins", "loses" and "indistinguishable" come from that interval only.
+
+Intervals. Split-conformal on relative residuals |y - p| / |p| (the nets are trained on a relative loss), the
+finite-sample quantile, ends clipped to the target's physical range. Coverage is measured on grouped held-out rows:
+each held-out group's interval is calibrated on the other held-out groups only.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from sklearn.dummy import DummyRegressor
@@ -10,41 +26,91 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 
 BASELINES = ("mean", "linear", "random_forest")
+Verdict = Literal["wins", "loses", "indistinguishable"]
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Grouped splits
 
 
 @dataclass(frozen=True)
 class Split:
-    """Row indices of one train/validation/test split."""
+    """One outer split: training part, test part and the inner validation folds that partition the training part."""
 
     train: np.ndarray
-    validation: np.ndarray
     test: np.ndarray
+    folds: tuple[np.ndarray, ...]
     seed: int
 
-    def to_dict(self) -> dict[str, list[int] | int]:
-        return {"train": self.train.tolist(), "validation": self.validation.tolist(), "test": self.test.tolist(),
-                "seed": self.seed}
+    def fold_train(self, fold: int) -> np.ndarray:
+        return np.setdiff1d(self.train, self.folds[fold])
 
 
-def make_split(rows: int, seed: int, test_fraction: float, validation_fraction: float) -> Split:
-    """The paper's protocol: a random test part, then a validation part out of the rest."""
+def _take_groups(order: list[str], sizes: dict[str, int], wanted_rows: int) -> list[str]:
+    """The first groups of `order` whose row count comes closest to `wanted_rows` (at least one group)."""
+    taken: list[str] = []
+    rows = 0
+    for group in order:
+        if taken and abs(rows + sizes[group] - wanted_rows) > abs(rows - wanted_rows):
+            break
+        taken.append(group)
+        rows += sizes[group]
+    return taken
+
+
+def group_folds(rows: np.ndarray, groups: np.ndarray, folds: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, ...]:
+    """Partition `rows` into up to `folds` folds of whole groups, balanced by row count."""
+    labels = groups[rows]
+    unique = list(dict.fromkeys(labels[rng.permutation(len(labels))]))
+    count = min(folds, len(unique))
+    if count < 2:
+        raise ValueError(f"{len(unique)} group(s) in the training part; validation folds need at least 2")
+    members: list[list[int]] = [[] for _ in range(count)]
+    for group in unique:
+        smallest = min(range(count), key=lambda f: len(members[f]))
+        members[smallest].extend(rows[labels == group].tolist())
+    return tuple(np.sort(np.asarray(m, dtype=int)) for m in members)
+
+
+def grouped_split(groups: np.ndarray, seed: int, test_fraction: float, inner_folds: int) -> Split:
+    """Test part: random whole groups holding about `test_fraction` of the rows; the rest trains, in grouped folds."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test fraction must be between 0 and 1 (exclusive), got {test_fraction}")
-    order = np.random.default_rng(seed).permutation(rows)
-    test_rows = max(1, round(rows * test_fraction))
-    if rows - test_rows < 2:
-        raise ValueError(f"{rows} rows leave fewer than 2 for training at test fraction {test_fraction}")
-    validation_rows = round((rows - test_rows) * validation_fraction)
-    test, rest = order[:test_rows], order[test_rows:]
-    validation, train = rest[:validation_rows], rest[validation_rows:]
-    return Split(np.sort(train), np.sort(validation), np.sort(test), seed)
+    groups = np.asarray(groups).astype(str)
+    rng = np.random.default_rng(seed)
+    unique, counts = np.unique(groups, return_counts=True)
+    if len(unique) < 3:
+        raise ValueError(f"{len(unique)} group(s); a grouped train/validation/test split needs at least 3")
+    sizes = dict(zip(unique.tolist(), counts.tolist(), strict=True))
+    order = [str(g) for g in rng.permutation(unique)]
+    test_groups = _take_groups(order, sizes, round(len(groups) * test_fraction))
+    if len(test_groups) > len(unique) - 2:
+        test_groups = test_groups[: len(unique) - 2]
+    is_test = np.isin(groups, test_groups)
+    test, train = np.flatnonzero(is_test), np.flatnonzero(~is_test)
+    return Split(train, test, group_folds(train, groups, inner_folds, rng), seed)
 
 
-def repeated_splits(rows: int, seed: int, repeats: int, test_fraction: float, validation_fraction: float
-                    ) -> list[Split]:
-    """Further random splits, seeded apart from the paper split's seed."""
-    return [make_split(rows, seed * 1000 + repeat + 1, test_fraction, validation_fraction)
-            for repeat in range(repeats)]
+def repeated_grouped_splits(groups: np.ndarray, seed: int, repeats: int, test_fraction: float, inner_folds: int
+                            ) -> list[Split]:
+    """`repeats` grouped splits; the first is the one whose model is registered."""
+    return [grouped_split(groups, seed * 1000 + repeat, test_fraction, inner_folds) for repeat in range(repeats)]
+
+
+def groups_disjoint(groups: np.ndarray, *parts: np.ndarray) -> bool:
+    """No group has rows in two of `parts`."""
+    seen: set[str] = set()
+    for part in parts:
+        labels = set(np.asarray(groups)[part].astype(str).tolist())
+        if seen & labels:
+            return False
+        seen |= labels
+    return True
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Metrics and baselines
 
 
 def mape_pct(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -75,23 +141,135 @@ def fit_baseline(name: str, x_train: np.ndarray, y_train: np.ndarray, seed: int,
     elif name == "linear":
         model = LinearRegression()
     elif name == "random_forest":
-        # One thread: the run is already CPU-bound on 2 cores and this keeps results identical across machines.
-        model = RandomForestRegressor(n_estimators=trees, random_state=seed, n_jobs=1)
+        # Each tree is seeded up front, so the result does not depend on the thread count.
+        model = RandomForestRegressor(n_estimators=trees, random_state=seed, n_jobs=2)
     else:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     return model.fit(x_train, y_train)
 
 
-def conformal_relative_quantile(y_true: np.ndarray, y_pred: np.ndarray, coverage: float = 0.9) -> float:
-    """Split-conformal quantile of |y - p| / |p| on held-out rows, with the finite-sample correction."""
-    residuals = np.sort(np.abs(np.asarray(y_true) - np.asarray(y_pred)) / np.maximum(np.abs(y_pred), 1e-12))
-    n = len(residuals)
-    if n == 0:
-        raise ValueError("conformal calibration needs at least one held-out row")
-    rank = min(n, int(np.ceil((n + 1) * coverage)))
-    return float(residuals[rank - 1])
+def linear_recalibration(prediction: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) of the least-squares line y ≈ a·prediction + b; a constant prediction gets a = 0 (the mean)."""
+    prediction, y = np.asarray(prediction, dtype=float), np.asarray(y, dtype=float)
+    if len(y) < 2 or np.ptp(prediction) == 0.0:
+        return 0.0, float(np.mean(y))
+    a, b = np.polyfit(prediction, y, 1)
+    return float(a), float(b)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float] | np.ndarray) -> tuple[float, float]:
     array = np.asarray(values, dtype=float)
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Paired comparisons and verdicts
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean over splits of (method − competitor) test MAPE in points, with its 95 % interval; negative: better."""
+
+    mean: float
+    low: float
+    high: float
+    n_splits: int
+
+    @property
+    def verdict(self) -> Verdict:
+        return verdict(self.low, self.high)
+
+
+def verdict(low: float, high: float) -> Verdict:
+    """The method `wins` when the whole interval of (method − competitor) lies below 0, `loses` when above."""
+    if math.isnan(low) or math.isnan(high):
+        return "indistinguishable"
+    if high < 0.0:
+        return "wins"
+    if low > 0.0:
+        return "loses"
+    return "indistinguishable"
+
+
+def nadeau_bengio_factor(n_splits: int, test_train_ratio: float) -> float:
+    """How much wider an interval over J overlapping repeated splits must be: sqrt(1 + J·n_test/n_train)."""
+    return math.sqrt(1.0 + n_splits * test_train_ratio)
+
+
+def paired_difference(method: np.ndarray, competitor: np.ndarray, seed: int, test_train_ratio: float,
+                      resamples: int = 4000, level: float = 0.95) -> PairedDifference:
+    """Bootstrap (over splits) percentile interval of the mean paired difference, widened by Nadeau–Bengio.
+
+    `test_train_ratio` = n_test / n_train of the splits; 0 treats the splits as independent data sets.
+    """
+    differences = np.asarray(method, dtype=float) - np.asarray(competitor, dtype=float)
+    count = len(differences)
+    mean = float(differences.mean()) if count else float("nan")
+    if count < 2:
+        return PairedDifference(mean, float("nan"), float("nan"), count)
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, count, (resamples, count))].mean(axis=1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    factor = nadeau_bengio_factor(count, test_train_ratio)
+    return PairedDifference(mean, mean - factor * (mean - float(low)), mean + factor * (float(high) - mean), count)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Conformal intervals
+
+
+def relative_residuals(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    y_pred = np.asarray(y_pred, dtype=float)
+    return np.asarray(np.abs(np.asarray(y_true, dtype=float) - y_pred) / np.maximum(np.abs(y_pred), 1e-12))
+
+
+def conformal_quantile(residuals: np.ndarray, coverage: float) -> float:
+    """The ⌈(n+1)·coverage⌉-th smallest residual (split-conformal); the largest when n is too small for that."""
+    ordered = np.sort(np.asarray(residuals, dtype=float))
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("conformal calibration needs at least one held-out row")
+    rank = min(n, math.ceil((n + 1) * coverage))
+    return float(ordered[rank - 1])
+
+
+def interval(prediction: np.ndarray, relative_quantile: float, lower_bound: float | None,
+             upper_bound: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """[p - q|p|, p + q|p|], clipped to the physical range."""
+    prediction = np.asarray(prediction, dtype=float)
+    half = relative_quantile * np.abs(prediction)
+    low, high = prediction - half, prediction + half
+    if lower_bound is not None:
+        low, high = np.maximum(low, lower_bound), np.maximum(high, lower_bound)
+    if upper_bound is not None:
+        low, high = np.minimum(low, upper_bound), np.minimum(high, upper_bound)
+    return low, high
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Measured on held-out rows: share inside their interval and mean (upper − lower) / |prediction|."""
+
+    coverage: float
+    mean_relative_width: float
+    rows: int
+
+
+def grouped_coverage(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, coverage: float,
+                     lower_bound: float | None, upper_bound: float | None) -> Coverage:
+    """Leave-one-group-out on held-out rows: each group's interval is calibrated on the other groups' rows."""
+    y_true, y_pred, groups = np.asarray(y_true, float), np.asarray(y_pred, float), np.asarray(groups).astype(str)
+    residuals = relative_residuals(y_true, y_pred)
+    inside, widths = [], []
+    for group in np.unique(groups):
+        here = groups == group
+        if here.all():
+            continue  # one group only: nothing to calibrate on
+        quantile = conformal_quantile(residuals[~here], coverage)
+        low, high = interval(y_pred[here], quantile, lower_bound, upper_bound)
+        inside.extend(((y_true[here] >= low) & (y_true[here] <= high)).tolist())
+        widths.extend(((high - low) / np.maximum(np.abs(y_pred[here]), 1e-12)).tolist())
+    if not inside:
+        return Coverage(float("nan"), float("nan"), 0)
+    return Coverage(float(np.mean(inside)), float(np.mean(widths)), len(inside))

@@ -1,14 +1,28 @@
-"""Keras nets: the pretrained/scratch MLP, the frozen-base adapter transfer, and a fast deterministic fit loop.
+"""Keras nets: the pretrained/scratch MLP, the two frozen-base adapters, and a batched trainer for many nets at once.
 
-`keras.Model.fit` spends ~80 ms per epoch on bookkeeping for these tiny sets (20 s a net); the whole run of ~200
-nets would not fit the 5-minute budget. `fit` below runs every epoch inside one `tf.function` (~0.5 s a net)
-while keeping per-epoch train and validation losses for the loss curves.
+Training. One evaluation needs hundreds of tiny nets (every candidate configuration × inner validation fold ×
+outer split). `keras.Model.fit` costs ~20 s a net on these sets and even a one-`tf.function` loop per net ~0.7 s,
+most of it graph tracing. `train_stack` trains K independent nets in one graph: every weight carries a leading
+model axis, each net draws its own shuffled mini-batches from its own training rows, and Adam runs per net (its
+update is elementwise, with a per-net learning rate and step count), so each net follows exactly the path it would
+follow alone. Nets of different widths share the graph through unit masks. A trained net is then turned into an
+ordinary Keras model (`mlp_model`, `transfer_model`) for logging, SHAP and ONNX export.
+
+Scaling. Every net standardises its inputs by the fixed physical (centre, width) of `cellmfg.___domain`, never by a
+dataset's variance. A feature constant on a net's training rows gets weight 0 in the frozen scaling layer: the data
+says nothing about its effect, so the net ignores it rather than extrapolating through untrained weights.
+
+Adapters. `paper`: the frozen net's last hidden layer → Dense(width, ReLU) → Dense(1), as the paper describes.
+`residual` (ours): the same adapter, plus a trainable skip from the frozen net's prediction into the output,
+starting at weight 1 with the target's mean offset, so training starts from the pretrained answer.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -18,12 +32,20 @@ import keras
 import tensorflow as tf
 
 MAPE_EPSILON = 1e-7
+ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras' Adam defaults
+Adapter = Literal["paper", "residual"]
+ADAPTERS: tuple[Adapter, ...] = ("paper", "residual")
 
 
-@dataclass
-class History:
-    train_loss: np.ndarray  # MAPE % on the training rows, per epoch
-    validation_loss: np.ndarray  # MAPE % on the validation rows, per epoch
+def single_threaded() -> None:
+    """One TensorFlow thread per op: these nets' ops are so small that handing them between threads costs more
+    than it saves (measured: half the CPU time and half the wall time on 2 cores). Only effective before the first
+    TensorFlow op of the process, so entry points call it first; later calls change nothing."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialised its thread pools (e.g. inside a test session)
+        pass
 
 
 def make_deterministic(seed: int) -> None:
@@ -32,144 +54,262 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_mlp(x_train: np.ndarray, y_train: np.ndarray, hidden_units: int, hidden_layers: int,
-              name: str) -> keras.Model:
-    """Normalisation (fitted on `x_train`, so the model takes raw units) → ReLU layers → linear output.
+def constant_columns(x: np.ndarray) -> np.ndarray:
+    """Boolean per column: the column takes a single value on these rows."""
+    x = np.asarray(x, dtype=float)
+    return np.asarray(np.ptp(x, axis=0) == 0.0) if len(x) else np.zeros(x.shape[1], dtype=bool)
 
-    The output bias starts at the training mean: with a relative loss (MAPE), starting near the right scale
-    avoids a long first phase spent only learning the offset.
+
+def scale_inputs(x: np.ndarray, centre: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """z = (x - centre) / width with the fixed physical scale."""
+    return (np.asarray(x, dtype=float) - np.asarray(centre, dtype=float)) / np.asarray(width, dtype=float)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The batched trainer
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """K nets of one shape: ReLU layers of up to `max_width` units on `inputs`, one linear output.
+
+    inputs: [N, d] already scaled; y: [N]; train/validation masks: [K, N]; input_mask: [K, d] (0 drops a column
+    for that net); widths, learning_rates, output_bias: [K]; skip: [N] frozen predictions fed to the output
+    through a trainable weight where `skip_on` is true (the residual adapter), else None.
     """
-    x_train = np.asarray(x_train, dtype="float64")
-    variance = np.maximum(x_train.var(axis=0), 1e-6)  # a fixed input (coating speed 0.3) has zero variance
-    inputs = keras.Input(shape=(x_train.shape[1],), name="features")
-    hidden = standardize(inputs, x_train.mean(axis=0), variance, "scaling")
-    for index in range(hidden_layers):
-        hidden = keras.layers.Dense(hidden_units, activation="relu", name=f"hidden_{index + 1}")(hidden)
-    output = keras.layers.Dense(1, name="output",
-                                bias_initializer=keras.initializers.Constant(float(np.mean(y_train))))(hidden)
+
+    inputs: np.ndarray
+    y: np.ndarray
+    train_mask: np.ndarray
+    validation_mask: np.ndarray
+    input_mask: np.ndarray
+    widths: np.ndarray
+    learning_rates: np.ndarray
+    output_bias: np.ndarray
+    hidden_layers: int
+    epochs: int
+    batch_size: int
+    seed: int
+    skip: np.ndarray | None = None
+    skip_on: np.ndarray | None = None
+
+    @property
+    def models(self) -> int:
+        return int(self.train_mask.shape[0])
+
+
+@dataclass(frozen=True)
+class TrainedStack:
+    """Weights with a leading model axis, per-epoch MAPE curves and final predictions on every input row."""
+
+    kernels: list[np.ndarray]  # per layer [K, fan_in, fan_out]
+    biases: list[np.ndarray]  # per layer [K, fan_out]
+    skip_weight: np.ndarray  # [K]; 0 where the net has no skip
+    widths: np.ndarray
+    train_loss: np.ndarray  # [K, epochs], MAPE % on each net's training rows
+    validation_loss: np.ndarray  # [K, epochs], NaN where a net has no validation rows
+    predictions: np.ndarray  # [K, N]
+
+    def layer_weights(self, model: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Net `model`'s (kernel, bias) per layer, cut to its own width."""
+        width = int(self.widths[model])
+        out = []
+        for index, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
+            rows = kernel.shape[1] if index == 0 else width
+            cols = 1 if index == len(self.kernels) - 1 else width
+            out.append((kernel[model, :rows, :cols].copy(), bias[model, :cols].copy()))
+        return out
+
+
+def _glorot(seed: int, layer: int, fan_in: np.ndarray, fan_out: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Keras' default Dense init (Glorot uniform) with each net's own fan-in/out and its own random stream, so a
+    net starts the same whatever else shares its stack."""
+    limits = np.sqrt(6.0 / (fan_in + fan_out))
+    draws = [np.random.default_rng([seed, model, layer]).uniform(-limit, limit, shape)
+             for model, limit in enumerate(limits)]
+    return np.asarray(draws, dtype="float32")
+
+
+def train_stack(spec: StackSpec) -> TrainedStack:
+    """Train K nets at once: Adam on MAPE, shuffled mini-batches, all epochs in one graph; deterministic."""
+    # Each call builds a fresh graph on purpose (shapes differ per stack); TF's retracing notice is noise here.
+    tf.get_logger().setLevel("ERROR")
+    models, rows = spec.train_mask.shape
+    features = spec.inputs.shape[1]
+    max_width = int(spec.widths.max())
+    widths = spec.widths.astype(float)
+    unit_mask = (np.arange(max_width)[None, :] < spec.widths[:, None]).astype("float32")
+
+    shapes = [(features, max_width)] + [(max_width, max_width)] * (spec.hidden_layers - 1) + [(max_width, 1)]
+    fans = [(np.full(models, float(features)), widths)] + [(widths, widths)] * (spec.hidden_layers - 1) + \
+        [(widths, np.ones(models))]
+    kernels = [tf.Variable(_glorot(spec.seed, layer, fi, fo, shape))
+               for layer, ((fi, fo), shape) in enumerate(zip(fans, shapes, strict=True))]
+    biases = [tf.Variable(np.zeros((models, max_width), "float32")) for _ in range(spec.hidden_layers)]
+    biases.append(tf.Variable(np.asarray(spec.output_bias, "float32").reshape(models, 1)))
+    skip_on = np.zeros(models, "float32") if spec.skip_on is None else spec.skip_on.astype("float32")
+    skip_weight = tf.Variable(skip_on.copy())  # starts at 1 where on: the pretrained answer passes through
+    variables = [*kernels, *biases, skip_weight]
+    firsts = [tf.Variable(tf.zeros_like(v)) for v in variables]
+    seconds = [tf.Variable(tf.zeros_like(v)) for v in variables]
+    steps = tf.Variable(tf.zeros([models], tf.float32))
+
+    x = tf.constant(np.asarray(spec.inputs, "float32"))
+    y = tf.constant(np.asarray(spec.y, "float32"))
+    skip_input = tf.constant(np.zeros(rows, "float32") if spec.skip is None else np.asarray(spec.skip, "float32"))
+    input_mask = tf.constant(spec.input_mask.astype("float32"))
+    units = tf.constant(unit_mask)
+    skip_grad_mask = tf.constant(skip_on)
+    learning_rates = tf.constant(spec.learning_rates.astype("float32"))
+    train_mask = tf.constant(spec.train_mask.astype("float32"))
+    validation_mask = tf.constant(spec.validation_mask.astype("float32"))
+    counts = spec.train_mask.sum(axis=1)
+    batches = int(-(-counts.max() // spec.batch_size))
+    width_of_batch = int(-(-counts.max() // batches))
+    row_counts = tf.constant(counts.astype("int32"))
+    inverse_y = 1.0 / tf.maximum(tf.abs(y), MAPE_EPSILON)
+
+    def forward(index: tf.Tensor) -> tf.Tensor:
+        """Predictions [K, B] of every net on its own rows `index` [K, B]."""
+        hidden = tf.gather(x, index) * input_mask[:, None, :]
+        for layer in range(spec.hidden_layers):
+            hidden = tf.nn.relu(tf.matmul(hidden, kernels[layer]) + biases[layer][:, None, :]) * units[:, None, :]
+        output = tf.matmul(hidden, kernels[-1])[:, :, 0] + biases[-1]
+        return output + skip_weight[:, None] * tf.gather(skip_input, index)
+
+    def masked_mape(prediction: tf.Tensor, index: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+        errors = tf.abs(tf.gather(y, index) - prediction) * tf.gather(inverse_y, index)
+        return 100.0 * tf.reduce_sum(errors * weight, axis=1) / tf.maximum(tf.reduce_sum(weight, axis=1), 1.0)
+
+    all_rows = tf.tile(tf.range(rows)[None, :], [models, 1])
+
+    @tf.function
+    def run() -> tuple[tf.Tensor, tf.Tensor]:
+        train_curve = tf.TensorArray(tf.float32, size=spec.epochs)
+        validation_curve = tf.TensorArray(tf.float32, size=spec.epochs)
+        for epoch in tf.range(spec.epochs):
+            keys = tf.random.stateless_uniform([models, rows], seed=tf.stack([spec.seed, epoch]))
+            order = tf.argsort(keys + 2.0 * (1.0 - train_mask), axis=1)  # each net's training rows first
+            for batch in tf.range(batches):
+                # Strided batches (positions b, b + batches, …): every net spreads its own rows over the same
+                # number of batches, so nets with slightly different row counts all step together.
+                position = batch + batches * tf.range(width_of_batch)
+                index = tf.gather(order, tf.minimum(position, rows - 1), axis=1)
+                weight = tf.cast(position[None, :] < row_counts[:, None], tf.float32)
+                active = tf.cast(tf.reduce_sum(weight, axis=1) > 0, tf.float32)  # nets with rows in this batch
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_sum(masked_mape(forward(index), index, weight))
+                gradients = tape.gradient(loss, variables)
+                gradients[-1] = gradients[-1] * skip_grad_mask
+                steps.assign_add(active)
+                correction = learning_rates * tf.sqrt(1.0 - ADAM_BETA_2 ** tf.maximum(steps, 1.0)) / \
+                    (1.0 - ADAM_BETA_1 ** tf.maximum(steps, 1.0)) * active
+                for variable, gradient, first, second in zip(variables, gradients, firsts, seconds, strict=True):
+                    # A net without rows in this batch gets no step (its moments just decay once).
+                    first.assign(ADAM_BETA_1 * first + (1.0 - ADAM_BETA_1) * gradient)
+                    second.assign(ADAM_BETA_2 * second + (1.0 - ADAM_BETA_2) * tf.square(gradient))
+                    scale = tf.reshape(correction, [models] + [1] * (len(variable.shape) - 1))
+                    variable.assign_sub(scale * first / (tf.sqrt(second) + ADAM_EPSILON))
+            prediction = forward(all_rows)
+            train_curve = train_curve.write(epoch, masked_mape(prediction, all_rows, train_mask))
+            validation_curve = validation_curve.write(epoch, masked_mape(prediction, all_rows, validation_mask))
+        return train_curve.stack(), validation_curve.stack()
+
+    train_loss, validation_loss = run()
+    predictions = np.asarray(forward(all_rows), dtype=float)
+    validation = np.asarray(validation_loss, dtype=float).T
+    validation[spec.validation_mask.sum(axis=1) == 0] = np.nan
+    return TrainedStack([np.asarray(k.numpy()) for k in kernels], [np.asarray(b.numpy()) for b in biases],
+                        np.asarray(skip_weight.numpy(), dtype=float), spec.widths.copy(),
+                        np.asarray(train_loss, dtype=float).T, validation, predictions)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Keras models from trained weights (for MLflow, SHAP and ONNX export)
+
+
+def standardize(inputs: keras.KerasTensor, centre: np.ndarray, width: np.ndarray, mask: np.ndarray, name: str
+                ) -> keras.KerasTensor:
+    """(x - centre) / width, times 0 for ignored columns, as a frozen Dense layer with a diagonal kernel.
+
+    Keras' Normalization layer holds its statistics as captured constants, which tf2onnx turns into extra graph
+    inputs the ONNX model cannot run without; Dense weights are variables and export as initializers.
+    """
+    factor = np.asarray(mask, dtype=float) / np.asarray(width, dtype=float)
+    layer = keras.layers.Dense(len(factor), trainable=False, name=name)
+    output = layer(inputs)
+    bias = -np.asarray(centre, dtype=float) * factor
+    layer.set_weights([np.diag(factor).astype("float32"), bias.astype("float32")])
+    return output
+
+
+def mlp_model(centre: np.ndarray, width: np.ndarray, input_mask: np.ndarray,
+              layers: list[tuple[np.ndarray, np.ndarray]], name: str) -> keras.Model:
+    """Raw physical units in: frozen scaling → ReLU layers → linear output, with the given weights."""
+    inputs = keras.Input(shape=(len(centre),), name="features")
+    hidden = standardize(inputs, centre, width, input_mask, "scaling")
+    for index, (kernel, bias) in enumerate(layers[:-1]):
+        dense = keras.layers.Dense(kernel.shape[1], activation="relu", name=f"hidden_{index + 1}")
+        hidden = dense(hidden)
+        dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
+    output_layer = keras.layers.Dense(1, name="output")
+    output = output_layer(hidden)
+    output_layer.set_weights([layers[-1][0].astype("float32"), layers[-1][1].astype("float32")])
     return keras.Model(inputs, output, name=name)
 
 
-def build_transfer(base: keras.Model, x_target_train: np.ndarray, y_target_train: np.ndarray, name: str
-                   ) -> keras.Model:
-    """The paper's transfer: the pretrained net frozen, one added hidden layer of the same width plus its output.
-
-    The adapter reads the frozen net's last hidden representation and its prediction; its output layer also
-    sees that prediction directly, initialised so that training starts from the pretrained net's own answer
-    (plus the mean offset on the target). Where the source already transfers well (GDL200 → GDL1000) the
-    adapter only learns a small correction; where it extrapolates wildly (graphite → NMC) it can drop it.
-    The target's inputs can lie far outside the source's (Si share 8–15 wt% vs graphite 91–95.5), giving
-    frozen activations of scales no source row produced; a non-trainable standardisation fitted on the
-    target's training rows brings them back to a learnable scale.
-    Only the adapter's two Dense layers are trained.
-    """
-    # A copy, so freezing (and fine-tuning's unfreezing) never touches the caller's pretrained net.
+def frozen_body(base: keras.Model) -> keras.Model:
+    """The pretrained net as [last hidden layer, prediction], frozen (a copy: the caller's net is never touched)."""
     frozen = keras.models.clone_model(base)
     frozen.set_weights(base.get_weights())
     frozen.trainable = False
     last_hidden = frozen.get_layer(index=len(frozen.layers) - 2).output
     body = keras.Model(frozen.inputs[0], [last_hidden, frozen.outputs[0]], name=f"{base.name}_frozen")
     body.trainable = False
-    hidden_width = int(last_hidden.shape[-1])
+    return body
 
-    inputs = keras.Input(shape=(frozen.inputs[0].shape[-1],), name="features")
+
+def frozen_features(base: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen net's last hidden activations [N, h] and its prediction [N] on raw inputs."""
+    hidden, prediction = frozen_body(base)(np.asarray(x, dtype="float32"))
+    return np.asarray(hidden, dtype=float), np.asarray(prediction, dtype=float).reshape(-1)
+
+
+def transfer_model(base: keras.Model, adapter: Adapter, layers: list[tuple[np.ndarray, np.ndarray]],
+                   skip_weight: float, name: str) -> keras.Model:
+    """The frozen pretrained net plus a trained adapter: Dense(width, ReLU) → Dense(1) (+ skip for `residual`)."""
+    body = frozen_body(base)
+    inputs = keras.Input(shape=(base.inputs[0].shape[-1],), name="features")
     frozen_hidden, frozen_prediction = body(inputs)
-    combined = keras.layers.Concatenate(name="frozen_features")([frozen_hidden, frozen_prediction])
-    hidden_train, prediction_train = (np.asarray(a, dtype=float) for a in
-                                      body(np.asarray(x_target_train, dtype="float32")))
-    target_features = np.concatenate([hidden_train, prediction_train], axis=1)
-    scaled = standardize(combined, target_features.mean(axis=0), _variance_with_floor(target_features),
-                         "adapter_scaling")
-    adapter = keras.layers.Dense(hidden_width, activation="relu", name="adapter")(scaled)
-    # The output reads the adapter and, as a skip, the frozen prediction itself, starting with weight 1 on the
-    # latter and 0 on the adapter: training starts at the pretrained answer and may keep, rescale or drop it.
-    head = keras.layers.Concatenate(name="adapter_head")([adapter, frozen_prediction])
-    offset = float(np.mean(np.asarray(y_target_train).reshape(-1) - prediction_train.reshape(-1)))
+    (kernel, bias), (out_kernel, out_bias) = layers
+    dense = keras.layers.Dense(kernel.shape[1], activation="relu", name="adapter")
+    hidden = dense(frozen_hidden)
+    dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
     output_layer = keras.layers.Dense(1, name="adapter_output")
-    output = output_layer(head)
-    output_layer.set_weights([np.vstack([np.zeros((hidden_width, 1)), np.ones((1, 1))]).astype("float32"),
-                              np.array([offset], dtype="float32")])
+    if adapter == "residual":
+        output = output_layer(keras.layers.Concatenate(name="adapter_head")([hidden, frozen_prediction]))
+        output_layer.set_weights([np.vstack([out_kernel, [[skip_weight]]]).astype("float32"),
+                                  out_bias.astype("float32")])
+    else:
+        output = output_layer(hidden)
+        output_layer.set_weights([out_kernel.astype("float32"), out_bias.astype("float32")])
     return keras.Model(inputs, output, name=name)
-
-
-def standardize(inputs: keras.KerasTensor, mean: np.ndarray, variance: np.ndarray, name: str) -> keras.KerasTensor:
-    """(x - mean) / std as a frozen Dense layer with a diagonal kernel.
-
-    Keras' Normalization layer holds its statistics as captured constants, which tf2onnx turns into extra graph
-    inputs the ONNX model cannot run without; Dense weights are variables and export as initializers.
-    """
-    scale = 1.0 / np.sqrt(np.asarray(variance, dtype="float64"))
-    layer = keras.layers.Dense(len(scale), trainable=False, name=name)
-    output = layer(inputs)
-    layer.set_weights([np.diag(scale).astype("float32"), (-np.asarray(mean) * scale).astype("float32")])
-    return output
-
-
-def _variance_with_floor(features: np.ndarray) -> np.ndarray:
-    """Per-column variance, floored at 1% of the typical column's: a unit that barely varies on the training
-    rows would otherwise be divided by ~0 and blow up on the first test row where it moves."""
-    variance = features.var(axis=0)
-    moving = variance[variance > 0]
-    floor = 0.01 * float(np.median(moving)) if moving.size else 1.0
-    return np.maximum(variance, max(floor, 1e-12))
-
-
-def unfreeze(model: keras.Model) -> keras.Model:
-    """Fine-tuning (comparison only): every weight of a transfer model trainable."""
-    for layer in model.layers:
-        layer.trainable = not _is_scaling(layer)
-        if isinstance(layer, keras.Model):
-            for inner in layer.layers:
-                inner.trainable = not _is_scaling(inner)
-    return model
-
-
-def _is_scaling(layer: keras.layers.Layer) -> bool:
-    # Input standardisation stays fixed even when fine-tuning: it is data statistics, not a learned weight.
-    return layer.name.endswith("scaling")
-
-
-def _mape(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    return 100.0 * tf.reduce_mean(tf.abs((y_true - y_pred) / tf.maximum(tf.abs(y_true), MAPE_EPSILON)))
-
-
-def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        epochs: int, batch_size: int, learning_rate: float, seed: int) -> History:
-    """Adam on MAPE, shuffled mini-batches, all epochs in one graph; deterministic for a given seed."""
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    trainable = model.trainable_variables
-    optimizer.build(trainable)
-    xt = tf.constant(np.asarray(x_train, dtype="float32"))
-    yt = tf.constant(np.asarray(y_train, dtype="float32").reshape(-1, 1))
-    # An empty validation part (tiny user sets) falls back to the training rows, so curves stay defined.
-    xv = tf.constant(np.asarray(x_val if len(x_val) else x_train, dtype="float32"))
-    yv = tf.constant(np.asarray(y_val if len(y_val) else y_train, dtype="float32").reshape(-1, 1))
-    rows = int(xt.shape[0])
-    batches = -(-rows // batch_size)
-
-    @tf.function
-    def run() -> tuple[tf.Tensor, tf.Tensor]:
-        train_curve = tf.TensorArray(tf.float32, size=epochs)
-        validation_curve = tf.TensorArray(tf.float32, size=epochs)
-        for epoch in tf.range(epochs):
-            order = tf.argsort(tf.random.stateless_uniform([rows], seed=tf.stack([seed, epoch])))
-            for batch in tf.range(batches):
-                index = order[batch * batch_size: tf.minimum((batch + 1) * batch_size, rows)]
-                with tf.GradientTape() as tape:
-                    loss = _mape(tf.gather(yt, index), model(tf.gather(xt, index), training=True))
-                gradients = tape.gradient(loss, trainable)
-                optimizer.apply_gradients(zip(gradients, trainable, strict=True))
-            train_curve = train_curve.write(epoch, _mape(yt, model(xt, training=False)))
-            validation_curve = validation_curve.write(epoch, _mape(yv, model(xv, training=False)))
-        return train_curve.stack(), validation_curve.stack()
-
-    train_loss, validation_loss = run()
-    return History(np.asarray(train_loss, dtype=float), np.asarray(validation_loss, dtype=float))
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Predictions as a flat float64 array (one call, no Keras progress output)."""
     return np.asarray(model(np.asarray(x, dtype="float32"), training=False), dtype=float).reshape(-1)
+
+
+def compiled_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """`predict` traced once for any batch size: SHAP calls the net a hundred times, ~0.1 s each in eager mode."""
+    signature = [tf.TensorSpec([None, int(model.inputs[0].shape[-1])], tf.float32)]
+    graph = tf.function(lambda x: model(x, training=False), input_signature=signature)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(graph(tf.constant(np.asarray(x, dtype="float32"))), dtype=float).reshape(-1)
+
+    return run
 
 
 def weights_snapshot(model: keras.Model) -> list[np.ndarray]:

@@ -16,12 +16,10 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.models import infer_signature
 
-from cellmfg import contract as contracts
+from cellmfg import mlflow_setup
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACKING_URI = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
-EXPERIMENT_PREFIX = "cellmfg"
-SERVING_INPUTS_ARTIFACT = contracts.SERVING_INPUTS_ARTIFACT
+DEFAULT_TRACKING_URI = mlflow_setup.DEFAULT_TRACKING_URI
 
 # Explicit requirements: MLflow's inference imports the model and scans packages, ~20 s a model.
 KERAS_PIP_REQUIREMENTS = [
@@ -31,8 +29,7 @@ KERAS_PIP_REQUIREMENTS = [
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the embedded SQLite file in the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return mlflow_setup.tracking_uri()
 
 
 def configure() -> str:
@@ -41,14 +38,16 @@ def configure() -> str:
 
     # MLflow validates each logged model by predicting its input example; Keras would draw a progress bar each time.
     keras.utils.disable_interactive_logging()
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
+    return mlflow_setup.configure()
 
 
 def experiment_name(task: str) -> str:
-    return f"{EXPERIMENT_PREFIX}-{task}"
+    return mlflow_setup.experiment_name(task)
+
+
+def use_experiment(task: str) -> str:
+    """The task's experiment, active and tagged as model development (so MLflow 3 opens its training view)."""
+    return mlflow_setup.use_experiment(task)
 
 
 def git_commit() -> str:

@@ -1,0 +1,153 @@
+"""The `cellmfg data …` commands: generate and check the shipped datasets, validate a lab's CSV, calibrate.
+
+Heavy imports (scikit-image, scikit-learn) happen inside the commands. Progress bars go to stderr so `--json` output
+on stdout stays machine-readable; with `--json` the last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+data_app = typer.Typer(no_args_is_help=True, add_completion=False)
+err = Console(stderr=True)
+
+SeedOption = Annotated[int | None, typer.Option(help="Random seed (default: the dataset default).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _progress(total: int, quiet: bool = False) -> Iterator[Callable[..., None]]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
+        bar = progress.add_task("starting", total=total)
+
+        def advance(label: str, steps: int = 1) -> None:
+            progress.update(bar, advance=steps, description=label[:60])
+
+        yield advance
+
+
+@data_app.command("generate")
+def data_generate(
+    seed: SeedOption = None,
+    quick: Annotated[bool, typer.Option(help="Only a few GDL rows (fast; for smoke tests).")] = False,
+    check: Annotated[bool, typer.Option(help="Regenerate and fail on any difference from the files in --out.")]
+    = False,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the project's data/).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate the five datasets (electrodes from a process model, GDLs from microstructures)."""
+    from cellmfg.___domain import DATASETS
+    from cellmfg.dataio import DATA_DIR
+    from datagen import generate as datagen
+
+    seed = datagen.DEFAULT_SEED if seed is None else seed
+    directory = out or DATA_DIR
+    total = sum(s.paper_rows for s in DATASETS.values()) if not quick else \
+        sum(s.paper_rows for s in DATASETS.values() if s.kind == "electrode") + 2 * (datagen.QUICK_GDL_ROWS + 2)
+    started = time.perf_counter()
+    with _progress(total) as advance:
+        def step(name: str, rows: int) -> None:
+            advance(f"{'checking' if check else 'generating'} {name}", rows)
+
+        if check:
+            problems = datagen.check(seed, directory, quick=quick, progress=step)
+        else:
+            generated = datagen.generate(seed, directory, quick=quick, progress=step)
+    seconds = time.perf_counter() - started
+    if check:
+        result: dict[str, Any] = {"identical": not problems, "problems": problems, "seed": seed,
+                                  "seconds": round(seconds, 1)}
+        if as_json:
+            print(json.dumps(result))
+        for problem in problems:
+            err.print(f"[red]{escape(problem)}[/]", highlight=False, soft_wrap=True)
+        if problems:
+            raise typer.Exit(1)
+        if not as_json:
+            print(f"data/ matches a fresh generation with seed {seed}" + (" (quick sample of GDL rows)" if quick
+                                                                          else "") + f" ({seconds:.1f} s)")
+        return
+    summary = {name: {"path": str(path), "seconds": round(generated.seconds[name], 2)}
+               for name, path in generated.paths.items()}
+    load = os.getloadavg()[0]
+    if as_json:
+        print(json.dumps({"seed": seed, "datasets": summary, "seconds": round(seconds, 1), "load_average_1min": load}))
+    else:
+        for name, info in summary.items():
+            print(f"{name:10s} {info['path']}  ({info['seconds']} s)")
+        print(f"total {seconds:.1f} s wall on {os.cpu_count()} cores (1-min load average at the end: {load:.1f})")
+
+
+@data_app.command("validate")
+def data_validate(
+    csv: Annotated[Path, typer.Argument(help="A CSV in the canonical column format.")],
+    dataset: Annotated[str | None, typer.Option(help="Paper dataset to compare ranges with (e.g. nmc).")] = None,
+    target: Annotated[list[str] | None, typer.Option(help="Target column(s) that must be present.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check a lab's CSV: columns, types, NaN/inf, duplicates, physical bounds; report out-of-range values."""
+    from cellmfg.dataio import DataValidationError, load_csv
+
+    try:
+        loaded = load_csv(csv, target or [], dataset=dataset)
+    except (DataValidationError, KeyError) as error:
+        _fail(str(error))
+        return
+    report = {"file": str(csv), "kind": loaded.kind, "rows": len(loaded.frame), "sha256": loaded.sha256,
+              "ignored_columns": loaded.ignored_columns,
+              "out_of_paper_range": [vars(item) for item in loaded.out_of_range]}
+    if as_json:
+        print(json.dumps(report))
+        return
+    print(f"{csv}: {report['rows']} valid {loaded.kind} rows")
+    for item in loaded.out_of_range:
+        print(f"  {item.column}: {item.rows} row(s) outside the paper range {item.paper_min:g}–{item.paper_max:g} "
+              f"(observed {item.observed_min:g}–{item.observed_max:g}); accepted")
+
+
+@data_app.command("calibrate")
+def data_calibrate(
+    csv: Annotated[Path | None, typer.Argument(help="Electrode CSV with group_id (default: data/graphite.csv).")]
+    = None,
+    repeats: Annotated[int, typer.Option(help="Grouped 70/30 splits to average over.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Random-forest test MAPE on grouped splits (no sheet on both sides) beside the paper's source-net errors."""
+    import pandas as pd
+
+    from cellmfg.dataio import DATA_DIR
+    from datagen import calibration
+    from datagen.electrode_process import GROUP_ID
+
+    path = csv or DATA_DIR / "graphite.csv"
+    frame = pd.read_csv(path)
+    if GROUP_ID not in frame.columns:
+        _fail(f"{path}: no {GROUP_ID} column; grouped splits need the sheet of every row")
+    scores = calibration.random_forest_scores(frame, repeats=repeats)
+    if as_json:
+        print(json.dumps({"file": str(path), "scores": [vars(s) for s in scores],
+                          "paper_source_mape_pct": calibration.PAPER_SOURCE_MAPE_PCT}))
+    else:
+        print(calibration.markdown(scores))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(data_app())

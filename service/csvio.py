@@ -1,0 +1,347 @@
+"""CSV in and out for the predict endpoints and `cellmfg predict`: the lab's spreadsheet, scored.
+
+Reading: UTF-8 text (a leading byte-order mark, as Excel's "CSV UTF-8" writes, is skipped), comma-separated, `.` as
+the decimal mark, one header line naming the columns as in `data/*.csv` (units in the names, e.g. `roll_gap_um`).
+Every feature column the model needs must be there; any other column (`sample_id`, a measured `density_g_cm3`, a
+note) is carried through untouched. Files separated by `;` or tabs are refused rather than guessed: such files
+usually come from a locale that writes `0,5` for one half, and a guess would read numbers wrong without a word. Each
+problem is reported with its line (the header is line 1) and column, at most `MAX_ERRORS_REPORTED` of them.
+
+Writing: every input column as sent, then per target `{column}_predicted` (and `{column}_low`, `{column}_high` with
+intervals), `in_domain`, `out_of_domain` (the features outside the training range, `;`-separated), and with
+explanations `{column}_shap_base` and `{column}_shap_{feature}` per feature. Numbers are written with Python's
+shortest round-trip repr, so reading the CSV back gives the same float64 values as the JSON answer. An input column
+with the name of an output column is replaced by the fresh value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cellmfg.___domain import Kind, features_for
+from service.predict import Predictor
+from service.schemas import MAX_ERRORS_REPORTED
+
+CSV_MEDIA_TYPE = "text/csv"
+CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv"})
+BOM = "\ufeff"
+
+
+class CsvInputError(ValueError):
+    """A CSV that cannot be scored; `detail` lists each problem with its line and column."""
+
+    def __init__(self, message: str, detail: list[dict[str, Any]], status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    """A column the model needs and the values it may take."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+
+    def allowed(self) -> str:
+        return f"allowed: a number in [{self.low:g}, {self.high:g}] {self.unit}"
+
+
+def kind_columns(kind: Kind) -> list[FeatureColumn]:
+    return [FeatureColumn(q.column, q.unit, q.physical_min, q.physical_max) for q in features_for(kind)]
+
+
+def model_columns(features: Sequence[Any]) -> list[FeatureColumn]:
+    """From a contract's `FeatureSpec`s."""
+    return [FeatureColumn(f.name, f.unit, f.physical_min, f.physical_max) for f in features]
+
+
+@dataclass(frozen=True)
+class CsvTable:
+    """A parsed CSV: its header and cells as sent (echoed in the answer) and the feature matrix."""
+
+    header: list[str]
+    cells: list[list[str]]
+    x: np.ndarray  # float64 [rows, features] in the order of the feature columns asked for
+    lines: list[int]  # the line each row ended on
+
+
+def _problem(line: int, column: str | None, message: str, kind: str = "csv") -> dict[str, Any]:
+    where = f"line {line}" + (f", column {column}" if column else "")
+    return {"type": kind, "loc": ["csv", f"line {line}", *([column] if column else [])], "msg": f"{where}: {message}"}
+
+
+def _fail(problems: list[dict[str, Any]], source: str) -> CsvInputError:
+    shown = problems[:MAX_ERRORS_REPORTED]
+    if len(problems) > MAX_ERRORS_REPORTED:
+        shown.append({"type": "too_many_errors", "loc": ["csv"],
+                      "msg": f"{len(problems) - MAX_ERRORS_REPORTED} more problems not listed; fix the ones above"})
+    first = problems[0]["msg"]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return CsvInputError(f"{source}: {first}{more}", shown)
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise _fail([_problem(line, None, f"byte 0x{data[error.start]:02x} is not UTF-8 text; save the file as "
+                                          "UTF-8 CSV (Excel: 'CSV UTF-8 (Comma delimited)')", "encoding")],
+                    source) from None
+    return text.removeprefix(BOM)
+
+
+def read_csv(data: bytes, columns: list[FeatureColumn], source: str = "CSV body",
+             max_rows: int | None = None) -> CsvTable:
+    """Parse and check a CSV body; raise `CsvInputError` naming each problem's line and column."""
+    text = _decode(data, source)
+    wanted = ", ".join(c.name for c in columns)
+    if not text.strip():
+        raise _fail([_problem(1, None, f"the CSV is empty; the first line must be a header naming the columns "
+                                       f"{wanted}", "empty")], source)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = [name.strip() for name in next(reader)]
+        records = []
+        for record in reader:
+            if record and any(cell.strip() for cell in record):
+                records.append((reader.line_num, record))
+    except csv.Error as error:
+        raise _fail([_problem(reader.line_num, None, f"not valid CSV: {error}", "syntax")], source) from None
+    problems = _check_header(header, columns)
+    if problems:
+        raise _fail(problems, source)
+    if not records:
+        raise _fail([_problem(2, None, "no data rows after the header", "empty")], source)
+    if max_rows is not None and len(records) > max_rows:
+        raise CsvInputError(f"{source}: {len(records)} rows in one request; the limit is {max_rows} rows per request "
+                            "(CELLMFG_MAX_ROWS): split the file", [], status=413)
+    positions = [header.index(c.name) for c in columns]
+    x = np.empty((len(records), len(columns)), dtype=np.float64)
+    for (line, record) in records:
+        if len(record) != len(header):
+            problems.append(_problem(line, None, f"{len(record)} fields, but the header has {len(header)} (a "
+                                                 "missing or extra comma, or a decimal comma?)", "field_count"))
+            if len(problems) > MAX_ERRORS_REPORTED:
+                raise _fail(problems, source)
+    if problems:
+        raise _fail(problems, source)
+    for j, (column, position) in enumerate(zip(columns, positions, strict=True)):
+        cells = [record[position] for _, record in records]
+        values = _column_values(cells)
+        bad = ~np.isfinite(values) | (values < column.low) | (values > column.high)
+        for i in np.flatnonzero(bad).tolist():
+            problems.append(_problem(records[i][0], column.name, _cell_problem(cells[i], column), "value_error"))
+            if len(problems) > MAX_ERRORS_REPORTED:
+                raise _fail(problems, source)
+        x[:, j] = values
+    if problems:
+        raise _fail(problems, source)
+    return CsvTable(header, [record for _, record in records], x, [line for line, _ in records])
+
+
+def _check_header(header: list[str], columns: list[FeatureColumn]) -> list[dict[str, Any]]:
+    wanted = ", ".join(c.name for c in columns)
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        separator = "';'" if ";" in header[0] else "a tab"
+        return [_problem(1, header[0][:60], f"the header is one column: the file is separated by {separator}; "
+                                            "send comma-separated CSV with '.' as the decimal mark (Excel: 'CSV UTF-8 "
+                                            "(Comma delimited)')", "separator")]
+    problems = []
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if not name:
+            problems.append(_problem(1, f"#{position}", "a column without a name; name every column", "header"))
+        elif name in seen:
+            problems.append(_problem(1, name, f"appears twice (columns {seen[name]} and {position})", "header"))
+        seen.setdefault(name, position)
+    for column in columns:
+        if column.name not in seen:
+            problems.append(_problem(1, column.name, f"missing; the header needs the columns {wanted} (any other "
+                                                     "column is carried through)", "missing"))
+    return problems
+
+
+def _column_values(cells: list[str]) -> np.ndarray:
+    """float64 values of one column's cells; NaN where a cell is not a plain decimal number."""
+    try:
+        values = np.asarray(cells, dtype=np.float64)
+    except ValueError:
+        values = np.array([_number(cell) for cell in cells], dtype=np.float64)
+    else:
+        # numpy accepts what float() does, including "1_000" and "infinity": look again at anything unusual.
+        odd = [i for i, cell in enumerate(cells) if "_" in cell]
+        for i in odd:
+            values[i] = math.nan
+    return values
+
+
+def _number(cell: str) -> float:
+    if "_" in cell:
+        return math.nan
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
+
+
+def _cell_problem(cell: str, column: FeatureColumn) -> str:
+    text = cell.strip()
+    if not text:
+        return f"empty; {column.allowed()}"
+    value = _number(text)
+    if math.isnan(value) and text.lower() not in {"nan", "+nan", "-nan"}:
+        hint = " (use '.' as the decimal mark)" if "," in text else ""
+        return f"{text[:40]!r} is not a number{hint}; {column.allowed()}"
+    if not math.isfinite(value):
+        return f"{text!r} is not finite; {column.allowed()}"
+    return f"{value:g} {column.unit} is physically impossible; {column.allowed()}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def json_rows_table(rows: list[dict[str, float]], columns: list[str], x: np.ndarray) -> CsvTable:
+    """The table a JSON request stands for (features only), so a JSON request can be answered as CSV."""
+    return CsvTable(list(columns), [[repr(float(v)) for v in row] for row in x.tolist()], x,
+                    list(range(2, len(rows) + 2)))
+
+
+def output_columns(targets: list[str], features: list[str], interval: bool, explain: bool) -> list[str]:
+    names = []
+    for target in targets:
+        names.append(f"{target}_predicted")
+        if interval:
+            names += [f"{target}_low", f"{target}_high"]
+    names += ["in_domain", "out_of_domain"]
+    if explain:
+        for target in targets:
+            names.append(f"{target}_shap_base")
+            names += [f"{target}_shap_{feature}" for feature in features]
+    return names
+
+
+def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], features: list[str], interval: bool,
+              explain: bool) -> str:
+    """The scored CSV: every input column as sent, then the answer's columns (see the module docstring)."""
+    added = output_columns(targets, features, interval, explain)
+    added_set = set(added)
+    keep = [i for i, name in enumerate(table.header) if name not in added_set]
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([table.header[i] for i in keep] + added)
+    for cells, row in zip(table.cells, answer["predictions"], strict=True):
+        values: list[Any] = [cells[i] for i in keep]
+        for target in targets:
+            values.append(_num(row.get(target)))
+            if interval:
+                low, high = row["interval"][target] if target in row.get("interval", {}) else (None, None)
+                values += [_num(low), _num(high)]
+        values.append("true" if row["in_domain"] else "false")
+        values.append(";".join(item["feature"] for item in row["out_of_domain"]))
+        if explain:
+            for target in targets:
+                explanation = row.get("explanation", {}).get(target)
+                if explanation is None:
+                    values += [""] * (1 + len(features))
+                    continue
+                values.append(_num(explanation["base_value"]))
+                values += [_num(explanation["contributions"][feature]) for feature in features]
+        writer.writerow(values)
+    return out.getvalue()
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def models_header(answer: dict[str, Any]) -> str:
+    """`density=density_nmc_onnx:3@champion, ...`: which versions answered, for a CSV answer's header."""
+    return ", ".join(f"{task}={ref['name']}:{ref['version']}@{ref['alias']}" for task, ref in answer["models"].items())
+
+
+def wants_csv(accept: str | None) -> bool:
+    """Whether an Accept header prefers CSV to JSON (a missing header or */* means JSON)."""
+    best_csv, best_json = 0.0, 0.0
+    for position, entry in enumerate((accept or "").split(",")):
+        parts = [p.strip() for p in entry.split(";")]
+        media = parts[0].lower()
+        q = 1.0
+        for parameter in parts[1:]:
+            if parameter.startswith("q="):
+                try:
+                    q = float(parameter[2:])
+                except ValueError:
+                    q = 0.0
+        q -= position * 1e-6  # earlier entries win ties
+        if media in CSV_MEDIA_TYPES:
+            best_csv = max(best_csv, q)
+        elif media in ("application/json", "application/*", "*/*"):
+            best_json = max(best_json, q)
+    return best_csv > 0 and best_csv > best_json
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring a CSV: the one code path of the HTTP endpoints and `cellmfg predict`
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A scored table: the answer in the JSON shape, and what is needed to write it as CSV."""
+
+    table: CsvTable
+    answer: dict[str, Any]
+    targets: list[str]
+    features: list[str]
+    interval: bool
+    explain: bool
+
+    def to_csv(self) -> str:
+        return write_csv(self.table, self.answer, self.targets, self.features, self.interval, self.explain)
+
+
+def score_csv(predictor: Predictor, data: bytes, *, kind: Kind | None = None, dataset: str | None = None,
+              model: str | None = None, explain: bool = False, interval: bool = False,
+              source: str = "CSV body") -> Scored:
+    """Score a CSV with the models of (`kind`, `dataset`) or with the single model `model`.
+
+    Raises `CsvInputError` for a bad file and `RequestRejectedError` for a request the catalogue cannot answer."""
+    if model is not None:
+        answering = predictor.model_answering(model)
+        columns = model_columns(answering[0].model.contract.features)
+    elif kind is not None and dataset is not None:
+        answering = predictor.answering(kind, dataset)
+        columns = kind_columns(kind)
+    else:
+        raise ValueError("score_csv needs a model, or a kind and a dataset")
+    table = read_csv(data, columns, source, max_rows=predictor.settings.max_rows)
+    answer = predictor.predict_array(answering, table.x, explain, interval)
+    return Scored(table, answer, [a.target.column for a in answering], [c.name for c in columns], interval, explain)
+
+
+def scored_json(answer: dict[str, Any], rows: list[dict[str, float]], features: list[str], interval: bool,
+                explain: bool) -> Scored:
+    """A JSON request's answer as a `Scored` table, to send as CSV when the client asks for it."""
+    x = np.array([[row[f] for f in features] for row in rows], dtype=np.float64).reshape(len(rows), len(features))
+    return Scored(json_rows_table(rows, features, x), answer, _target_columns(answer), features, interval, explain)
+
+
+def _target_columns(answer: dict[str, Any]) -> list[str]:
+    first = answer["predictions"][0] if answer["predictions"] else {}
+    return [key for key in first if key not in {"in_domain", "out_of_domain", "interval", "explanation"}]

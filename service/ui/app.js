@@ -1,0 +1,842 @@
+// The cellmfg page: pick a served model, enter a recipe, see the prediction with its interval, ___domain check and
+// SHAP waterfall; try one change ("what if"); score a CSV batch. Plain JavaScript, no build step and nothing
+// fetched from elsewhere: lab networks are often offline. Every user action makes at most one API call and
+// nothing polls: the catalogue is read once from /models when the page opens (or after a token is entered).
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "cellmfg.apiToken"; // sessionStorage: kept for this tab only, gone when it closes
+  const TABLE_ROWS_SHOWN = 1000; // a 10,000-row batch stays sortable; the download always has every row
+
+  // How the service is asked for each model family: the endpoint and the field naming the dataset. A model outside
+  // the two kinds (a lab's own target or feature set) answers alone at POST /predict/{its name}.
+  const FAMILIES = {
+    electrode: { label: "Electrode: density and mass loading", endpoint: "predict/electrode", field: "chemistry" },
+    gdl: { label: "Gas-diffusion layer: tortuosity", endpoint: "predict/gdl", field: "dataset" },
+    model: { label: "Single models (other targets or features)", endpoint: null, field: null },
+  };
+  const FAMILY_OF_TASK = { density: "electrode", mass_loading: "electrode", tortuosity: "gdl" };
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    catalogue: null, // {families: Map(family -> Map(dataset -> entry)), answer}
+    entry: null, // the chosen dataset: {family, dataset, models, features}
+    baseline: null, // {entry, recipe, answer}: the last predicted recipe, which "what if" varies
+    sequence: 0, // answers to superseded requests are dropped
+    batchName: "batch",
+    batchFile: null, // the chosen file, sent as it is unless the text was edited after
+    batch: null, // {header, rows, sort}: the scored CSV
+    downloadUrl: null,
+  };
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Numbers
+
+  /** Four significant digits, without exponent or trailing zeros for the magnitudes seen here. */
+  function fmt(value) {
+    if (!Number.isFinite(value)) return String(value);
+    return String(Number(value.toPrecision(4)));
+  }
+
+  function signed(value) {
+    const text = fmt(value);
+    return value > 0 ? "+" + text : text;
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children) {
+      if (child !== null && child !== undefined) node.append(child);
+    }
+    return node;
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // API
+
+  function token() {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  }
+
+  /** One request to the service, relative to this page (so a reverse proxy's path prefix is kept). */
+  async function api(path, { method = "GET", body = undefined, contentType = "application/json",
+    accept = "application/json" } = {}) {
+    const headers = { Accept: accept };
+    if (body !== undefined) headers["Content-Type"] = contentType;
+    const sent = token();
+    if (sent) headers.Authorization = "Bearer " + sent;
+    let response;
+    try {
+      response = await fetch(new URL("../" + path, window.location.href), {
+        method, headers, body: body === undefined ? undefined : (contentType === "application/json" ?
+          JSON.stringify(body) : body),
+      });
+    } catch (error) {
+      throw new ApiError(0, "the service did not answer (" + error.message + "); is it running?", []);
+    }
+    const type = response.headers.get("content-type") || "";
+    const payload = type.includes("json") ? await response.json().catch(() => null) : await response.text();
+    if (response.status === 401) {
+      needToken(sent ? "The token was not accepted by this server. Check it and enter it again." : "");
+      throw new ApiError(401, "this server needs an API token", [], true);
+    }
+    if (!response.ok) {
+      const message = payload && payload.error ? payload.error : "HTTP " + response.status;
+      const detail = payload && Array.isArray(payload.detail) ? payload.detail.map((d) => d.msg || String(d)) : [];
+      throw new ApiError(response.status, message, detail);
+    }
+    return payload;
+  }
+
+  class ApiError extends Error {
+    constructor(status, message, detail, auth = false) {
+      super(message);
+      this.status = status;
+      this.detail = detail;
+      this.auth = auth;
+    }
+  }
+
+  function showError(container, error, what) {
+    container.replaceChildren();
+    if (error.auth) {
+      container.append(el("p", { class: "error", text: "Enter the API token above, then try again." }));
+      return;
+    }
+    const box = el("div", { class: "error", role: "alert" },
+      el("p", { text: what + " failed: " + error.message }));
+    if (error.detail && error.detail.length) {
+      box.append(el("ul", {}, ...error.detail.map((d) => el("li", { text: d }))));
+    }
+    container.append(box);
+  }
+
+  function setStatus(text, kind) {
+    const status = $("status");
+    status.textContent = text;
+    status.className = "status" + (kind ? " " + kind : "");
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Token
+
+  function needToken(message) {
+    if (message) sessionStorage.removeItem(TOKEN_KEY);
+    $("auth").hidden = false;
+    $("token-error").textContent = message;
+    $("token").setAttribute("aria-invalid", message ? "true" : "false");
+    setStatus("This server needs an API token.", "warn");
+    $("token").focus();
+  }
+
+  async function onToken(event) {
+    event.preventDefault();
+    const value = $("token").value.trim();
+    if (!value) {
+      $("token-error").textContent = "Enter the token first.";
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, value);
+    $("token-error").textContent = "";
+    if (await loadModels()) {
+      $("auth").hidden = true;
+      $("token").value = "";
+      $("family").focus();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Catalogue (GET /models)
+
+  /** (family, dataset) of a served model: where /models says it answers (older servers: by its target). */
+  function placeOf(model) {
+    if (Array.isArray(model.endpoints)) {
+      for (const kind of ["electrode", "gdl"]) {
+        if (model.endpoints.some((e) => e.startsWith("POST /predict/" + kind + " "))) {
+          return { family: kind, dataset: model.dataset };
+        }
+      }
+      return { family: "model", dataset: model.name };
+    }
+    const kind = FAMILY_OF_TASK[model.task];
+    return kind ? { family: kind, dataset: model.dataset } : { family: "model", dataset: model.name };
+  }
+
+  function endpointOf(entry) {
+    const family = FAMILIES[entry.family];
+    return family.endpoint || "predict/" + encodeURIComponent(entry.dataset);
+  }
+
+  /** Feature ranges where every model of a dataset was trained: what the service's ___domain check uses too. */
+  function sharedFeatures(models) {
+    return models[0].features.map((feature, i) => {
+      const all = models.map((m) => m.features[i]);
+      return {
+        name: feature.name, unit: feature.unit,
+        min: Math.max(...all.map((f) => f.train_min)), max: Math.min(...all.map((f) => f.train_max)),
+        physicalMin: Math.max(...all.map((f) => f.physical_min)),
+        physicalMax: Math.min(...all.map((f) => f.physical_max)),
+      };
+    });
+  }
+
+  function buildCatalogue(answer) {
+    const families = new Map();
+    for (const model of answer.models) {
+      const { family, dataset } = placeOf(model);
+      if (!families.has(family)) families.set(family, new Map());
+      const datasets = families.get(family);
+      if (!datasets.has(dataset)) datasets.set(dataset, { family, dataset, models: [] });
+      datasets.get(dataset).models.push(model);
+    }
+    for (const datasets of families.values()) {
+      for (const entry of datasets.values()) entry.features = sharedFeatures(entry.models);
+    }
+    return { families, answer };
+  }
+
+  async function loadModels() {
+    setStatus("Loading the served models…");
+    let answer;
+    try {
+      answer = await api("models");
+    } catch (error) {
+      if (!error.auth) setStatus("Could not read the served models: " + error.message, "bad");
+      return false;
+    }
+    state.catalogue = buildCatalogue(answer);
+    const n = answer.models.length;
+    const missing = Object.keys(answer.missing || {});
+    let text = n + " model" + (n === 1 ? "" : "s") + " served (alias " + answer.alias + ")";
+    if (missing.length) text += "; not loaded: " + missing.join(", ");
+    setStatus(text + ".", answer.ready ? "ok" : "warn");
+    renderFamilies();
+    performance.mark("cellmfg:models-shown"); // when the page became usable (read by the browser tests)
+    return true;
+  }
+
+  function renderFamilies() {
+    const families = state.catalogue.families;
+    const select = $("family");
+    const previous = select.value;
+    const order = Object.keys(FAMILIES).filter((f) => families.has(f));
+    select.replaceChildren(...order.map((f) => el("option", { value: f, text: FAMILIES[f].label })));
+    if (families.has(previous)) select.value = previous;
+    $("pick").hidden = families.size === 0;
+    if (families.size === 0) {
+      setStatus("No models are served yet: promote some (cellmfg registry promote --all).", "warn");
+      return;
+    }
+    renderDatasets();
+  }
+
+  function renderDatasets() {
+    const family = $("family").value;
+    const datasets = state.catalogue.families.get(family);
+    const select = $("dataset");
+    const previous = select.value;
+    // In the order /models lists a kind's datasets (the paper's first), else as the models came.
+    const listed = (state.catalogue.answer.datasets || {})[family] || [];
+    const rank = (entry) => (listed.includes(entry.dataset) ? listed.indexOf(entry.dataset) : listed.length);
+    const entries = [...datasets.values()].sort((a, b) => rank(a) - rank(b));
+    select.replaceChildren(...entries.map((entry) =>
+      el("option", { value: entry.dataset, text: datasetLabel(entry) })));
+    if (datasets.has(previous)) select.value = previous;
+    chooseDataset();
+  }
+
+  function datasetLabel(entry) {
+    const roles = [...new Set(entry.models.map((m) => m.role))].join(", ");
+    return entry.dataset + " (" + roles + ")";
+  }
+
+  function chooseDataset() {
+    const entry = state.catalogue.families.get($("family").value).get($("dataset").value);
+    // The same dataset again (the catalogue re-read after a token was entered): keep what was typed.
+    const same = state.entry && state.entry.family === entry.family && state.entry.dataset === entry.dataset;
+    const typed = same ? Object.fromEntries(state.entry.features.map((f) => [f.name, $("f-" + f.name).value])) : {};
+    state.entry = entry;
+    state.baseline = null;
+    renderModelInfo(entry);
+    renderForm(entry, typed);
+    $("single").hidden = false;
+    $("batch").hidden = false;
+    $("whatif").hidden = true;
+    $("result-body").replaceChildren(el("p", { class: "hint", text: "Enter a recipe and press Predict." }));
+    $("batch-columns").textContent = entry.features.map((f) => f.name).join(", ");
+    clearBatch();
+  }
+
+  function renderModelInfo(entry) {
+    const body = $("model-info").tBodies[0];
+    body.replaceChildren(...entry.models.map((m) => el("tr", {},
+      el("td", { text: m.target.task + " [" + m.target.unit + "]" }), el("td", {}, el("code", { text: m.name })),
+      el("td", { text: m.version }), el("td", { text: m.alias }), el("td", { text: m.role }),
+      el("td", { text: fmt(m.test_mape_pct) + " %" }))));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Recipe form
+
+  /** Where the form starts: the middle of the training range (GET /models carries no median recipe). */
+  function startValue(feature) {
+    return (feature.min + feature.max) / 2;
+  }
+
+  function rangeText(feature) {
+    return feature.min === feature.max ? fmt(feature.min) + " " + feature.unit :
+      fmt(feature.min) + " – " + fmt(feature.max) + " " + feature.unit;
+  }
+
+  function renderForm(entry, typed) {
+    const fields = entry.features.map((f) => {
+      const id = "f-" + f.name;
+      const input = el("input", {
+        id, name: f.name, type: "number", step: "any", inputmode: "decimal", required: true,
+        "aria-describedby": "r-" + f.name + " w-" + f.name,
+      });
+      input.value = typed[f.name] !== undefined ? typed[f.name] : String(Number(startValue(f).toPrecision(6)));
+      input.addEventListener("input", () => checkField(f, input));
+      const wrap = el("div", { class: "feature", "data-feature": f.name },
+        el("label", { for: id }, el("span", { class: "name", text: f.name }), " ",
+          el("span", { class: "unit", text: "[" + f.unit + "]" })),
+        input,
+        el("span", { id: "r-" + f.name, class: "range", text: "trained on " + rangeText(f) }),
+        el("span", { id: "w-" + f.name, class: "warning" }));
+      return wrap;
+    });
+    $("fields").replaceChildren(...fields);
+    $("recipe-hint").textContent = "Prefilled with the middle of each training range.";
+    entry.features.forEach((f) => checkField(f, $("f-" + f.name)));
+  }
+
+  /** Marks the field; returns "ok", "outside" (allowed, flagged) or "invalid" (not sent). */
+  function checkField(feature, input) {
+    const warning = $("w-" + feature.name);
+    const wrap = input.closest(".feature");
+    const text = input.value.trim();
+    const value = Number(text);
+    let verdict = "ok";
+    let message = "";
+    if (text === "" || !Number.isFinite(value)) {
+      verdict = "invalid";
+      message = "Enter a number in " + feature.unit + ".";
+    } else if (value < feature.physicalMin || value > feature.physicalMax) {
+      verdict = "invalid";
+      message = "Not physically possible: allowed " + fmt(feature.physicalMin) + " – " +
+        fmt(feature.physicalMax) + " " + feature.unit + ".";
+    } else if (value < feature.min || value > feature.max) {
+      verdict = "outside";
+      message = "Outside the training range (" + rangeText(feature) + "): the model extrapolates here.";
+    }
+    warning.textContent = message;
+    wrap.classList.toggle("outside", verdict === "outside");
+    wrap.classList.toggle("invalid", verdict === "invalid");
+    input.setAttribute("aria-invalid", verdict === "ok" ? "false" : "true");
+    return verdict;
+  }
+
+  function readRecipe(entry) {
+    const recipe = {};
+    let firstBad = null;
+    for (const f of entry.features) {
+      const input = $("f-" + f.name);
+      if (checkField(f, input) === "invalid" && !firstBad) firstBad = input;
+      recipe[f.name] = Number(input.value);
+    }
+    if (firstBad) {
+      firstBad.focus();
+      return null;
+    }
+    return recipe;
+  }
+
+  function requestBody(entry, rows, extras) {
+    const field = FAMILIES[entry.family].field;
+    return Object.assign(field ? { [field]: entry.dataset, rows } : { rows }, extras);
+  }
+
+  async function onPredict(event) {
+    event.preventDefault();
+    const entry = state.entry;
+    const recipe = readRecipe(entry);
+    const body = $("result-body");
+    if (!recipe) {
+      body.replaceChildren(el("p", { class: "error", role: "alert",
+        text: "Fix the marked fields first: every value must be a physically possible number." }));
+      return;
+    }
+    const ticket = ++state.sequence;
+    $("predict").disabled = true;
+    body.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api(endpointOf(entry),
+        { method: "POST", body: requestBody(entry, [recipe], { explain: true, interval: true }) });
+      if (ticket !== state.sequence) return;
+      state.baseline = { entry, recipe, answer };
+      body.replaceChildren(...renderAnswer(entry, recipe, answer, null));
+      setUpWhatIf();
+    } catch (error) {
+      if (ticket === state.sequence) showError(body, error, "The prediction");
+    } finally {
+      $("predict").disabled = false;
+      body.removeAttribute("aria-busy");
+    }
+  }
+
+  function onReset() {
+    const entry = state.entry;
+    entry.features.forEach((f) => {
+      const input = $("f-" + f.name);
+      input.value = String(Number(startValue(f).toPrecision(6)));
+      checkField(f, input);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // The answer
+
+  function targetsOf(entry, answer) {
+    // Targets in the order /models lists them, with the model that answered (the answer's, after a hot swap).
+    return entry.models.map((m) => {
+      const ref = answer.models[m.target.task] || { name: m.name, version: m.version, alias: m.alias };
+      const info = entry.models.find((x) => x.name === ref.name && x.version === ref.version);
+      const coverage = (info || m).conformal && (info || m).conformal.coverage;
+      return { task: m.target.task, column: m.target.column, unit: m.target.unit, ref,
+        mape: info ? info.test_mape_pct : null, coverage: Number.isFinite(coverage) ? coverage : null };
+    });
+  }
+
+  function verdictNode(prediction) {
+    if (prediction.in_domain) {
+      return el("p", { class: "verdict ok", "data-in-___domain": "true" },
+        el("strong", { text: "Inside the training range" }), " of every feature.");
+    }
+    const items = prediction.out_of_domain.map((o) => el("li", { "data-feature": o.feature },
+      el("code", { text: o.feature }), " = " + fmt(o.value) + " (trained on " +
+        (o.min === o.max ? fmt(o.min) : fmt(o.min) + " – " + fmt(o.max)) + ")"));
+    return el("div", { class: "verdict warn", "data-in-___domain": "false", role: "alert" },
+      el("p", {}, el("strong", { text: "Outside the training range: " }),
+        prediction.out_of_domain.map((o) => o.feature).join(", ") +
+        ". The model extrapolates; outside their range such nets were off by 50–80 %."),
+      el("ul", {}, ...items));
+  }
+
+  /** The answer for one recipe; `before` is the baseline answer when this is a "what if". */
+  function renderAnswer(entry, recipe, answer, before) {
+    const prediction = answer.predictions[0];
+    const nodes = [verdictNode(prediction)];
+    const cards = el("div", { class: "targets" });
+    for (const t of targetsOf(entry, answer)) {
+      const value = prediction[t.column];
+      if (typeof value !== "number") continue; // a target this answer does not carry
+      const card = el("article", { class: "target", "data-target": t.column },
+        el("h3", {}, t.task + " ", el("span", { class: "unit", text: "[" + t.unit + "]" })));
+      const unit = t.unit === "1" ? "" : t.unit; // a dimensionless target (tortuosity) shows no unit
+      const line = el("p", { class: "value" },
+        el("span", { class: "prediction", "data-value": String(value), text: fmt(value) }),
+        " ", el("span", { class: "unit", text: unit }));
+      if (before) {
+        const old = before.predictions[0][t.column];
+        const delta = value - old;
+        line.append(" ", el("span", { class: "delta " + (delta > 0 ? "up" : delta < 0 ? "down" : "same"),
+          "data-value": String(delta),
+          text: (delta > 0 ? "▲ " : delta < 0 ? "▼ " : "") + signed(delta) + " from " + fmt(old) }));
+      }
+      card.append(line);
+      const interval = prediction.interval && prediction.interval[t.column];
+      if (interval) {
+        const share = t.coverage === null ? "" : fmt(t.coverage * 100) + " % ";
+        card.append(el("p", { class: "interval" }, share + "prediction interval ",
+          el("span", { class: "interval-low", "data-value": String(interval[0]), text: fmt(interval[0]) }), " – ",
+          el("span", { class: "interval-high", "data-value": String(interval[1]), text: fmt(interval[1]) }),
+          unit ? " " + unit : ""));
+      }
+      card.append(el("p", { class: "model-ref" }, el("code", { text: t.ref.name }),
+        " v" + t.ref.version + " @" + t.ref.alias +
+        (t.mape === null ? "" : " · test MAPE " + fmt(t.mape) + " %")));
+      const explanation = prediction.explanation && prediction.explanation[t.column];
+      if (explanation) card.append(waterfall(t, explanation, value, recipe, entry));
+      cards.append(card);
+    }
+    nodes.push(cards);
+    return nodes;
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // SHAP waterfall (inline SVG): base value, one bar per feature (largest effect first), prediction
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function waterfall(target, explanation, prediction, recipe, entry) {
+    const base = explanation.base_value;
+    const steps = Object.entries(explanation.contributions)
+      .map(([feature, contribution]) => ({ feature, contribution }))
+      .sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution));
+    const units = Object.fromEntries(entry.features.map((f) => [f.name, f.unit]));
+    const labels = steps.map((s) => s.feature + " = " + fmt(recipe[s.feature]) +
+      (units[s.feature] ? " " + units[s.feature] : ""));
+    const numbers = [fmt(base), fmt(prediction), ...steps.map((s) => signed(s.contribution))];
+    // Column widths from the longest text (about 7.4 px per character at 13 px), so nothing is cut off.
+    const charW = 7.4;
+    const rowH = 26;
+    const labelW = Math.ceil(Math.max(200, ...labels.map((t) => t.length * charW)) + 12);
+    const valueW = Math.ceil(Math.max(...numbers.map((t) => t.length)) * charW + 14);
+    const plotW = 380;
+    const width = labelW + plotW + valueW;
+    const height = rowH * (steps.length + 2) + 22;
+    let running = base;
+    const points = [base];
+    for (const step of steps) {
+      step.start = running;
+      running += step.contribution;
+      step.end = running;
+      points.push(running);
+    }
+    points.push(prediction);
+    let lo = Math.min(...points);
+    let hi = Math.max(...points);
+    const pad = (hi - lo) * 0.05 || Math.abs(hi) * 0.01 || 1;
+    lo -= pad;
+    hi += pad;
+    const x = (v) => labelW + ((v - lo) / (hi - lo)) * plotW;
+
+    const summary = target.task + ": base value " + fmt(base) + ", " + steps.map((s) =>
+      s.feature + " " + signed(s.contribution)).join(", ") + ", prediction " + fmt(prediction) + " " + target.unit;
+    const root = svg("svg", { viewBox: "0 0 " + width + " " + height, class: "waterfall", role: "img",
+      "aria-label": "SHAP waterfall for " + summary, "data-base": String(base), "data-prediction":
+        String(prediction) });
+    root.append(svg("title", {}, "SHAP waterfall: " + summary));
+
+    const row = (i) => 4 + i * rowH;
+    const label = (i, text, cls) => root.append(svg("text", { x: labelW - 8, y: row(i) + rowH / 2 + 4,
+      "text-anchor": "end", class: cls || "label" }, text));
+    // Base value row
+    label(0, "base value (mean prediction)");
+    root.append(svg("line", { x1: x(base), x2: x(base), y1: row(0) + 3, y2: row(steps.length + 1) + rowH - 3,
+      class: "baseline" }));
+    root.append(svg("text", { x: width - valueW + 6, y: row(0) + rowH / 2 + 4, class: "num" }, fmt(base)));
+    steps.forEach((s, k) => {
+      const i = k + 1;
+      label(i, labels[k]);
+      const left = x(Math.min(s.start, s.end));
+      const barW = Math.max(1.5, Math.abs(x(s.end) - x(s.start)));
+      const bar = svg("rect", { x: left, y: row(i) + 5, width: barW, height: rowH - 10, rx: 2,
+        class: s.contribution >= 0 ? "bar up" : "bar down", "data-feature": s.feature,
+        "data-contribution": String(s.contribution) });
+      bar.append(svg("title", {}, s.feature + ": " + signed(s.contribution) + " " + target.unit));
+      root.append(bar);
+      root.append(svg("line", { x1: x(s.end), x2: x(s.end), y1: row(i) + rowH - 5, y2: row(i + 1) + 5,
+        class: "connector" }));
+      root.append(svg("text", { x: width - valueW + 6, y: row(i) + rowH / 2 + 4, class: "num" },
+        signed(s.contribution)));
+    });
+    const last = steps.length + 1;
+    label(last, "prediction", "label strong");
+    root.append(svg("circle", { cx: x(prediction), cy: row(last) + rowH / 2, r: 6, class: "final" }));
+    root.append(svg("text", { x: width - valueW + 6, y: row(last) + rowH / 2 + 4, class: "num strong" },
+      fmt(prediction)));
+    // Axis
+    const axisY = row(last + 1) + 4;
+    root.append(svg("line", { x1: labelW, x2: labelW + plotW, y1: axisY, y2: axisY, class: "axis" }));
+    for (const v of [lo + pad, (lo + hi) / 2, hi - pad]) {
+      root.append(svg("text", { x: x(v), y: axisY + 14, "text-anchor": "middle", class: "tick" }, fmt(v)));
+    }
+    return el("figure", { class: "waterfall-figure" }, root,
+      el("figcaption", { text: "What moves " + target.task + " away from the average prediction: red pushes " +
+        "it up, blue down (SHAP values, " + target.unit + ")." }));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // What if: one parameter of the predicted recipe changed, one call per change
+
+  function whatIfBounds(feature, value) {
+    const span = feature.max - feature.min;
+    let lo = feature.min - span * 0.25;
+    let hi = feature.max + span * 0.25;
+    if (span === 0) {
+      lo = feature.min * 0.8;
+      hi = feature.max * 1.2 || 1;
+    }
+    lo = Math.max(feature.physicalMin, Math.min(lo, value));
+    hi = Math.min(feature.physicalMax, Math.max(hi, value));
+    return { lo, hi, step: (hi - lo) / 200 || "any" };
+  }
+
+  function setUpWhatIf() {
+    const entry = state.entry;
+    const select = $("whatif-feature");
+    const previous = select.value;
+    select.replaceChildren(...entry.features.map((f) => el("option", { value: f.name,
+      text: f.name + " [" + f.unit + "]" })));
+    if (entry.features.some((f) => f.name === previous)) select.value = previous;
+    $("whatif").hidden = false;
+    $("whatif-body").replaceChildren(el("p", { class: "hint",
+      text: "Move the slider or type a value; the recipe above stays as it is." }));
+    syncWhatIf();
+  }
+
+  function whatIfFeature() {
+    return state.entry.features.find((f) => f.name === $("whatif-feature").value);
+  }
+
+  function syncWhatIf() {
+    const feature = whatIfFeature();
+    const value = state.baseline.recipe[feature.name];
+    const { lo, hi, step } = whatIfBounds(feature, value);
+    const slider = $("whatif-slider");
+    slider.min = String(lo);
+    slider.max = String(hi);
+    slider.step = String(step);
+    slider.value = String(value);
+    slider.setAttribute("aria-valuetext", fmt(value) + " " + feature.unit);
+    $("whatif-value").value = String(value);
+    $("whatif-range").textContent = "(trained on " + rangeText(feature) + ")";
+  }
+
+  async function runWhatIf(value) {
+    const base = state.baseline;
+    const feature = whatIfFeature();
+    const body = $("whatif-body");
+    if (!Number.isFinite(value) || value < feature.physicalMin || value > feature.physicalMax) {
+      body.replaceChildren(el("p", { class: "error", role: "alert", text: "Enter a number in " +
+        fmt(feature.physicalMin) + " – " + fmt(feature.physicalMax) + " " + feature.unit + "." }));
+      return;
+    }
+    const recipe = Object.assign({}, base.recipe, { [feature.name]: value });
+    const ticket = ++state.sequence;
+    body.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api(endpointOf(base.entry),
+        { method: "POST", body: requestBody(base.entry, [recipe], { interval: true }) });
+      if (ticket !== state.sequence) return;
+      body.replaceChildren(el("p", { class: "whatif-recipe" }, "With ", el("code", { text: feature.name }),
+        " = " + fmt(value) + " " + feature.unit + " instead of " + fmt(base.recipe[feature.name]) + ":"),
+      ...renderAnswer(base.entry, recipe, answer, base.answer));
+    } catch (error) {
+      if (ticket === state.sequence) showError(body, error, "The what-if prediction");
+    } finally {
+      body.removeAttribute("aria-busy");
+    }
+  }
+
+  function onWhatIfSlider() {
+    const value = Number($("whatif-slider").value);
+    $("whatif-value").value = String(Number(value.toPrecision(6)));
+    $("whatif-slider").setAttribute("aria-valuetext", fmt(value) + " " + whatIfFeature().unit);
+  }
+
+  function onWhatIfKeep() {
+    const feature = whatIfFeature();
+    const input = $("f-" + feature.name);
+    input.value = $("whatif-value").value;
+    checkField(feature, input);
+    input.focus();
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Batch: CSV in, scored CSV out
+
+  /** RFC 4180 CSV (quotes, CRLF, a leading BOM) -> array of rows of strings; empty lines dropped. */
+  function parseCsv(text) {
+    const rows = [];
+    let row = [];
+    let cell = "";
+    let quoted = false;
+    let i = text.charCodeAt(0) === 0xfeff ? 1 : 0;
+    for (; i < text.length; i++) {
+      const c = text[i];
+      if (quoted) {
+        if (c === '"' && text[i + 1] === '"') {
+          cell += '"';
+          i++;
+        } else if (c === '"') {
+          quoted = false;
+        } else {
+          cell += c;
+        }
+      } else if (c === '"') {
+        quoted = true;
+      } else if (c === ",") {
+        row.push(cell);
+        cell = "";
+      } else if (c === "\n" || c === "\r") {
+        if (c === "\r" && text[i + 1] === "\n") i++;
+        row.push(cell);
+        rows.push(row);
+        row = [];
+        cell = "";
+      } else {
+        cell += c;
+      }
+    }
+    if (cell !== "" || row.length) {
+      row.push(cell);
+      rows.push(row);
+    }
+    return rows.filter((r) => r.length > 1 || r[0].trim() !== "");
+  }
+
+  function clearBatch() {
+    $("batch-table").tHead.replaceChildren();
+    $("batch-table").tBodies[0].replaceChildren();
+    $("batch-summary").replaceChildren();
+    $("batch-download").hidden = true;
+    if (state.downloadUrl) URL.revokeObjectURL(state.downloadUrl);
+    state.downloadUrl = null;
+  }
+
+  function onBatchFile() {
+    const file = $("batch-file").files[0];
+    if (!file) return;
+    state.batchName = file.name.replace(/\.[^.]*$/, "") || "batch";
+    const reader = new FileReader();
+    reader.onload = () => {
+      const text = String(reader.result);
+      $("batch-text").value = text;
+      // The file itself is sent, byte for byte: the service checks its encoding and names any problem.
+      state.batchFile = file;
+      const lines = Math.max(0, parseCsv(text).length - 1);
+      $("batch-summary").textContent = "Read " + file.name + ": " + lines + " row" + (lines === 1 ? "" : "s") +
+        ". Press “Score the batch”.";
+    };
+    reader.onerror = () => {
+      $("batch-summary").textContent = "Could not read " + file.name + ".";
+    };
+    reader.readAsText(file);
+  }
+
+  function onBatchEdited() {
+    state.batchFile = null; // the text as edited is what gets scored
+  }
+
+  /** One call: the CSV as it is, scored by the service (Accept: text/csv), shown as a table and offered as a file. */
+  async function onBatchScore() {
+    const entry = state.entry;
+    clearBatch();
+    const summary = $("batch-summary");
+    const body = state.batchFile || $("batch-text").value;
+    if (!state.batchFile && !body.trim()) {
+      summary.replaceChildren(el("p", { class: "error", text: "Paste a CSV or choose a file first." }));
+      return;
+    }
+    const query = new URLSearchParams({ interval: "true" });
+    const field = FAMILIES[entry.family].field;
+    if (field) query.set(field, entry.dataset);
+    const button = $("batch-score");
+    button.disabled = true;
+    summary.textContent = "Scoring…";
+    try {
+      const text = await api(endpointOf(entry) + "?" + query.toString(),
+        { method: "POST", body, contentType: "text/csv", accept: "text/csv" });
+      if (typeof text !== "string") {
+        throw new ApiError(0, "this server does not answer CSV; it needs a newer cellmfg", []);
+      }
+      const table = parseCsv(text);
+      const header = table[0] || [];
+      const rows = table.slice(1);
+      state.batch = { header, rows, sort: null };
+      renderBatchTable();
+      const flag = header.indexOf("in_domain");
+      const outside = rows.filter((r) => r[flag] === "false").length;
+      summary.textContent = rows.length + " row" + (rows.length === 1 ? "" : "s") + " scored; " + outside +
+        " outside the training range" + (outside ? " (highlighted)." : ".") + (rows.length > TABLE_ROWS_SHOWN ?
+        " The table shows the first " + TABLE_ROWS_SHOWN + " rows in the chosen order; the download has every row." :
+        "");
+      state.downloadUrl = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+      const link = $("batch-download");
+      link.href = state.downloadUrl;
+      link.download = state.batchName + "-scored.csv";
+      link.hidden = false;
+    } catch (error) {
+      showError(summary, error, "Scoring the batch");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /** The service's columns: predictions, interval bounds and SHAP values, shown rounded (the file keeps them all). */
+  function isResultColumn(name) {
+    return /_(predicted|low|high)$/.test(name) || name.includes("_shap_");
+  }
+
+  function renderBatchTable() {
+    const { header, rows, sort } = state.batch;
+    const flag = header.indexOf("in_domain");
+    const rounded = header.map(isResultColumn);
+    const order = rows.map((_, i) => i);
+    if (sort) {
+      const cells = rows.map((r) => r[sort.column] === undefined ? "" : r[sort.column]);
+      const numeric = cells.every((v) => v.trim() === "" || Number.isFinite(Number(v)));
+      const key = (i) => numeric ? (cells[i].trim() === "" ? -Infinity : Number(cells[i])) : cells[i];
+      order.sort((a, b) => {
+        const ka = key(a);
+        const kb = key(b);
+        return ka < kb ? -sort.direction : ka > kb ? sort.direction : a - b;
+      });
+    }
+    const head = el("tr", {}, ...header.map((name, c) => {
+      const active = sort && sort.column === c;
+      const ariaSort = active ? (sort.direction > 0 ? "ascending" : "descending") : "none";
+      const button = el("button", { type: "button", class: "sort", text: name + (active ?
+        (sort.direction > 0 ? " ▲" : " ▼") : "") });
+      button.addEventListener("click", () => {
+        state.batch.sort = { column: c, direction: active && sort.direction > 0 ? -1 : 1 };
+        renderBatchTable();
+        $("batch-table").tHead.querySelectorAll("button")[c].focus();
+      });
+      return el("th", { scope: "col", "aria-sort": ariaSort }, button);
+    }));
+    $("batch-table").tHead.replaceChildren(head);
+    const body = order.slice(0, TABLE_ROWS_SHOWN).map((i) => {
+      const r = rows[i];
+      const outside = r[flag] === "false";
+      return el("tr", { class: outside ? "ood" : null, "data-row": i },
+        ...r.map((v, c) => el("td", { text: c === flag && outside ? "false ⚠" :
+          (rounded[c] && v.trim() !== "" ? fmt(Number(v)) : v) })));
+    });
+    $("batch-table").tBodies[0].replaceChildren(...body);
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+
+  function start() {
+    $("token-form").addEventListener("submit", onToken);
+    $("family").addEventListener("change", renderDatasets);
+    $("dataset").addEventListener("change", chooseDataset);
+    $("recipe-form").addEventListener("submit", onPredict);
+    $("reset").addEventListener("click", onReset);
+    $("whatif-feature").addEventListener("change", () => {
+      syncWhatIf();
+      $("whatif-body").replaceChildren();
+    });
+    $("whatif-slider").addEventListener("input", onWhatIfSlider);
+    $("whatif-slider").addEventListener("change", () => runWhatIf(Number($("whatif-slider").value)));
+    $("whatif-value").addEventListener("change", () => {
+      const text = $("whatif-value").value.trim();
+      const value = text === "" ? NaN : Number(text);
+      if (Number.isFinite(value)) $("whatif-slider").value = String(value);
+      runWhatIf(value);
+    });
+    $("whatif-keep").addEventListener("click", onWhatIfKeep);
+    $("batch-file").addEventListener("change", onBatchFile);
+    $("batch-text").addEventListener("input", onBatchEdited);
+    $("batch-score").addEventListener("click", onBatchScore);
+    loadModels();
+  }
+
+  start();
+})();
