@@ -46,6 +46,8 @@ class FeatureSpec(_Strict):
     train_max: float
     physical_min: float
     physical_max: float
+    # The median of the training rows: a typical recipe, where the lab page's form starts (None: not recorded).
+    train_median: float | None = None
     # The net's first (frozen) layer computes z = (x - scale_centre) / scale_width, a fixed physical scale.
     scale_centre: float = 0.0
     scale_width: float = 1.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellmfg.___domain import DATASETS, Kind, all_quantities, feature_columns, kind_of_columns
+from cellmfg.domain import DATASETS, Kind, all_quantities, feature_columns, kind_of_columns
 
 SAMPLE_ID = "sample_id"
 # Rows that share a group (replicates of one coated sheet, one recipe, one structure) are not independent:

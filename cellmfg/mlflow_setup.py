@@ -47,6 +47,15 @@ def use_experiment(task: str) -> str:
     return str(experiment.experiment_id)
 
 
+def experiment_id(task: str) -> str | None:
+    """The id of the task's experiment in the tracking store, None when it has none yet."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    experiment = MlflowClient(tracking_uri=uri, registry_uri=uri).get_experiment_by_name(experiment_name(task))
+    return None if experiment is None else str(experiment.experiment_id)
+
+
 def ui_address(base_url: str, experiment_id: str | None = None) -> str:
     """The MLflow UI address that opens on the model-training view (of one experiment's runs, if given)."""
     base = base_url.rstrip("/")

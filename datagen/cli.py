@@ -54,8 +54,8 @@ def data_generate(
     as_json: JsonOption = False,
 ) -> None:
     """Generate the five datasets (electrodes from a process model, GDLs from microstructures)."""
-    from cellmfg.___domain import DATASETS
     from cellmfg.dataio import DATA_DIR
+    from cellmfg.domain import DATASETS
     from datagen import generate as datagen
 
     seed = datagen.DEFAULT_SEED if seed is None else seed

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import beta as beta_distribution
 
-from cellmfg.___domain import DATASETS, DENSITY, MASS_LOADING, feature_columns
+from cellmfg.domain import DATASETS, DENSITY, MASS_LOADING, feature_columns
 
 SAMPLE_ID = "sample_id"
 GROUP_ID = "group_id"

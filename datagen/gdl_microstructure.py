@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from skimage.graph import MCP_Geometric
 
-from cellmfg.___domain import DATASETS, GDL_FEATURES, TORTUOSITY
+from cellmfg.domain import DATASETS, GDL_FEATURES, TORTUOSITY
 
 __all__ = [
     "BINDER",
@@ -60,10 +60,10 @@ __all__ = [
 VOXELS_PER_DIAMETER: int = 3
 
 PAPER_DOMAINS: dict[str, tuple[float, float]] = {"gdl200": (2000.0, 200.0), "gdl1000": (1000.0, 1000.0)}
-# Lateral ___domain (x, y) in µm. GDL200 keeps the paper's 200 µm width (17-33 fibre diameters) and shortens the length
+# Lateral domain (x, y) in µm. GDL200 keeps the paper's 200 µm width (17-33 fibre diameters) and shortens the length
 # to the same 200 µm (with periodic sides a long slab is several such squares side by side: more paths in the average,
 # no new geometry); GDL1000 is a periodic square 1.5x wider, so a GDL200 row costs 44 % of a GDL1000 row (the paper:
-# 65 % cheaper). The convergence check doubles the ___domain to show what that changes.
+# 65 % cheaper). The convergence check doubles the domain to show what that changes.
 DOMAINS: dict[str, tuple[float, float]] = {"gdl200": (200.0, 200.0), "gdl1000": (300.0, 300.0)}
 
 # Carbon-paper fibres lie close to the plane. The as-laid (uncompressed) layup inclines them by up to this angle;
@@ -464,7 +464,7 @@ behind the target.
 
 **Structure.**
 1. Straight circular fibre segments of the given diameter, isotropic in the plane (uniform angle), centres uniform in
-   the box, length = the ___domain's longer side, wrapped periodically in x and y (the paper's fibres are infinite;
+   the box, length = the domain's longer side, wrapped periodically in x and y (the paper's fibres are infinite;
    a periodic box has no ends to cut them at). Fibres are added one by one until the final voxel fibre fraction
    reaches the target; overlaps are allowed (a Boolean model).
 2. Binder fills the pore voxels closest to their *second*-nearest fibre axis up to its volume: fillets and webs where
@@ -482,7 +482,7 @@ structure with no connected path is redrawn from the next sub-seed with the same
 
 **Domain and resolution vs paper.**
 
-| dataset | paper ___domain | this ___domain | rows |
+| dataset | paper domain | this domain | rows |
 |---|---|---|---|
 {domain_rows}
 
@@ -492,7 +492,7 @@ diameters) and is cut to 200 µm long: with periodic sides a longer slab only ad
 structure-to-structure scatter), no new geometry. GDL1000 is a periodic square 1.5× wider (25–50 diameters; a row
 costs 2.25× a GDL200 row, the paper's GDL200 was 65 % cheaper); the paper's is 1000 µm (83–167 diameters). Both are
 far smaller than the paper's in area, so our rows carry more realisation scatter than GeoDict's would; the
-convergence table below shows what doubling the ___domain and halving the voxel change. The 26-connected path metric
+convergence table below shows what doubling the domain and halving the voxel change. The 26-connected path metric
 adds a small upward bias to oblique path segments.
 
 **Against the paper.** Our tortuosities (see "Outputs beside literature") overlap the paper's range only at its low

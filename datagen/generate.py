@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellmfg.___domain import DATASETS, DENSITY, TORTUOSITY
 from cellmfg.dataio import DATA_DIR
+from cellmfg.domain import DATASETS, DENSITY, TORTUOSITY
 
 DEFAULT_SEED = 20250214
 ELECTRODES = ("graphite", "si_gra", "nmc")
@@ -317,7 +317,7 @@ def _gdl_sensitivities(frames: dict[str, pd.DataFrame]) -> list[str]:
         "fixed number of fibre layers, or a layered deposition) that the paper does not describe. Compression acts "
         "only through the flatter fibres and the thinner layer (fractions are fixed on the final structure), so its "
         "effect is small too; fibre and binder fractions set the porosity and dominate; the fibre diameter changes "
-        "the ___domain and thickness in units of the diameter only.",
+        "the domain and thickness in units of the diameter only.",
     ]
     return lines
 
@@ -365,7 +365,7 @@ def _gdl_baselines(frames: dict[str, pd.DataFrame], repeats: int = 20) -> list[s
 
 
 def _convergence_section(convergence: dict[str, Any] | None) -> list[str]:
-    lines = ["## GDL: voxel-size and ___domain-size convergence", ""]
+    lines = ["## GDL: voxel-size and domain-size convergence", ""]
     if convergence is None:
         return [*lines, "Not measured yet: run `.venv/bin/python scripts/gdl_convergence.py`, then "
                         "`cellmfg data generate` (or `datagen.generate.write_card`) to refresh this card."]
@@ -378,7 +378,7 @@ def _convergence_section(convergence: dict[str, Any] | None) -> list[str]:
         + "; ".join(f"{name}: {s['domain_um'][0]:g} × {s['domain_um'][1]:g} µm, d/{s['voxels_per_diameter']:g} "
                     f"voxels, path margin {s['margin_diameters']:g} d" for name, s in settings.items()) + ".",
         "",
-        "| row | d (µm) | fibre % | binder % | c | τ base | τ half voxel | τ double ___domain | τ double margin | "
+        "| row | d (µm) | fibre % | binder % | c | τ base | τ half voxel | τ double domain | τ double margin | "
         "porosity base |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -398,7 +398,7 @@ def _convergence_section(convergence: dict[str, Any] | None) -> list[str]:
     same_order = list(np.argsort(base)) == list(np.argsort(fine))
     lines += [
         "",
-        "Reading: the ___domain size and the periodic path margin are converged (changes of a few 1e-4 in τ). The "
+        "Reading: the domain size and the periodic path margin are converged (changes of a few 1e-4 in τ). The "
         "voxel is not fully converged: halving it shortens the paths by about "
         f"{-summary['half_voxel']['mean_relative_change_of_tau_minus_1_pct']:.0f} % of τ − 1, because a d/3 voxel "
         "fibre is blockier and the 26-connected metric is coarser. Every row has the same voxels per fibre diameter, "

@@ -44,7 +44,7 @@ def promote_command(
     as_json: JsonOption = False,
 ) -> None:
     """Export to ONNX, pass the parity and metric gates, register `{name}_onnx` and move `champion`."""
-    from cellmfg.___domain import MODEL_NAMES
+    from cellmfg.domain import MODEL_NAMES
 
     if all_models == (model is not None):
         _fail("give exactly one of --model NAME or --all", 2)

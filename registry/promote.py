@@ -267,9 +267,9 @@ def log_onnx(model_version: Any, onnx_bytes: bytes, contract: contracts.Contract
     import mlflow
     import onnx
 
-    from cellmfg.mlflow_setup import experiment_name
+    from cellmfg.mlflow_setup import use_experiment
 
-    mlflow.set_experiment(experiment_name(contract.task))
+    use_experiment(contract.task)
     tags = {"keras_model_name": model_version.name, "keras_model_version": str(model_version.version),
             "task": contract.task, "dataset": contract.dataset, "role": contract.role,
             "test_mape_pct": f"{contract.metrics.test_mape_pct:.4f}", "onnx_sha256": contract.onnx_sha256 or ""}

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_design.py [--bundle DIR] [--requests 30] [--no-server] [--json out.json]
 
-Without --bundle it builds the fake bundle of tests/service_fakes.py (nets of the trained nets' size: two hidden
+Without --bundle it builds the fake bundle of testkit/fakes.py (nets of the trained nets' size: two hidden
 ReLU layers of 32) in a temporary directory; with one (`cellmfg registry export-bundle` output) it measures the
 real models. The request fixes the slurry (AM wt% 94, solid content 60 %) and asks for a mass loading and a
 density with 3 % tolerance, k = 5 recipes with SHAP explanations; the wanted values are the predictions of one
@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +28,8 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
-
-from service_fakes import start_local_server, write_fake_bundle  # noqa: E402
+from testkit.fakes import write_fake_bundle
+from testkit.processes import start_local_server
 
 DATASET = "nmc"
 SLURRY = {"am_wt_pct": 94.0, "solid_content_pct": 60.0}

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_service.py [--bundle DIR] [--duration 5] [--workers 1] [--image cellmfg]
                                               [--explain-only] [--json out.json]
 
-Without --bundle it builds the fake bundle of tests/service_fakes.py in a temporary directory; with one (for
+Without --bundle it builds the fake bundle of testkit/fakes.py in a temporary directory; with one (for
 example `cellmfg registry export-bundle` output) it measures the real models. The workload is the electrode
 endpoint for NMC (two ONNX models per request). Reported, side by side:
   * single-row requests/s and p50/p99 latency at concurrency 1 and 32 (onnxruntime direct: concurrency 1 only);
@@ -41,17 +41,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
-
-from service_fakes import (  # noqa: E402
-    ServerProcess,
-    clean_env,
-    example_rows,
-    free_port,
-    write_fake_bundle,
-)
+from testkit.fakes import example_rows, write_fake_bundle
+from testkit.processes import ServerProcess, cellmfg_server, clean_env, free_port
 
 DATASET = "nmc"
 MODELS = ("density_nmc_onnx", "mass_loading_nmc_onnx")
@@ -203,20 +194,6 @@ def best(runs: list[dict[str, float]]) -> dict[str, float]:
     return {**top, "rps_median": statistics.median(r["rps"] for r in runs), "rounds": len(runs)}
 
 
-def wait_http(url: str, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.perf_counter() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            if time.perf_counter() > deadline:
-                raise
-        time.sleep(0.05)
-
-
 def cold_start(bundle: Path, env: dict[str, str], log_path: Path) -> tuple[float, float]:
     """Seconds from `cellmfg serve` (the CLI's code path) to the first 200 from /readyz, and to the first answer
     of a one-row explain request sent right then; fresh BentoML home."""
@@ -225,7 +202,7 @@ def cold_start(bundle: Path, env: dict[str, str], log_path: Path) -> tuple[float
     home = Path(tempfile.mkdtemp(prefix="bench-home-"))
     run_env = {**env, "BENTOML_HOME": str(home), "CELLMFG_POLL_SECONDS": "0"}
     body = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1), "explain": True}
-    with ServerProcess(run_env, log_path, bundle=bundle) as server:
+    with cellmfg_server(run_env, log_path, bundle=bundle) as server:
         ready = server.wait_ready(timeout=180)
         response = httpx.post(f"{server.url}/predict/electrode", json=body, timeout=60)
         if response.status_code != 200:
@@ -252,18 +229,16 @@ def image_size_mb(image: str) -> float:
     return int(out.strip()) / 1e6
 
 
-def fastapi_cold_start(bundle: Path, env: dict[str, str], log_path: Path) -> float:
+def fastapi_server(bundle: Path, env: dict[str, str], log_path: Path) -> ServerProcess:
+    """The FastAPI baseline (this script with --serve-fastapi) on a free port."""
     port = free_port()
-    started = time.perf_counter()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, __file__, "--serve-fastapi", "--port", str(port), "--bundle",
-                                    str(bundle)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/readyz")
-        return time.perf_counter() - started
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    return ServerProcess("FastAPI baseline", [sys.executable, __file__, "--serve-fastapi", "--port", str(port),
+                                              "--bundle", str(bundle)], log_path, port, env=env)
+
+
+def fastapi_cold_start(bundle: Path, env: dict[str, str], log_path: Path) -> float:
+    with fastapi_server(bundle, env, log_path) as server:
+        return server.wait_ready(timeout=120)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,17 +279,14 @@ def main() -> int:
     results["onnxruntime"] = onnxruntime_direct(bundle, args.duration)
     print("onnxruntime direct:", results["onnxruntime"], flush=True)
 
-    port = free_port()
-    with open(work / "fastapi.log", "wb") as log:
-        fastapi = subprocess.Popen([sys.executable, __file__, "--serve-fastapi", "--port", str(port), "--bundle",
-                                    str(bundle)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    fastapi = fastapi_server(bundle, env, work / "fastapi.log").start()
     service_env = {**env, "BENTOML_HOME": str(work / "bentoml-home"), "CELLMFG_POLL_SECONDS": "0"}
-    server = ServerProcess(service_env, work / "service.log", workers=args.workers, bundle=bundle)
+    server = cellmfg_server(service_env, work / "service.log", workers=args.workers, bundle=bundle)
     try:
         server.start()
-        wait_http(f"http://127.0.0.1:{port}/readyz")
+        fastapi.wait_ready(timeout=120)
         server.wait_ready(timeout=180)
-        urls = {"fastapi": f"http://127.0.0.1:{port}/predict/electrode",
+        urls = {"fastapi": f"{fastapi.url}/predict/electrode",
                 "service": f"{server.url}/predict/electrode"}
         # Both servers stay up and are measured in alternation, round after round, so that load from other
         # processes on a shared machine falls on both alike; each figure is the best round, the median is kept.
@@ -336,8 +308,7 @@ def main() -> int:
         results["machine"]["load_average_during_rounds"] = [min(loads), max(loads)]
     finally:
         server.stop()
-        fastapi.terminate()
-        fastapi.wait(timeout=20)
+        fastapi.stop()
 
     # Cold start: as this machine is (the venv ships no .pyc and PYTHONDONTWRITEBYTECODE=1, so every start
     # compiles bentoml & co. from source), and with a warm bytecode cache, as an image built with
@@ -459,7 +430,7 @@ def explain_only(bundle: Path, env: dict[str, str], work: Path, args: argparse.N
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
                                "bundle": str(bundle), "workers": args.workers}
     print(f"bundle {bundle}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f} at start", flush=True)
-    with ServerProcess(service_env, work / "service.log", workers=args.workers, bundle=bundle) as server:
+    with cellmfg_server(service_env, work / "service.log", workers=args.workers, bundle=bundle) as server:
         server.wait_ready(timeout=180)
         results["explain"] = explain_costs(f"{server.url}/predict/electrode")
     results["machine"]["load_average_at_end"] = os.getloadavg()

@@ -12,7 +12,7 @@
 #                  Dockerfile's default (python:3.11-slim).
 #   BUNDLE_DIR     bundle to bake in, a folder inside the build context: `bundle` (written by
 #                  `cellmfg registry export-bundle`) or build/docker-smoke/bundle. Unset: a bundle of eight small
-#                  but real ONNX models with valid contracts (tests/service_fakes.py) is written there.
+#                  but real ONNX models with valid contracts (testkit/fakes.py) is written there.
 #   IMAGE          tag to build (default cellmfg:smoke); it is left in place for reuse.
 #   MAX_IMAGE_MB   fail above this image size (default 700).
 #   READY_TIMEOUT  seconds to wait for /readyz (default 180).
@@ -66,7 +66,7 @@ if [ -z "${BUNDLE_DIR:-}" ]; then
   BUNDLE_DIR=build/docker-smoke/bundle
   manifest="$BUNDLE_DIR/manifest.json"
   # Rewritten only when its sources changed: an unchanged bundle keeps Docker's build cache warm.
-  if [ -f "$manifest" ] && ! [ tests/service_fakes.py -nt "$manifest" ] && ! [ cellmfg/contract.py -nt "$manifest" ] \
+  if [ -f "$manifest" ] && ! [ testkit/fakes.py -nt "$manifest" ] && ! [ cellmfg/contract.py -nt "$manifest" ] \
       && "$python" -c "import sys; from cellmfg.contract import load_bundle; load_bundle(sys.argv[1])" "$BUNDLE_DIR" \
         >/dev/null 2>&1; then
     log "reusing the fake bundle in $BUNDLE_DIR"
@@ -76,8 +76,7 @@ if [ -z "${BUNDLE_DIR:-}" ]; then
 import sys
 from pathlib import Path
 
-sys.path.insert(0, "tests")
-from service_fakes import write_fake_bundle
+from testkit.fakes import write_fake_bundle
 
 write_fake_bundle(Path(sys.argv[1]))
 PY

@@ -4,7 +4,7 @@
                                      [--bundle DIR] [--url URL] [--auth] [--json out.json]
 
 Without --url it starts `cellmfg serve` on a free 127.0.0.1 port on --bundle or (default) the fake bundle of
-tests/service_fakes.py, runs `schemathesis run` with every check (no 5xx, every response matching its documented
+testkit/fakes.py, runs `schemathesis run` with every check (no 5xx, every response matching its documented
 schema and status codes, schema-invalid input refused, schema-valid input accepted, unsupported methods refused,
 ...) and all its phases (examples, coverage, fuzzing), then checks that the
 server still answers a valid request exactly as onnxruntime does, and stops it.
@@ -31,11 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT))
-
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # --- design: a schema-valid design request can still be refused by what no schema holds: a bound outside the
 # served models' training range, min above max, a parameter both fixed and bounded (400), or targets no recipe
@@ -52,11 +47,11 @@ def still_answers_correctly(url: str, bundle: Path, headers: dict[str, str]) -> 
     """None if a valid request is answered exactly as onnxruntime answers it, else the problem."""
     import httpx
     import numpy as np
-    from soak import Reference
 
     from cellmfg.contract import load_bundle
+    from testkit.fakes import OnnxReference
 
-    reference = Reference(load_bundle(bundle))
+    reference = OnnxReference(load_bundle(bundle))
     rows = [{"am_wt_pct": 94.0, "solid_content_pct": 60.0, "coating_speed_m_min": 0.5, "comma_gap_um": 200.0,
              "roll_speed_m_min": 0.4, "roll_gap_um": 100.0}]
     response = httpx.post(f"{url}/predict/electrode", json={"chemistry": "nmc", "rows": rows}, headers=headers,
@@ -82,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="hard limit on the schemathesis run (s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    from service_fakes import LOOPBACK_PREFIXES, start_local_server, write_fake_bundle
+    from testkit.fakes import write_fake_bundle
+    from testkit.processes import LOOPBACK_PREFIXES, start_local_server
 
     if args.url and not args.url.startswith(LOOPBACK_PREFIXES):
         parser.error("--url must be a loopback address: this script only fuzzes local servers")

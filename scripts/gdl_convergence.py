@@ -1,7 +1,7 @@
-"""Voxel-size and ___domain-size convergence of the GDL tortuosity on a sample of the dataset's structures.
+"""Voxel-size and domain-size convergence of the GDL tortuosity on a sample of the dataset's structures.
 
 For the inputs of the first N gdl200 rows (same seeds as the dataset), measure geometric tortuosity at the production
-settings, with the voxel halved (d/3 -> d/6), with the lateral ___domain doubled (200 -> 400 µm square) and with the
+settings, with the voxel halved (d/3 -> d/6), with the lateral domain doubled (200 -> 400 µm square) and with the
 periodic path margin doubled. Writes data/gdl_convergence.json (read by the data card) and prints a table.
 
 Usage: .venv/bin/python scripts/gdl_convergence.py [--structures 4] [--out data/gdl_convergence.json]
@@ -24,11 +24,11 @@ from datagen.generate import CONVERGENCE_NAME, DEFAULT_SEED
 DATASET = "gdl200"
 
 
-def _measure(params: gdl.GDLParams, row: int, seed: int, ___domain: tuple[float, float], per_diameter: float,
+def _measure(params: gdl.GDLParams, row: int, seed: int, domain: tuple[float, float], per_diameter: float,
              margin: float) -> tuple[float, float, float]:
     started = time.perf_counter()
     tau, porosity = gdl.measure_row(
-        params, ___domain, lambda attempt: gdl._rng(DATASET, seed, row, gdl._STRUCTURE_STREAM, attempt),
+        params, domain, lambda attempt: gdl._rng(DATASET, seed, row, gdl._STRUCTURE_STREAM, attempt),
         voxels_per_diameter=per_diameter, margin_diameters=margin)
     return tau, porosity, time.perf_counter() - started
 
@@ -48,8 +48,8 @@ def run(structures: int, seed: int) -> dict[str, object]:
     for row in range(structures):
         params = gdl.sample_params(DATASET, seed, row)
         result: dict[str, object] = {"row": row, "params": vars(params)}
-        for name, (___domain, per_diameter, path_margin) in settings.items():
-            tau, porosity, seconds = _measure(params, row, seed, ___domain, per_diameter, path_margin)
+        for name, (domain, per_diameter, path_margin) in settings.items():
+            tau, porosity, seconds = _measure(params, row, seed, domain, per_diameter, path_margin)
             result[name] = {"tortuosity": round(tau, 6), "porosity": round(porosity, 6), "seconds": round(seconds, 1)}
             print(f"row {row} {name:14s} tau {tau:.5f} porosity {porosity:.4f} ({seconds:.0f} s)", flush=True)
         rows.append(result)

@@ -22,11 +22,14 @@ echo "== 4/4 serve"
   >mlflow-ui.log 2>&1 &
 mlflow_pid=$!
 trap 'kill "$mlflow_pid" 2>/dev/null || true' EXIT
+# The MLflow UI opens on its model-training view (not the GenAI one) at the density experiment's runs.
+mlflow_ui=$(.venv/bin/python -c 'import sys; from cellmfg.mlflow_setup import experiment_id, ui_address
+print(ui_address(sys.argv[1], experiment_id("density")))' "http://127.0.0.1:$MLFLOW_PORT")
 cat <<INFO
   Page:       http://127.0.0.1:$PORT/ui/  (try a recipe: prediction, interval, explanation, CSV batches)
   API:        http://127.0.0.1:$PORT/predict/electrode  and  /predict/gdl
   API docs:   http://127.0.0.1:$PORT/docs  (OpenAPI/Swagger; also at /)
   Metrics:    http://127.0.0.1:$PORT/metrics
-  MLflow UI:  http://127.0.0.1:$MLFLOW_PORT  (log: mlflow-ui.log)
+  MLflow UI:  $mlflow_ui  (log: mlflow-ui.log)
 INFO
 "$cellmfg" serve --port "$PORT"

@@ -156,7 +156,7 @@ def _print_design(answer: dict[str, Any]) -> None:
         table.add_row("  90 % interval", *(
             f"{r['prediction']['interval'][column][0]:.3g}-{r['prediction']['interval'][column][1]:.3g}"
             for r in recipes))
-    table.add_row("in ___domain", *("yes" if r["prediction"]["in_domain"] else "no" for r in recipes))
+    table.add_row("in domain", *("yes" if r["prediction"]["in_domain"] else "no" for r in recipes))
     console.print(table)
 
 
@@ -199,7 +199,7 @@ def design(
     from pydantic import ValidationError
     from pydantic_core import to_json
 
-    from cellmfg.___domain import Kind
+    from cellmfg.domain import Kind
     from service.config import ConfigError, Settings
     from service.design import Designer
     from service.design_schemas import ElectrodeDesignRequest, GdlDesignRequest, design_problem

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cellmfg.___domain import MODEL_NAMES, model_name
+from cellmfg.domain import MODEL_NAMES, model_name
 
 DEFAULT_ALIAS = "champion"
 DEFAULT_POLL_SECONDS = 30.0

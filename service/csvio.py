@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cellmfg.___domain import Kind, features_for
+from cellmfg.domain import Kind, features_for
 from service.predict import Predictor
 from service.schemas import MAX_ERRORS_REPORTED
 

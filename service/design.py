@@ -3,7 +3,7 @@
 The forward models answer "what will this recipe give?"; this answers the inverse, "with the slurry I have, which
 settings give 20 mg/cm² at 3.0 g/cm³?". The nets are tiny, so the search can afford to look everywhere:
 
-1. The free parameters span a box: the models' training range (so every recipe is in ___domain), or narrower bounds
+1. The free parameters span a box: the models' training range (so every recipe is in domain), or narrower bounds
    the caller gives. Fixed parameters keep exactly the given value. A parameter the data holds at a few settings
    only (roll speed: 0.27 or 0.54 m/min) takes those settings, never a value between them.
 2. A scrambled Sobol design of the box (`scipy.stats.qmc`) plus the box's corners, for every combination of the
@@ -15,7 +15,7 @@ settings give 20 mg/cm² at 3.0 g/cm³?". The nets are tiny, so the search can a
    those meeting every target are ranked by distance to the targets, then by interval width; a greedy pass keeps
    the first k that differ from every recipe kept in at least one free continuous parameter by a tenth of its range.
 5. The chosen recipes go through `Predictor.predict` (the /predict code path): the answer rows are exactly what
-   /predict answers, with intervals, ___domain check and SHAP explanation. If nothing meets the tolerance, the
+   /predict answers, with intervals, domain check and SHAP explanation. If nothing meets the tolerance, the
    request is answered 422 with each target's reachable range and the closest recipe found.
 
 A design is deterministic: the Sobol scramble has a fixed seed, so the same request gives the same recipes.
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from cellmfg.___domain import Kind
+from cellmfg.domain import Kind
 from service import metrics
 from service.model_store import ServedModel
 from service.predict import Predictor, RequestRejectedError, conformal_interval
@@ -273,11 +273,11 @@ def _space(problem: DesignProblem, models: list[ServedModel]) -> _Space:
     """The box of free parameters, after checking fixed values and bounds against the models (400 naming the
     field when a bound leaves the training range)."""
     columns = models[0].feature_names
-    # In ___domain means inside every answering model's training range (as /predict checks it).
+    # In domain means inside every answering model's training range (as /predict checks it).
     train_low = np.max([m.train_min for m in models], axis=0)
     train_high = np.min([m.train_max for m in models], axis=0)
     # Models trained on different data (a zero-shot source net serving a target beside a transfer) may share no
-    # range in some parameter; no recipe is then in ___domain for all of them, and the search spans both ranges.
+    # range in some parameter; no recipe is then in domain for all of them, and the search spans both ranges.
     common_low, common_high = train_low, train_high
     disjoint = train_low > train_high
     train_low = np.where(disjoint, np.min([m.train_min for m in models], axis=0), train_low)

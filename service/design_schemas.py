@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StrictB
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from cellmfg.___domain import Kind, Quantity, all_quantities, features_for, targets_for
+from cellmfg.domain import Kind, Quantity, all_quantities, features_for, targets_for
 from service.design import DesignProblem, TargetGoal
 from service.schemas import DatasetName, ElectrodePrediction, GdlPrediction, IntervalSummary, ModelRef
 
@@ -55,9 +55,9 @@ class DesignBound(BaseModel):
 _TARGETS_DESCRIPTION = "target column -> wanted value and tolerance; at least one"
 _FIXED_DESCRIPTION = ("parameters the recipe must keep exactly (e.g. the slurry on hand), feature -> value in its "
                       "unit, inside its physical bounds; a value outside the training range is accepted and the "
-                      "recipes then say they are out of ___domain")
+                      "recipes then say they are out of domain")
 _BOUNDS_DESCRIPTION = ("optional narrower search ranges for free parameters, feature -> {min, max}, inside the "
-                       "models' training range (the default search range, which keeps every recipe in ___domain)")
+                       "models' training range (the default search range, which keeps every recipe in domain)")
 _K_DESCRIPTION = (f"at most this many recipes, diverse rather than near-duplicates (each differs from every other "
                   f"in at least one free continuous parameter by a tenth of its search range); 1 to {MAX_K}")
 _EXPLAIN_DESCRIPTION = "add the exact SHAP explanation of each recipe's predictions, as /predict does"
@@ -73,7 +73,7 @@ def _range_text(q: Quantity) -> str:
 
 def _check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str, float],
                   bounds: dict[str, DesignBound]) -> list[InitErrorDetails]:
-    """Every problem of a parsed design request that the ___domain alone can tell, each naming its field."""
+    """Every problem of a parsed design request that the domain alone can tell, each naming its field."""
     problems: list[InitErrorDetails] = []
     features = {q.column: q for q in features_for(kind)}
     target_quantities = {t.column: t.quantity for t in targets_for(kind)}
@@ -215,7 +215,7 @@ class GdlDesignRequest(_DesignRequest):
     """GDL structures that give the wanted tortuosity."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": GDL_DESIGN_EXAMPLE})
-    dataset: DatasetName = Field(description="GDL ___domain whose model is searched")
+    dataset: DatasetName = Field(description="GDL domain whose model is searched")
 
     @classmethod
     def design_kind(cls) -> Kind:
@@ -246,12 +246,12 @@ class SearchSummary(BaseModel):
     discrete: dict[str, list[float]] = Field(description="free parameters that take only these values (roll speed "
                                                          "takes the two speeds of the training data)")
     within_training_range: bool = Field(description="every parameter, fixed or free, lies inside the training range "
-                                                    "of every answering model, so every recipe is in ___domain")
+                                                    "of every answering model, so every recipe is in domain")
     fixed_outside_training_range: list[str] = Field(description="fixed parameters outside the training range: "
                                                                 "recipes with them are extrapolations")
     no_common_training_range: list[str] = Field(
         description="free parameters in which the answering models' training ranges do not overlap (a zero-shot "
-                    "source net beside a transfer): searched over both ranges, so every recipe is out of ___domain "
+                    "source net beside a transfer): searched over both ranges, so every recipe is out of domain "
                     "for one of the models")
     candidates: int = Field(description="recipes ranked (quasi-random design, corners and refinements)")
     model_rows: int = Field(description="rows evaluated by each model, finite-difference steps included")

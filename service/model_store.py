@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from cellmfg.___domain import DATASETS, TARGETS, Kind, Quantity, Target, feature_columns, model_name, targets_for
 from cellmfg.contract import Contract, ContractError, LoadedModel, now_iso
+from cellmfg.domain import DATASETS, TARGETS, Kind, Quantity, Target, feature_columns, model_name, targets_for
 from service import metrics
 from service.sources import ModelSource
 
@@ -45,7 +45,7 @@ class Slot:
 
 
 def endpoint_slot(contract: Contract) -> Slot | None:
-    """The endpoint slot of a model named {task}_{dataset}_onnx whose features are the ___domain's own (in order) and
+    """The endpoint slot of a model named {task}_{dataset}_onnx whose features are the domain's own (in order) and
     whose target is one of the kind's; other models (other features or targets) are served at /predict/{name}."""
     kind = contract.kind
     tasks = {t.task: t for t in targets_for(kind)}
@@ -69,7 +69,7 @@ def slot_from_name(name: str) -> Slot | None:
 
 def target_of(contract: Contract) -> Target:
     """The target a model predicts, with its physical range: the contract's own range when it states one, else the
-    ___domain's for the paper's targets, else unbounded (a lab's own target without a stated range)."""
+    domain's for the paper's targets, else unbounded (a lab's own target without a stated range)."""
     spec = contract.target
     known = TARGETS.get(spec.task)
     if known is not None and known.column != spec.column:
@@ -239,7 +239,6 @@ class ModelStore:
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        self.last_poll: str | None = None
         self.last_poll_error: str | None = None
         self._revisions_failing = False  # the last poll could not read the catalogue (an outage is logged once)
         for name in self.required:
@@ -444,7 +443,6 @@ class ModelStore:
                     if current is None:
                         self._problems[name] = message
                     log.warning("model poll: %s (retried next poll)", message)
-        self.last_poll = now_iso()
         self.last_poll_error = "; ".join(errors) or None
         self._publish()
         return swapped

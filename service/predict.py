@@ -1,4 +1,4 @@
-"""The prediction path behind both endpoints: rows -> array, ___domain check, ONNX, intervals, SHAP, metrics.
+"""The prediction path behind both endpoints: rows -> array, domain check, ONNX, intervals, SHAP, metrics.
 
 Kept apart from the BentoML class so the endpoints stay thin and this can be tested and benchmarked directly.
 The result is a plain dict in the documented response shape (`service.schemas.ElectrodeResponse` /
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cellmfg.___domain import Kind, Target, targets_for
+from cellmfg.domain import Kind, Target, targets_for
 from service import metrics
 from service.config import Settings
 from service.explain import Explainers
@@ -49,7 +49,7 @@ class _Counters:
     out_of_domain: dict[str, Any]
 
 
-_NO_PROBLEMS: list[dict[str, Any]] = []  # shared by every in-___domain row; serialised, never mutated
+_NO_PROBLEMS: list[dict[str, Any]] = []  # shared by every in-domain row; serialised, never mutated
 
 
 class Predictor:

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
-from cellmfg.___domain import DATASETS, ELECTRODE_FEATURES, GDL_FEATURES, feature_columns
 from cellmfg.contract import FeatureSpec
+from cellmfg.domain import DATASETS, ELECTRODE_FEATURES, GDL_FEATURES, feature_columns
 
 # Any dataset the catalogue serves: the paper's are the examples, a lab's own (e.g. lfp) are accepted once their
 # models are promoted; the prediction path answers an unknown one with 400 naming the served datasets.
@@ -322,6 +322,7 @@ class FeatureRange(BaseModel):
     unit: str
     train_min: float
     train_max: float
+    train_median: float | None = Field(None, description="median of the training rows (a typical recipe)")
     physical_min: float
     physical_max: float
 
@@ -342,7 +343,7 @@ class ModelInfo(BaseModel):
     lineage: dict[str, Any]
     features: list[FeatureRange]
     endpoints: list[str] = Field(description="where it answers: POST /predict/{name} always, and the kind's endpoint "
-                                             "with its dataset when its features and target are the ___domain's own")
+                                             "with its dataset when its features and target are the domain's own")
 
 
 class ModelsResponse(BaseModel):
@@ -368,12 +369,15 @@ class ModelRequest(BaseModel):
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
 
 
-class ErrorDetail(BaseModel):
+# The error body, named as it appears in the OpenAPI document (service.openapi generates the schema from these).
+class CellMfgErrorDetail(BaseModel):
     type: str
     loc: list[str | int]
-    msg: str
+    msg: str = Field(description="names the row, the field, the value sent and what is allowed")
 
 
-class ErrorResponse(BaseModel):
-    error: str
-    detail: list[ErrorDetail] = []
+class CellMfgError(BaseModel):
+    """Every error the service answers: a message, and for invalid requests one entry per problem"""
+
+    error: str = Field(title="Message")
+    detail: list[CellMfgErrorDetail] = Field(default=[], title="Problems")

@@ -19,23 +19,18 @@ Environment variables (read when a worker starts, i.e. at each ASGI lifespan sta
 The token is compared in constant time (`hmac.compare_digest` over SHA-256 digests, so not even its length leaks),
 never logged and never echoed: a 401 says only whether a token was missing or wrong.
 
-`OpenAPIErrorDocs` completes the OpenAPI document BentoML generates at /docs.json with the error responses the
-service really sends: BentoML documents a 400 whose `detail` is a string, while the service answers with a list of
-problems, and it does not know the 401, 413, 415 and 503 answers of the middleware and the predictor at all.
-Clients and schema-driven fuzzers (schemathesis) then see a schema that every response matches.
+The OpenAPI document tells clients about the token and the 401s (service.openapi).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -289,160 +284,3 @@ class SecurityMiddleware:
         await send_error(send, 413, f"request body of {told} is larger than this server accepts ({limit} bytes, "
                                     f"CELLMFG_MAX_BODY_BYTES): split the batch into smaller requests",
                          [(b"connection", b"close")])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# OpenAPI: document the errors the service really sends
-
-ERROR_SCHEMA_NAME = "CellMfgError"
-ERROR_DETAIL_SCHEMA_NAME = "CellMfgErrorDetail"
-_ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}
-_ERROR_SCHEMAS: dict[str, Any] = {
-    ERROR_SCHEMA_NAME: {
-        "type": "object", "title": ERROR_SCHEMA_NAME, "required": ["error"],
-        "description": "Every error the service answers: a message, and for invalid requests one entry per problem",
-        "properties": {
-            "error": {"type": "string", "title": "Message"},
-            "detail": {"type": "array", "title": "Problems", "items": {"$ref":
-                       f"#/components/schemas/{ERROR_DETAIL_SCHEMA_NAME}"}},
-        },
-    },
-    ERROR_DETAIL_SCHEMA_NAME: {
-        "type": "object", "title": ERROR_DETAIL_SCHEMA_NAME, "required": ["type", "loc", "msg"],
-        "properties": {
-            "type": {"type": "string"},
-            "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
-            "msg": {"type": "string", "description": "names the row, the field, the value sent and what is allowed"},
-        },
-    },
-}
-_BODY_ERRORS = {
-    "400": "Invalid request: one entry per problem, naming row, field, value and what is allowed",
-    "413": "Too many rows, or a body larger than CELLMFG_MAX_BODY_BYTES",
-    "415": "A body that is not application/json",
-    "503": "A model this request needs is not loaded",
-}
-_AUTH_ERROR = "Missing or invalid bearer token (only when the server sets CELLMFG_API_TOKEN)"
-_INFEASIBLE_DESIGN = ("No recipe meets every target within its tolerance: the error names each target's reachable "
-                      "range; `reachable` and `closest` (the recipe found closest) come with it")  # design
-
-
-def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[str, Any]:
-    """`spec` (BentoML's OpenAPI document, changed in place and returned) with the service's real error answers."""
-    components = spec.setdefault("components", {})
-    components.setdefault("schemas", {}).update(_ERROR_SCHEMAS)
-    if settings.auth_enabled:
-        components.setdefault("securitySchemes", {})["bearerAuth"] = {
-            "type": "http", "scheme": "bearer", "description": "the server's CELLMFG_API_TOKEN"}
-    _document_catalogue(spec)
-    for path, item in spec.get("paths", {}).items():
-        for method, operation in item.items():
-            if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
-                continue
-            responses = operation.setdefault("responses", {})
-            if "requestBody" in operation:
-                # BentoML leaves `required` out, yet an empty body is refused (400): the body is required.
-                operation["requestBody"]["required"] = True
-                for status, description in _BODY_ERRORS.items():
-                    responses[status] = {"description": description,
-                                         "content": {"application/json": {"schema": _ERROR_REF}}}
-                # --- design: no recipe meets the targets (service.design) ---
-                if path.startswith("/design/"):
-                    responses["422"] = {"description": _INFEASIBLE_DESIGN,
-                                        "content": {"application/json": {"schema": _ERROR_REF}}}
-                # --- end design ---
-            if settings.auth_enabled:
-                if path in settings.open_paths:
-                    operation["security"] = []
-                else:
-                    operation["security"] = [{"bearerAuth": []}]
-                    responses["401"] = {"description": _AUTH_ERROR,
-                                        "content": {"application/json": {"schema": _ERROR_REF}}}
-    return spec
-
-
-def _document_catalogue(spec: dict[str, Any]) -> None:
-    """What the service serves now (the catalogue changes while it runs): the datasets `chemistry` and `dataset`
-    accept, and one operation per served model with the rows its contract names. CSV bodies are described in the
-    operations' text, not as a schema: no JSON Schema says which strings are a valid CSV, and a schema that
-    accepted any string would promise what the service refuses."""
-    from service.schemas import catalogue_is_live, served_datasets, served_models
-
-    schemas = spec.get("components", {}).get("schemas", {})
-    for schema_name, path, param, kind in (("ElectrodeRequest", "/predict/electrode", "chemistry", "electrode"),
-                                           ("GdlRequest", "/predict/gdl", "dataset", "gdl")):
-        served = list(served_datasets(kind))
-        body = spec.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {})
-        inline = body.get("content", {}).get("application/json", {}).get("schema", {})
-        for holder in (schemas.get(schema_name, {}), inline):  # BentoML writes the schema in both places
-            prop = holder.get("properties", {}).get(param)
-            if prop is None:
-                continue
-            prop["examples"] = served
-            if catalogue_is_live() and served:
-                for constraint in ("pattern", "minLength", "maxLength"):  # the enum says it all
-                    prop.pop(constraint, None)
-                prop["enum"] = served
-            prop["description"] = (f"{kind} dataset whose models answer; served now: {', '.join(served) or 'none'} "
-                                   "(GET /models, `datasets`)")
-    paths = spec.get("paths", {})
-    template = paths.get("/predict/{model_name}")
-    models = served_models()
-    if template is None or not models:
-        return
-    # One documented operation per served model, each with its own features, instead of the template.
-    del paths["/predict/{model_name}"]
-    for name, features in sorted(models.items()):
-        operation = json.loads(json.dumps(template))
-        post = operation["post"]
-        post["parameters"] = [p for p in post.get("parameters", []) if p.get("in") != "path"]
-        post["summary"] = f"Model {name}: rows with {', '.join(f.name for f in features)}"
-        post["operationId"] = f"predict_{name}"
-        row = {"type": "object", "additionalProperties": False, "required": [f.name for f in features],
-               "properties": {f.name: {"type": "number", "minimum": f.physical_min, "maximum": f.physical_max,
-                                       "description": f"[{f.unit}]"} for f in features}}
-        body = post["requestBody"]["content"]["application/json"]
-        body["schema"] = {"type": "object", "additionalProperties": False, "required": ["rows"], "properties": {
-            "rows": {"type": "array", "minItems": 1, "items": row},
-            "explain": {"type": "boolean", "default": False}, "interval": {"type": "boolean", "default": False}}}
-        body.pop("example", None)
-        post["requestBody"]["content"] = {"application/json": body}
-        paths[f"/predict/{name}"] = operation
-
-
-class OpenAPIErrorDocs:
-    """Rewrites the OpenAPI document at `path` (BentoML's /docs.json) with `document_errors`."""
-
-    def __init__(self, app: ASGIApp, path: str = "/docs.json", settings: SecuritySettings | None = None) -> None:
-        self.app = app
-        self.path = path
-        self._settings = settings
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != self.path or scope.get("method") != "GET":
-            await self.app(scope, receive, send)
-            return
-        start: Message | None = None
-        parts: list[bytes] = []
-
-        async def capture(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-            elif message["type"] == "http.response.body":
-                parts.append(message.get("body", b""))
-
-        await self.app(scope, receive, capture)
-        if start is None:
-            return
-        body = b"".join(parts)
-        if start.get("status") == 200:
-            try:
-                settings = self._settings or SecuritySettings.from_env()
-                body = json.dumps(document_errors(json.loads(body), settings)).encode()
-            except (ValueError, ConfigError, AttributeError, TypeError):
-                log.exception("could not complete the OpenAPI document; serving BentoML's as it is")
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,4 @@
-"""The cellmfg prediction service (BentoML 1.4): electrode and GDL predictions with ___domain checks, conformal
+"""The cellmfg prediction service (BentoML 1.4): electrode and GDL predictions with domain checks, conformal
 intervals and exact SHAP explanations, from ONNX models that hot-reload when their registry alias moves.
 
 Run it with `cellmfg serve` or `bentoml serve service.service:CellMfgService` from the project root; configuration
@@ -29,8 +29,8 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.responses import Response
 
-from cellmfg.___domain import Kind, feature_columns
 from cellmfg.contract import contract_summary
+from cellmfg.domain import Kind, feature_columns
 from service.config import Settings
 from service.csvio import (
     CSV_MEDIA_TYPE,
@@ -57,6 +57,7 @@ from service.explain import Explainers
 from service.guards import CSV_ROUTES, RequestGuard
 from service.logs import quiet_client_errors, show_service_logs
 from service.model_store import ModelStore, ServedModel
+from service.openapi import OpenAPIErrorDocs
 from service.patches import patch_bentoml_timeout
 from service.predict import Predictor, RequestRejectedError
 from service.schemas import (
@@ -69,7 +70,7 @@ from service.schemas import (
     use_dataset_provider,
     use_model_provider,
 )
-from service.security import OpenAPIErrorDocs, SecurityMiddleware
+from service.security import SecurityMiddleware
 from service.sources import open_source
 from service.ui import mount_ui  # page
 
@@ -136,6 +137,10 @@ class CellMfgService:
     @bentoml.on_shutdown
     def stop_polling(self) -> None:
         self.store.stop()
+        # A stopped service names no served models or datasets any more (documents and messages built later in
+        # this process, e.g. by the next service instance of a test run, must not see its catalogue).
+        use_dataset_provider(None)
+        use_model_provider(None)
 
     async def _answer(self, kind: Kind, dataset: str, rows: list[dict[str, float]], explain: bool,
                       interval: bool, ctx: bentoml.Context | None = None) -> Response:
@@ -194,9 +199,9 @@ class CellMfgService:
         """Electrode recipes that give the wanted density and/or mass loading, with the parameters you fix.
 
         `chemistry` is any served electrode dataset, as at /predict/electrode. The free parameters are searched
-        inside the models' training range (or the narrower `bounds`), so every recipe is in ___domain; roll speed
+        inside the models' training range (or the narrower `bounds`), so every recipe is in domain; roll speed
         takes only the settings the data holds. Up to `k` diverse recipes meeting every target within its
-        tolerance, closest first, each with the row /predict answers for it (prediction, 90 % interval, ___domain
+        tolerance, closest first, each with the row /predict answers for it (prediction, 90 % interval, domain
         check, SHAP), and the reachable range of every target. Bad input is answered 400 naming the field; a target
         nothing reaches 422 with the reachable range and the closest recipe found.
         """
@@ -320,7 +325,8 @@ def _endpoints(model: ServedModel) -> list[str]:
 
 _service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class
 # Checks that run before BentoML reads a body, outermost first (the first one added wraps the others): bearer-token
-# auth and the body-size limit (service.security), the completed OpenAPI document, then the JSON-only guard.
+# auth and the body-size limit (service.security), the completed OpenAPI document (service.openapi), then the
+# JSON-only guard.
 _service.add_asgi_middleware(SecurityMiddleware)
 _service.add_asgi_middleware(OpenAPIErrorDocs)
 _service.add_asgi_middleware(RequestGuard)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cellmfg.___domain import feature_columns
+from cellmfg.domain import feature_columns
 
 LFP_SEED = 2024
 SOLID_DENSITY_G_CM3 = 3.3

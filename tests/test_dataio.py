@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cellmfg.___domain import DATASETS, feature_columns
 from cellmfg.dataio import DataValidationError, load_csv
+from cellmfg.domain import DATASETS, feature_columns
 
 GOOD_ROW = {"am_wt_pct": 93.0, "solid_content_pct": 30.0, "coating_speed_m_min": 0.3, "comma_gap_um": 200.0,
             "roll_speed_m_min": 0.27, "roll_gap_um": 60.0, "density_g_cm3": 1.4, "mass_loading_mg_cm2": 8.0}

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cellmfg.___domain import DATASETS
 from cellmfg.dataio import DATA_DIR, load_shipped
+from cellmfg.domain import DATASETS
 from cellmfg_cli import build
 from datagen import generate as datagen
 

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
-from service_fakes import fake_models, in_process_app, onnx_predict, write_fake_bundle
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from cellmfg.___domain import DATASETS, feature_columns
+from cellmfg.domain import DATASETS, feature_columns
 from service import metrics
 from service.design import MIN_SEPARATION
 from service.design_schemas import (
@@ -28,12 +27,13 @@ from service.design_schemas import (
     GdlDesignResponse,
     InfeasibleDesign,
 )
+from testkit.fakes import fake_models, onnx_predict, service_client, write_fake_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 
 NMC = DATASETS["nmc"]
 ELECTRODE_COLUMNS = feature_columns("electrode")
-# The fake NMC nets (tests/service_fakes.py) reach about 12.4-16.1 mg/cm² and 1.8-2.4 g/cm³ over the NMC box;
+# The fake NMC nets (testkit/fakes.py) reach about 12.4-16.1 mg/cm² and 1.8-2.4 g/cm³ over the NMC box;
 # with this slurry, both targets at once are met by many recipes.
 SLURRY = {"am_wt_pct": 94.0, "solid_content_pct": 60.0}
 TWO_TARGETS = {"mass_loading_mg_cm2": {"value": 14.0, "tolerance_pct": 3.0},
@@ -47,12 +47,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(bundle: Path) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
-        monkeypatch.setenv("CELLMFG_POLL_SECONDS", "0")
-        with TestClient(in_process_app()) as client:
-            yield client
+    with service_client(bundle) as client:
+        yield client
 
 
 def _design(client: TestClient, body: dict[str, Any], kind: str = "electrode") -> Any:
@@ -72,7 +68,7 @@ def _predict(client: TestClient, kind: str, dataset: str, rows: list[dict[str, f
 def _check_recipes_through_predict(client: TestClient, kind: str, dataset: str, body: dict[str, Any],
                                    answer: dict[str, Any], in_domain: bool = True) -> None:
     """The must-show checks: each recipe, sent to /predict, meets every target within its tolerance, keeps every
-    fixed parameter exactly, and (default bounds) is in ___domain; and the design's row is /predict's row."""
+    fixed parameter exactly, and (default bounds) is in domain; and the design's row is /predict's row."""
     recipes = answer["recipes"]
     assert recipes, answer
     assert len(recipes) <= body.get("k", 5)
@@ -189,7 +185,7 @@ def test_the_reachable_range_bounds_an_independent_sample_of_the_box(client: Tes
 
 def test_models_without_a_common_training_range_are_searched_over_both(tmp_path: Path) -> None:
     """A zero-shot net trained elsewhere (here: Si-graphite ranges) serving NMC mass loading beside the NMC density
-    transfer: no recipe is in ___domain for both, the answer says so and the search spans both ranges."""
+    transfer: no recipe is in domain for both, the answer says so and the search spans both ranges."""
     from cellmfg.contract import write_bundle
     from service.cli import offline_predictor, server_environment
     from service.config import Settings

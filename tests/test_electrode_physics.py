@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellmfg.___domain import DATASETS
+from cellmfg.domain import DATASETS
 from datagen.calibration import random_forest_scores
 from datagen.electrode_process import (
     CHEMISTRIES,

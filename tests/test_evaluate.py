@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellmfg.___domain import MASS_LOADING, TORTUOSITY
 from cellmfg.dataio import row_groups
+from cellmfg.domain import MASS_LOADING, TORTUOSITY
 from training import evaluate
 
 

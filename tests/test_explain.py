@@ -20,24 +20,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_fakes import (
-    PROJECT_ROOT,
-    ServerProcess,
-    clean_env,
-    example_rows,
-    fake_model,
-    in_range_rows,
-    wait_for,
-    write_fake_bundle,
-)
 
-from cellmfg.___domain import TASKS, feature_columns
+from cellmfg.domain import TASKS, feature_columns
 from service import metrics
 from service.config import SERVED_MODEL_NAMES
 from service.explain import Explainers
 from service.model_store import ModelStore, ServedModel, build_served
 from service.shapley import coalition_masks, make_plan, shapley_values, shapley_weights
 from service.sources import BundleSource
+from testkit.fakes import example_rows, fake_model, in_range_rows, write_fake_bundle
+from testkit.processes import PROJECT_ROOT, ServerProcess, cellmfg_server, clean_env, wait_for
 
 TASK_BY_NAME = {f"{t.model_name}_onnx": t for t in TASKS}
 # One served model per kind: an electrode net (6 features) and a GDL net (5 features).
@@ -278,7 +270,7 @@ def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def real_server(real_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("bentoml-home")
     env = clean_env(BENTOML_HOME=str(home), CELLMFG_POLL_SECONDS="0")
-    with ServerProcess(env, home / "server.log", bundle=real_bundle) as server:
+    with cellmfg_server(env, home / "server.log", bundle=real_bundle) as server:
         # Not /readyz: a quick-preset transfer may miss its promotion gate; the NMC electrode models are needed.
         wait_for(lambda: {"density_nmc_onnx", "mass_loading_nmc_onnx"} <= {
             m["name"] for m in httpx.get(f"{server.url}/models", timeout=5).json()["models"]}, timeout=180,

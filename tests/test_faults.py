@@ -17,8 +17,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,37 +26,36 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_fakes import (
-    EXPERIMENT,
-    ServerProcess,
-    clean_env,
-    example_rows,
-    fake_model,
-    fake_models,
-    free_port,
-    in_range_rows,
-    metric,
-    move_alias,
-    onnx_predict,
-    register_fakes,
-    register_model,
-    stop_process_tree,
-    tampered,
-    wait_for,
-    write_fake_bundle,
-)
 
-from cellmfg.___domain import TASKS
-from cellmfg.contract import CONTRACT_ARTIFACT, LoadedModel, sha256_bytes, write_bundle
+from cellmfg.contract import LoadedModel, sha256_bytes, write_bundle
+from cellmfg.domain import TASKS
 from service import metrics
 from service.model_store import ModelStore
 from service.schemas import EXAMPLE_INPUT
+from testkit.fakes import (
+    example_rows,
+    fake_model,
+    fake_models,
+    in_range_rows,
+    onnx_predict,
+    tampered,
+    write_fake_bundle,
+)
+from testkit.processes import (
+    ServerProcess,
+    cellmfg_server,
+    clean_env,
+    free_port,
+    metric,
+    mlflow_server,
+    wait_for,
+)
+from testkit.registry import move_alias, register_fakes, register_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
 NAME = "density_nmc_onnx"
 TASK = next(t for t in TASKS if f"{t.model_name}_onnx" == NAME)
-VENV_BIN = Path(sys.executable).parent
 
 
 def corrupt(model: LoadedModel, version: str) -> LoadedModel:
@@ -69,7 +66,7 @@ def corrupt(model: LoadedModel, version: str) -> LoadedModel:
 
 
 def mismatched(model: LoadedModel, version: str) -> LoadedModel:
-    """A valid ONNX graph for another ___domain (5 GDL features) under this model's 6-feature contract, checksum
+    """A valid ONNX graph for another domain (5 GDL features) under this model's 6-feature contract, checksum
     matching: what a mix-up in an export pipeline looks like."""
     gdl = fake_model(next(t for t in TASKS if t.dataset == "gdl1000"))
     contract = model.contract.model_copy(update={"onnx_sha256": sha256_bytes(gdl.onnx_bytes)})
@@ -190,43 +187,6 @@ def _reference(model: LoadedModel) -> list[float]:
     return onnx_predict(model, x).tolist()
 
 
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1:`port` with a SQLite store and an artifact folder in `folder`; stopped by PID."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = folder / "mlflow-server.log"
-
-    def start(self) -> MlflowServer:
-        command = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-                   "--default-artifact-root", (self.folder / "artifacts").as_uri(), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--workers", "1"]
-        env = clean_env(MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder,
-                                            start_new_session=True)
-        return self
-
-    def wait_healthy(self, timeout: float = 180) -> None:
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {self.process.returncode}:\n{self.tail()}")
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-
-        wait_for(healthy, timeout, "mlflow server /health", on_timeout=self.tail)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_tree(self.process)  # and its uvicorn worker
-        self.process = None
-
-
 class Link:
     """A TCP forwarder 127.0.0.1:`port` -> `upstream_port`: the network path to the registry, cut (connections
     refused, open ones reset) and restored at will, while the registry itself keeps running."""
@@ -290,26 +250,6 @@ class Link:
                 end.shutdown(socket.SHUT_RDWR)
 
 
-def register_raw(tracking_uri: str, model: LoadedModel, artifact_root: Path) -> str:
-    """Register `model` as a new version without touching its bytes (register_model parses the ONNX, which a
-    corrupt file would not survive); the layout `fetch_registered` reads: model/*.onnx + run artifact contract.json."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        EXPERIMENT, artifact_location=artifact_root.resolve().as_uri())
-    run_id = client.create_run(experiment_id).info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / CONTRACT_ARTIFACT).write_text(model.contract.to_json())
-        client.log_artifact(run_id, str(Path(tmp) / CONTRACT_ARTIFACT))
-        (Path(tmp) / "model").mkdir()
-        (Path(tmp) / "model" / "model.onnx").write_bytes(model.onnx_bytes)
-        client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path="model")
-    client.set_terminated(run_id)
-    return str(client.create_model_version(model.name, source=f"runs:/{run_id}/model", run_id=run_id).version)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Start-up without the registry
 
@@ -317,7 +257,7 @@ def register_raw(tracking_uri: str, model: LoadedModel, artifact_root: Path) -> 
 @pytest.mark.integration
 def test_start_up_without_registry_or_bundle_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    server = ServerProcess(clean_env(MLFLOW_TRACKING_URI=dead, BENTOML_HOME=str(tmp_path / "home")),
+    server = cellmfg_server(clean_env(MLFLOW_TRACKING_URI=dead, BENTOML_HOME=str(tmp_path / "home")),
                            tmp_path / "server.log")
     started = time.monotonic()
     with server:
@@ -337,7 +277,7 @@ def test_a_bad_token_setting_fails_start_up_fast_and_is_not_echoed(tmp_path: Pat
     otherwise fail their start-up one after another."""
     bundle = write_fake_bundle(tmp_path / "bundle")
     secret = "short-secret"
-    server = ServerProcess(clean_env(CELLMFG_API_TOKEN=secret, BENTOML_HOME=str(tmp_path / "home")),
+    server = cellmfg_server(clean_env(CELLMFG_API_TOKEN=secret, BENTOML_HOME=str(tmp_path / "home")),
                            tmp_path / "server.log", bundle=bundle)
     with server:
         assert server.process is not None
@@ -351,22 +291,24 @@ def test_a_bad_token_setting_fails_start_up_fast_and_is_not_echoed(tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """The registry of the last test, started when the fallback server is: it boots (15-30 s here) while the
-    start-up and SIGTERM tests run, and is waited for only where it is used."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), free_port()).start()
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The registry of the last test (SQLite store, local artefact folder), started when the fallback server is:
+    it boots (15-30 s here) while the start-up and SIGTERM tests run, and is waited for only where it is used."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    server = mlflow_server(folder, f"sqlite:///{folder / 'mlflow.db'}",
+                           ["--default-artifact-root", (folder / "artifacts").as_uri()]).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def fallback(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -> Iterator[dict[str, Any]]:
+def fallback(tmp_path_factory: pytest.TempPathFactory, registry_server: ServerProcess) -> Iterator[dict[str, Any]]:
     """A server told to use an unreachable registry, with a bundle configured as the fallback."""
     folder = tmp_path_factory.mktemp("fallback")
     bundle = write_fake_bundle(folder / "bundle")
     dead = f"http://127.0.0.1:{free_port()}"
     env = clean_env(MLFLOW_TRACKING_URI=dead, CELLMFG_POLL_SECONDS="1", BENTOML_HOME=str(folder / "home"))
-    server = ServerProcess(env, folder / "server.log", bundle=bundle)
+    server = cellmfg_server(env, folder / "server.log", bundle=bundle)
     with server:
         ready = server.wait_ready(timeout=180)
         yield {"server": server, "dead": dead, "bundle": bundle, "ready": ready}
@@ -444,20 +386,21 @@ def test_sigterm_during_load_completes_in_flight_requests_then_exits_0(fallback:
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_registry_outage_and_bad_versions_behind_a_moved_alias(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+def test_registry_outage_and_bad_versions_behind_a_moved_alias(registry_server: ServerProcess,
+                                                               tmp_path: Path) -> None:
     """The service reaches the registry through a link this test cuts and restores (the registry keeps running,
     the test registers through its own direct path). Needs patch P2 for the poll-failure metric."""
     artifacts = tmp_path / "registered"
-    mlflow_server.wait_healthy()
-    direct = mlflow_server.url
-    link = Link(mlflow_server.port).up()
+    registry_server.wait_ready(timeout=180, interval=0.25)
+    direct = registry_server.url
+    link = Link(registry_server.port).up()
     uri = f"http://127.0.0.1:{link.port}"
     server: ServerProcess | None = None
     timings: dict[str, float] = {}
     try:
         register_fakes(direct, artifact_root=artifacts)
         env = clean_env(MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS="1", BENTOML_HOME=str(tmp_path / "home"))
-        server = ServerProcess(env, tmp_path / "server.log").start()
+        server = cellmfg_server(env, tmp_path / "server.log").start()
         timings["ready"] = server.wait_ready(timeout=180)
         url = server.url
         assert httpx.get(f"{url}/models", timeout=30).json()["source"].startswith("MLflow registry")
@@ -492,7 +435,7 @@ def test_registry_outage_and_bad_versions_behind_a_moved_alias(mlflow_server: Ml
         for make, reason in ((corrupt, "onnxruntime cannot load the ONNX graph"), (mismatched, "input shape"),
                              (lambda m, v: tampered(m), "sha256")):
             failures = metric(url, "cellmfg_model_reload_failures_total", model=NAME)
-            bad = register_raw(direct, make(good, "x"), artifacts)
+            bad = register_model(direct, make(good, "x"), alias=None, artifact_root=artifacts, raw=True)
             moved = time.monotonic()
             move_alias(direct, NAME, "champion", bad)
             wait_for(lambda: metric(url, "cellmfg_model_reload_failures_total", model=NAME) >= failures + 1,  # noqa: B023

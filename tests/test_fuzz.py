@@ -1,6 +1,6 @@
 """Schemathesis against the service's own OpenAPI schema, every operation.
 
-Fast tier: the OpenAPI document the service serves (completed by `service.security.OpenAPIErrorDocs`) loads in
+Fast tier: the OpenAPI document the service serves (completed by `service.openapi.OpenAPIErrorDocs`) loads in
 schemathesis and documents, for every operation, the errors the service really answers. Integration tier:
 `scripts/fuzz.py` with a small number of examples against a real `bentoml serve` with a bearer token (every check,
 every phase); the long run is the script itself (see its docstring). Needs patches P1 (middleware wiring) and P3
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_fakes import in_process_app
 
 from service.config import SERVED_MODEL_NAMES
-from service.security import OpenAPIErrorDocs, SecuritySettings
+from service.openapi import OpenAPIErrorDocs
+from service.security import SecuritySettings
+from testkit.fakes import in_process_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 

@@ -2,7 +2,7 @@
 
 Structures here use a small periodic 100 x 100 x 120 µm box at a 2 µm voxel so the file runs in well under a minute;
 the properties tested (fractions on the final structure, monotonic trends, binder placement, periodicity,
-determinism) do not depend on ___domain size. Full datasets are generated only under the `slow` marker.
+determinism) do not depend on domain size. Full datasets are generated only under the `slow` marker.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cellmfg.___domain import DATASETS, feature_columns
+from cellmfg.domain import DATASETS, feature_columns
 from datagen import gdl_microstructure as gdl
 from datagen.gdl_microstructure import (
     BINDER,

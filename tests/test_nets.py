@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellmfg.___domain import feature_scaling
+from cellmfg.domain import feature_scaling
 from training import nets
 
 pytestmark = [pytest.mark.trains, pytest.mark.filterwarnings("ignore::UserWarning")]

@@ -25,10 +25,11 @@ import httpx
 import numpy as np
 import pytest
 from lab_data import lfp_frame, lfp_recipes
-from service_fakes import PROJECT_ROOT, ServerProcess, clean_env, example_rows, wait_for
 
-from cellmfg.___domain import DATASETS, TASKS, feature_columns
 from cellmfg.contract import LoadedModel, load_bundle
+from cellmfg.domain import DATASETS, TASKS, feature_columns
+from testkit.fakes import example_rows
+from testkit.processes import PROJECT_ROOT, ServerProcess, cellmfg_server, clean_env, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -97,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     assert not report["failed"], report["failed"]
     _ok(_run([CLI, "registry", "export-bundle", "--out", str(folder / "before")], env, work), "export-bundle")
     home = folder / "bentoml"
-    server = ServerProcess({**env, "CELLMFG_POLL_SECONDS": str(POLL_SECONDS), "BENTOML_HOME": str(home)},
+    server = cellmfg_server({**env, "CELLMFG_POLL_SECONDS": str(POLL_SECONDS), "BENTOML_HOME": str(home)},
                            folder / "server.log")
     with server:
         server.wait_ready(timeout=240)

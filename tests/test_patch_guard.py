@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from cellmfg.patch_guard import PatchedCodeChangedError, expect_source, source_sha256
@@ -28,11 +31,15 @@ def test_a_function_without_source_fails_loudly() -> None:
 
 
 def test_the_pinned_bentoml_is_the_code_the_service_patches_were_written_for() -> None:
-    from bentoml._internal.server import http_app
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
-
-    from service import logs, patches
-
-    assert source_sha256(TimeoutMiddleware.__call__) == patches.TIMEOUT_CALL_SHA256
-    assert source_sha256(TimeoutMiddleware._set_timer_out) == patches.SET_TIMER_OUT_SHA256
-    assert source_sha256(http_app.log_exception) == logs.LOG_EXCEPTION_SHA256
+    # A fresh interpreter: other tests in this process may already have installed the patches.
+    check = (
+        "from bentoml._internal.server import http_app\n"
+        "from bentoml._internal.server.http.traffic import TimeoutMiddleware\n"
+        "from cellmfg.patch_guard import source_sha256\n"
+        "from service import logs, patches\n"
+        "assert source_sha256(TimeoutMiddleware.__call__) == patches.TIMEOUT_CALL_SHA256\n"
+        "assert source_sha256(TimeoutMiddleware._set_timer_out) == patches.SET_TIMER_OUT_SHA256\n"
+        "assert source_sha256(http_app.log_exception) == logs.LOG_EXCEPTION_SHA256\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
-from service_fakes import clean_env, write_fake_bundle
 
 from service.patches import patch_bentoml_timeout
+from testkit.fakes import write_fake_bundle
+from testkit.processes import clean_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from cellmfg import contract as contracts
-from cellmfg.___domain import DENSITY
 from cellmfg.dataio import load_shipped
+from cellmfg.domain import DENSITY
 from registry import promote
 from training import jobs, tracking
 from training.config import load_config

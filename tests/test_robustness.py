@@ -2,9 +2,10 @@
 and the serving lock hold, and a short soak.
 
 Fast tier (in-process): `service.security.SecurityMiddleware` alone on a tiny ASGI app, then around the service's
-own ASGI app with its lifespan (fake ONNX models), where the whole bad-input catalogue is sent and the service must
-keep answering exactly as onnxruntime does. Integration tier: the same against a real `bentoml serve` with a token
-configured (needs the middleware wired into service/service.py), and `scripts/soak.py` for a few seconds.
+own ASGI app with its lifespan (fake ONNX models), where the whole bad-input catalogue (testkit.bad_inputs, which
+scripts/soak.py mixes into its load too) is sent and the service must keep answering exactly as onnxruntime does.
+Integration tier: the same against a real `bentoml serve` with a token configured (needs the middleware wired into
+service/service.py), and `scripts/soak.py` for a few seconds.
 """
 
 from __future__ import annotations
@@ -24,35 +25,30 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_fakes import (
-    ServerProcess,
-    clean_env,
+from starlette.testclient import TestClient
+
+from service import security
+from service.config import ConfigError
+from service.openapi import OpenAPIErrorDocs, document_errors
+from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
+from service.security import DEFAULT_MAX_BODY_BYTES, SecurityMiddleware, SecuritySettings
+from testkit.bad_inputs import MIB, BadInput, bad_inputs, electrode_row, refusal_problem
+from testkit.fakes import (
     example_rows,
     fake_models,
     in_process_app,
     in_range_rows,
     onnx_predict,
+    service_client,
     write_fake_bundle,
 )
-from starlette.testclient import TestClient
-
-from service import security
-from service.config import ConfigError
-from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
-from service.security import (
-    DEFAULT_MAX_BODY_BYTES,
-    OpenAPIErrorDocs,
-    SecurityMiddleware,
-    SecuritySettings,
-    document_errors,
-)
+from testkit.processes import ServerProcess, cellmfg_server, clean_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-" + "x" * 24  # fixed for the in-process tests; the real server gets a random one
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-MIB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -251,101 +247,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The service with fake models behind the middleware with a token and its default body limit. (Once the
     middleware is wired into service/service.py it runs there too, with auth off: this outer one decides.)"""
     bundle = write_fake_bundle(tmp_path_factory.mktemp("bundle"))
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        for key in ("MLFLOW_TRACKING_URI", "CELLMFG_API_TOKEN", "CELLMFG_API_TOKEN_FILE", "CELLMFG_OPEN_PATHS",
-                    "CELLMFG_MAX_BODY_BYTES"):
-            monkeypatch.delenv(key, raising=False)
-        monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
-        monkeypatch.setenv("CELLMFG_POLL_SECONDS", "0")
-        app = SecurityMiddleware(in_process_app(), SecuritySettings(token=TOKEN.encode()))
-        with TestClient(app, headers=AUTH) as client:
-            yield client
-
-
-def _row(**changes: Any) -> dict[str, Any]:
-    return {**EXAMPLE_INPUT["rows"][0], **changes}
-
-
-_ROW_TEXT = json.dumps(_row())[:-1]  # the row object without its closing brace, to append raw JSON tokens
-
-
-def _raw_row(extra: str) -> str:
-    return '{"chemistry": "nmc", "rows": [' + _ROW_TEXT + ", " + extra + "}]}"
-
-
-# (case, body: dict -> JSON | str/bytes -> raw, content type, expected status, fragments of the message)
-CATALOGUE: list[tuple[str, Any, str, int, list[str]]] = [
-    # wrong types
-    ("number as string", {"chemistry": "nmc", "rows": [_row(am_wt_pct="94")]}, "application/json", 400,
-     ["row 0", "am_wt_pct", "'94'", "[0, 100] wt%"]),
-    ("boolean as number", {"chemistry": "nmc", "rows": [_row(roll_gap_um=True)]}, "application/json", 400,
-     ["roll_gap_um", "True"]),
-    ("null", {"chemistry": "nmc", "rows": [_row(comma_gap_um=None)]}, "application/json", 400, ["comma_gap_um"]),
-    ("list as number", {"chemistry": "nmc", "rows": [_row(comma_gap_um=[1])]}, "application/json", 400,
-     ["comma_gap_um", "[1]"]),
-    ("row not an object", {"chemistry": "nmc", "rows": [[1, 2, 3]]}, "application/json", 400, ["row 0"]),
-    ("rows an object", {"chemistry": "nmc", "rows": {"0": _row()}}, "application/json", 400, ["rows", "list"]),
-    ("chemistry a number", {"chemistry": 3, "rows": [_row()]}, "application/json", 400,
-     ["chemistry = 3", "graphite, si_gra, nmc"]),
-    ("explain not a boolean", {"chemistry": "nmc", "rows": [_row()], "explain": "maybe"}, "application/json", 400,
-     ["explain", "'maybe'"]),
-    # NaN and infinities, as JSON numbers and as strings
-    ("NaN number", _raw_row('"am_wt_pct": NaN'), "application/json", 400, ["row 0", "am_wt_pct", "finite"]),
-    ("Infinity number", _raw_row('"roll_gap_um": Infinity'), "application/json", 400, ["roll_gap_um", "finite"]),
-    ("-Infinity number", _raw_row('"comma_gap_um": -Infinity'), "application/json", 400, ["comma_gap_um"]),
-    ("overflowing number", _raw_row('"comma_gap_um": 1e400'), "application/json", 400, ["comma_gap_um", "inf"]),
-    ("NaN string", {"chemistry": "nmc", "rows": [_row(am_wt_pct="NaN")]}, "application/json", 400,
-     ["am_wt_pct", "'NaN'"]),
-    ("inf string", {"chemistry": "nmc", "rows": [_row(roll_gap_um="inf")]}, "application/json", 400,
-     ["roll_gap_um", "'inf'"]),
-    ("Infinity string", {"chemistry": "nmc", "rows": [_row(roll_gap_um="-Infinity")]}, "application/json", 400,
-     ["roll_gap_um", "'-Infinity'"]),
-    # missing and extra fields
-    ("missing chemistry", {"rows": [_row()]}, "application/json", 400, ["chemistry is missing"]),
-    ("missing rows", {"chemistry": "nmc"}, "application/json", 400, ["rows"]),
-    ("missing feature", {"chemistry": "nmc", "rows": [{k: v for k, v in _row().items() if k != "roll_gap_um"}]},
-     "application/json", 400, ["'roll_gap_um' is missing"]),
-    ("extra feature", {"chemistry": "nmc", "rows": [_row(porosity=0.3)]}, "application/json", 400,
-     ["unknown feature 'porosity'", "allowed features"]),
-    ("extra field", {"chemistry": "nmc", "rows": [_row()], "model": "x"}, "application/json", 400,
-     ["unknown field 'model'"]),
-    ("empty rows", {"chemistry": "nmc", "rows": []}, "application/json", 400, ["at least one row"]),
-    # negative and huge values
-    ("negative gap", {"chemistry": "nmc", "rows": [_row(roll_gap_um=-5.0)]}, "application/json", 400,
-     ["roll_gap_um", "-5.0", "[0, 5000] µm"]),
-    ("negative fraction", {"chemistry": "nmc", "rows": [_row(am_wt_pct=-0.001)]}, "application/json", 400,
-     ["am_wt_pct", "-0.001"]),
-    ("huge value", {"chemistry": "nmc", "rows": [_row(comma_gap_um=1e308)]}, "application/json", 400,
-     ["comma_gap_um", "1e+308"]),
-    ("huge integer literal", _raw_row('"roll_speed_m_min": ' + "9" * 5000), "application/json", 400,
-     ["Invalid JSON"]),
-    # size
-    ("10,001 rows", {"chemistry": "nmc", "rows": [_row()] * 10_001}, "application/json", 413,
-     ["10001 rows", "the limit is 10000 rows per request"]),
-    ("50 MB body", b'{"chemistry": "nmc", "rows": [' + b" " * (50 * MIB) + b"]}", "application/json", 413,
-     ["larger than this server accepts", "CELLMFG_MAX_BODY_BYTES"]),
-    # deeply nested and non-JSON bodies
-    ("deeply nested lists", b'{"chemistry": "nmc", "rows": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-     "application/json", 400, ["Invalid JSON", "recursion limit"]),
-    ("deeply nested objects", b'{"chemistry": "nmc", "rows": [' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"]}",
-     "application/json", 400, ["Invalid JSON"]),
-    ("not JSON", b"chemistry=nmc&rows=1", "application/json", 400, ["Invalid JSON"]),
-    ("truncated JSON", json.dumps(EXAMPLE_INPUT)[:-3], "application/json", 400, ["Invalid JSON"]),
-    ("binary garbage", bytes(range(256)) * 4, "application/json", 400, ["Invalid JSON"]),
-    ("JSON array", b"[1, 2, 3]", "application/json", 400, ["expected a JSON object"]),
-    ("JSON string", b'"nmc"', "application/json", 400, ["expected a JSON object"]),
-    # unknown chemistry or dataset
-    ("unknown chemistry", {"chemistry": "lfp", "rows": [_row()]}, "application/json", 400,
-     ["'lfp'", "graphite, si_gra, nmc"]),
-    ("chemistry in the wrong case", {"chemistry": "NMC", "rows": [_row()]}, "application/json", 400,
-     ["'NMC'", "graphite, si_gra, nmc"]),
-    # wrong content type
-    ("text/plain", json.dumps(EXAMPLE_INPUT), "text/plain", 415, ["application/json"]),
-    ("form", b"chemistry=nmc", "application/x-www-form-urlencoded", 415, ["application/json"]),
-    ("multipart", b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\n1\r\n--b--\r\n",
-     "multipart/form-data; boundary=b", 415, ["application/json"]),
-    ("pickle", b"\x80\x04K\x01.", "application/vnd.bentoml+pickle", 415, ["application/json"]),
-]
+    settings = SecuritySettings(token=TOKEN.encode())
+    with service_client(bundle, wrap=lambda app: SecurityMiddleware(app, settings), headers=AUTH) as client:
+        yield client
 
 
 def _send(client: Any, body: Any, content_type: str, path: str = "/predict/electrode") -> Any:
@@ -353,13 +257,13 @@ def _send(client: Any, body: Any, content_type: str, path: str = "/predict/elect
     return client.post(path, content=content, headers={"Content-Type": content_type})
 
 
-def _assert_refused(response: Any, status: int, fragments: list[str], case: str) -> None:
-    assert response.status_code == status, (case, response.status_code, response.text[:500])
-    answer = response.json()
-    assert isinstance(answer, dict) and answer.get("error"), (case, response.text[:500])
-    text = response.text.replace("\\u00b5", "µ")
-    for fragment in fragments:
-        assert fragment in text, (case, fragment, text[:800])
+def _send_case(client: Any, case: BadInput) -> Any:
+    return _send(client, case.body, case.content_type, case.path)
+
+
+def _assert_refused(response: Any, status: int, fragments: tuple[str, ...] | list[str], case: str) -> None:
+    problem = refusal_problem(response.status_code, response.text, status, fragments)
+    assert problem is None, (case, problem)
 
 
 def _assert_answers_correctly(client: Any) -> None:
@@ -375,22 +279,14 @@ def _assert_answers_correctly(client: Any) -> None:
             np.testing.assert_array_equal(got, onnx_predict(model, x))
 
 
-@pytest.mark.parametrize(("case", "body", "content_type", "status", "fragments"), CATALOGUE,
-                         ids=[c[0] for c in CATALOGUE])
-def test_bad_input_is_a_4xx_with_a_message(service: TestClient, case: str, body: Any, content_type: str,
-                                          status: int, fragments: list[str]) -> None:
-    _assert_refused(_send(service, body, content_type), status, fragments, case)
-
-
-def test_bad_gdl_input_names_the_datasets(service: TestClient) -> None:
-    body = {"dataset": "gdl500", "rows": [{**GDL_EXAMPLE_INPUT["rows"][0], "thickness_um": float("nan")}]}
-    response = _send(service, json.dumps(body), "application/json", "/predict/gdl")  # json.dumps writes NaN
-    _assert_refused(response, 400, ["'gdl500'", "gdl200, gdl1000", "thickness_um"], "gdl")
+@pytest.mark.parametrize("case", bad_inputs(), ids=[c.name for c in bad_inputs()])
+def test_bad_input_is_a_4xx_with_a_message(service: TestClient, case: BadInput) -> None:
+    _assert_refused(_send_case(service, case), case.status, case.fragments, case.name)
 
 
 def test_after_the_whole_catalogue_the_service_still_answers_correctly(service: TestClient) -> None:
-    for case, body, content_type, status, _ in CATALOGUE:
-        assert _send(service, body, content_type).status_code == status, case
+    for case in bad_inputs():
+        assert _send_case(service, case).status_code == case.status, case.name
     assert service.get("/livez").status_code == 200
     assert service.get("/readyz").status_code == 200
     _assert_answers_correctly(service)
@@ -428,9 +324,10 @@ def test_docs_describe_the_errors_the_service_sends(service: TestClient) -> None
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert spec["paths"]["/livez"]["get"]["security"] == [] and "401" not in spec["paths"]["/livez"]["get"]["responses"]
     assert "401" in spec["paths"]["/models"]["get"]["responses"]
-    for status, body, content_type in (("400", {"chemistry": "lfp", "rows": [_row(am_wt_pct=-1)]}, "application/json"),
-                                       ("413", {"chemistry": "nmc", "rows": [_row()] * 10_001}, "application/json"),
-                                       ("415", b"x", "text/plain")):
+    for status, body, content_type in (
+            ("400", {"chemistry": "lfp", "rows": [electrode_row(am_wt_pct=-1)]}, "application/json"),
+            ("413", {"chemistry": "nmc", "rows": [electrode_row()] * 10_001}, "application/json"),
+            ("415", b"x", "text/plain")):
         response = _send(client, body, content_type)
         assert str(response.status_code) == status, response.text
         schema = electrode["responses"][status]["content"]["application/json"]["schema"]
@@ -537,7 +434,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     bundle = write_fake_bundle(folder / "bundle")
     token = secrets.token_urlsafe(32)
     env = clean_env(CELLMFG_API_TOKEN=token, CELLMFG_POLL_SECONDS="0", BENTOML_HOME=str(folder / "home"))
-    server = ServerProcess(env, folder / "server.log", bundle=bundle)
+    server = cellmfg_server(env, folder / "server.log", bundle=bundle)
     with server:
         server.wait_ready(timeout=180)
         yield {"server": server, "token": token, "bundle": bundle, "headers": {"Authorization": f"Bearer {token}"}}
@@ -580,9 +477,9 @@ def test_real_server_refuses_bad_input_and_keeps_answering(secured: dict[str, An
 
     chosen = {"NaN number", "NaN string", "missing feature", "extra field", "negative gap", "huge value",
               "10,001 rows", "50 MB body", "deeply nested lists", "binary garbage", "unknown chemistry", "multipart"}
-    for case, body, content_type, status, fragments in CATALOGUE:
-        if case in chosen:
-            _assert_refused(_send(client, body, content_type), status, fragments, case)
+    for case in bad_inputs():
+        if case.name in chosen:
+            _assert_refused(_send_case(client, case), case.status, case.fragments, case.name)
     streamed = client.post("/predict/electrode", content=chunked(50, MIB), headers={"Content-Type": "application/json"})
     _assert_refused(streamed, 413, ["chunked", "CELLMFG_MAX_BODY_BYTES"], "50 MB chunked")
     assert httpx.get(f"{server.url}/livez", timeout=30).status_code == 200
@@ -613,7 +510,8 @@ def test_invalid_requests_cost_one_log_line_each(secured: dict[str, Any]) -> Non
     before = server.log_path.read_text(errors="replace")
     client = httpx.Client(base_url=server.url, headers=secured["headers"], timeout=60)
     for _ in range(20):
-        assert client.post("/predict/electrode", json={"chemistry": "lfp", "rows": [_row()]}).status_code == 400
+        refused = client.post("/predict/electrode", json={"chemistry": "lfp", "rows": [electrode_row()]})
+        assert refused.status_code == 400
     added = server.log_path.read_text(errors="replace")[len(before):]
     assert "Traceback" not in added and "input_value" not in added, added[:3000]
     assert len(added.splitlines()) <= 20, added[:3000]

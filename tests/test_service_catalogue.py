@@ -10,7 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_fakes import (
+from starlette.testclient import TestClient
+
+from cellmfg.contract import MANIFEST_NAME, LoadedModel, sha256_bytes, write_bundle
+from cellmfg.domain import DATASETS, TASKS, feature_columns
+from service import metrics
+from service.config import SERVED_MODEL_NAMES, Settings
+from service.explain import Explainers
+from service.model_store import ModelStore
+from service.predict import Predictor, RequestRejectedError
+from service.sources import BundleSource, RegistrySource
+from testkit.fakes import (
     LFP_RANGES,
     corrupt_onnx,
     custom_model,
@@ -21,20 +31,10 @@ from service_fakes import (
     invalid_contract,
     lfp_models,
     onnx_predict,
-    register_model,
-    sqlite_tracking_uri,
-    wait_for,
+    service_client,
 )
-from starlette.testclient import TestClient
-
-from cellmfg.___domain import DATASETS, TASKS, feature_columns
-from cellmfg.contract import MANIFEST_NAME, LoadedModel, sha256_bytes, write_bundle
-from service import metrics
-from service.config import SERVED_MODEL_NAMES, Settings
-from service.explain import Explainers
-from service.model_store import ModelStore
-from service.predict import Predictor, RequestRejectedError
-from service.sources import BundleSource, RegistrySource
+from testkit.processes import wait_for
+from testkit.registry import register_model, sqlite_tracking_uri
 
 POLL = 0.2
 
@@ -77,13 +77,8 @@ def bundle(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(bundle: Path) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        monkeypatch.delenv("CELLMFG_REQUIRED_MODELS", raising=False)
-        monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
-        monkeypatch.setenv("CELLMFG_POLL_SECONDS", str(POLL))
-        with TestClient(in_process_app()) as test_client:
-            yield test_client
+    with service_client(bundle, poll_seconds=POLL) as test_client:
+        yield test_client
 
 
 def _electrode_datasets(client: TestClient) -> list[str]:

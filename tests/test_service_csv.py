@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
-from service_fakes import example_rows, in_process_app, write_fake_bundle
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from cellmfg.___domain import feature_columns
+from cellmfg.domain import feature_columns
 from service.cli import predict
 from service.csvio import wants_csv
+from testkit.fakes import example_rows, service_client, write_fake_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 
@@ -33,12 +33,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(bundle: Path) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
-        monkeypatch.setenv("CELLMFG_POLL_SECONDS", "0")
-        with TestClient(in_process_app()) as test_client:
-            yield test_client
+    with service_client(bundle) as test_client:
+        yield test_client
 
 
 def _csv_text(rows: list[dict[str, float]], extra: dict[str, list[str]] | None = None) -> str:

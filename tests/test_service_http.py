@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from service_fakes import example_rows, fake_models, in_process_app, in_range_rows, onnx_predict, write_fake_bundle
 from starlette.testclient import TestClient
 
-from cellmfg.___domain import DATASETS
+from cellmfg.domain import DATASETS
 from service import metrics
 from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT, MAX_ERRORS_REPORTED
+from testkit.fakes import example_rows, fake_models, in_process_app, in_range_rows, onnx_predict, write_fake_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 

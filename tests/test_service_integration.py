@@ -18,22 +18,12 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from service_fakes import (
-    ServerProcess,
-    example_rows,
-    fake_model,
-    fake_models,
-    in_range_rows,
-    move_alias,
-    onnx_predict,
-    register_fakes,
-    register_model,
-    sqlite_tracking_uri,
-    tampered,
-)
 
-from cellmfg.___domain import TASKS
+from cellmfg.domain import TASKS
 from service.schemas import EXAMPLE_INPUT
+from testkit.fakes import example_rows, fake_model, fake_models, in_range_rows, onnx_predict, tampered
+from testkit.processes import ServerProcess, cellmfg_server
+from testkit.registry import move_alias, register_fakes, register_model, sqlite_tracking_uri
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
@@ -63,7 +53,7 @@ def server(registry: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         # Our own BentoML home: BentoML empties its Prometheus directory at start, which must not be anyone else's.
         "BENTOML_HOME": str(home),
     })
-    process = ServerProcess(env, home / "server.log", workers=WORKERS)
+    process = cellmfg_server(env, home / "server.log", workers=WORKERS)
     with process:
         process.wait_ready(timeout=180)
         yield process

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_fakes import example_rows, fake_models, in_process_app, onnx_predict, write_fake_bundle
 from starlette.testclient import TestClient
 
 from cellmfg.contract import write_bundle
 from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
+from testkit.fakes import example_rows, fake_models, in_process_app, onnx_predict, write_fake_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 

@@ -10,18 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
-from service_fakes import (
-    fake_model,
-    fake_models,
-    in_range_rows,
-    nan_model,
-    onnx_predict,
-    write_fake_bundle,
-)
 from typer.testing import CliRunner
 
-from cellmfg.___domain import DATASETS, TASKS, feature_columns
 from cellmfg.contract import LoadedModel, write_bundle
+from cellmfg.domain import DATASETS, TASKS, feature_columns
 from service import metrics
 from service.cli import serve, server_environment
 from service.config import SERVED_MODEL_NAMES, ConfigError, Settings, served_name
@@ -30,6 +22,7 @@ from service.model_store import ModelLoadError, ModelStore, build_served
 from service.predict import Predictor, RequestRejectedError
 from service.schemas import PAPER_CHEMISTRIES, PAPER_GDL_DATASETS, ElectrodeRow, GdlRow
 from service.sources import BundleSource, SourceUnavailableError, open_source
+from testkit.fakes import fake_model, fake_models, in_range_rows, nan_model, onnx_predict, write_fake_bundle
 
 TASK_BY_NAME = {f"{t.model_name}_onnx": t for t in TASKS}
 

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cellmfg import contract as contracts
-from cellmfg.___domain import feature_columns
 from cellmfg.dataio import shipped_path
+from cellmfg.domain import feature_columns
 from cellmfg_cli import build
 
 pytestmark = [pytest.mark.trains, pytest.mark.filterwarnings("ignore::UserWarning")]

@@ -7,11 +7,16 @@
   its own is offered as a single model, answered by POST /predict/{name}, with the same checks of the numbers.
 - An out-of-range value is flagged beside the field before anything is sent, and the answer names it.
 - "What if": one parameter changed, the prediction moves by what the API says, one call, no page load.
-- Batch: a CSV file uploaded and sent as it is (text/csv, Accept: text/csv) in one call, out-of-___domain rows
+- Batch: a CSV file uploaded and sent as it is (text/csv, Accept: text/csv) in one call, out-of-domain rows
   highlighted, the table sorts, the service's scored CSV downloads with the API's numbers and the extra column kept.
 - With a token on the server: the page asks for it, says so clearly when it is wrong, works once it is right, and
   keeps it for the tab only.
 - The page loads only its own files (nothing from elsewhere), every control has a label, the layout fits a tablet.
+- The design tab (on a tablet): a reachable two-target NMC design with solid content fixed shows exactly the API's
+  recipes in its order (settings, predictions, intervals, training-range flag), the fixed value as given and the
+  reachable ranges, in one call; a selected recipe's SHAP waterfalls equal the API's; "use this recipe" fills the
+  prediction form, whose Predict then answers the recipe's numbers. An impossible target shows the API's 422
+  message, reachable range and closest recipe; a refused tolerance (400) is named beside its field.
 
 Screenshots go to the pytest temporary folder `ui-screenshots*` of the session (printed at the end of each test),
 or to CELLMFG_UI_SCREENSHOTS when set. First paint is measured and written there as `timings.json`, not asserted
@@ -33,10 +38,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-from service_fakes import ServerProcess, custom_model, fake_models, lfp_models, start_local_server, wait_for
 
 from cellmfg.contract import write_bundle
 from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
+from testkit.fakes import custom_model, fake_models, lfp_models
+from testkit.processes import ServerProcess, start_local_server, wait_for
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
@@ -268,7 +274,7 @@ def test_nmc_example_recipe_shows_the_api_numbers(tab: Page, server: ServerProce
     models = _models(server)
     _check_answer(tab, "#result-body", answer, models)
     assert answer["predictions"][0]["in_domain"]
-    assert tab.page.get_attribute("#result-body .verdict", "data-in-___domain") == "true"
+    assert tab.page.get_attribute("#result-body .verdict", "data-in-domain") == "true"
     info = tab.page.inner_text("#model-info")
     for ref in answer["models"].values():
         assert ref["name"] in info
@@ -290,6 +296,7 @@ def test_a_labs_own_chemistry_and_single_model_are_offered(tab: Page, server: Se
     calls = tab.calls_during(lambda: (tab.page.select_option("#family", "model"),
                                       tab.page.select_option("#dataset", "porosity_lfp_onnx")))
     assert calls == []
+    assert tab.page.is_hidden("#views"), "a single model has no design endpoint: no design tab"
     labels = tab.page.eval_on_selector_all("#fields label", "labels => labels.map(l => l.textContent)")
     assert labels == ["am_wt_pct [wt%]", "calender_temperature_c [°C]"]
     recipe = {"am_wt_pct": 90.0, "calender_temperature_c": 95.0}  # 95 °C: outside the trained 20-90 °C
@@ -306,7 +313,7 @@ def test_a_labs_own_chemistry_and_single_model_are_offered(tab: Page, server: Se
             for bar in tab.page.locator(f"{card} rect.bar").all()}
     assert bars == prediction["explanation"]["porosity"]["contributions"]
     assert [o["feature"] for o in prediction["out_of_domain"]] == ["calender_temperature_c"]
-    assert tab.page.get_attribute("#result-body .verdict", "data-in-___domain") == "false"
+    assert tab.page.get_attribute("#result-body .verdict", "data-in-domain") == "false"
     assert f"test MAPE {_shown(served['porosity_lfp_onnx']['test_mape_pct']):g} %" in tab.page.inner_text(card)
     tab.page.screenshot(path=str(shots / "7-own-model.png"), full_page=True)
 
@@ -379,7 +386,7 @@ def test_an_out_of_range_value_is_flagged_and_named(tab: Page, server: ServerPro
     prediction = answer["predictions"][0]
     assert not prediction["in_domain"]
     verdict = tab.page.locator("#result-body .verdict")
-    assert verdict.get_attribute("data-in-___domain") == "false"
+    assert verdict.get_attribute("data-in-domain") == "false"
     named = [node.get_attribute("data-feature") for node in verdict.locator("li").all()]
     assert named == [o["feature"] for o in prediction["out_of_domain"]] == ["roll_gap_um"]
     _check_answer(tab, "#result-body", answer, _models(server))
@@ -551,3 +558,194 @@ def test_every_control_is_labelled_and_the_page_fits_a_tablet(browser: Any, serv
         assert not tab.foreign and not tab.console_errors
     finally:
         tab.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The design tab: wanted values in, the API's ranked recipes out
+
+DESIGN_TARGETS = {"mass_loading_mg_cm2": {"value": 14.0, "tolerance_pct": 3.0},
+                  "density_g_cm3": {"value": 2.1, "tolerance_pct": 3.0}}  # reachable with the fake NMC models
+DESIGN_FIXED = {"solid_content_pct": 60.0}
+
+
+def _design_api(server: ServerProcess, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{server.url}/design/electrode", json=body, timeout=60)
+
+
+def _open_design(tab: Page) -> None:
+    tab.open()
+    _choose_nmc(tab)
+    calls = tab.calls_during(lambda: tab.page.click("#tab-design"))
+    assert calls == [], "switching to the design tab needs no API call"
+    assert tab.page.get_attribute("#tab-design", "aria-selected") == "true"
+    assert tab.page.is_hidden("#view-predict") and tab.page.is_visible("#design-form")
+
+
+def _fill_design(tab: Page, targets: dict[str, dict[str, float]], fixed: dict[str, float]) -> None:
+    for column, goal in targets.items():
+        tab.page.fill(f"#dt-{column}", repr(goal["value"]))
+        tab.page.fill(f"#dtol-{column}", repr(goal["tolerance_pct"]))
+    for name, value in fixed.items():
+        tab.page.check(f"#dfix-{name}")
+        tab.page.fill(f"#dfv-{name}", repr(value))
+
+
+def _sent_bodies(tab: Page) -> list[Any]:
+    bodies: list[Any] = []
+    tab.page.on("request", lambda r: bodies.append(r.post_data_json) if "/design/" in r.url else None)
+    return bodies
+
+
+def _forget_refusal(tab: Page, status: int) -> None:
+    """Chromium logs every 4xx answer to the console; the one the test asked for is expected, any other is not."""
+    expected = f"the server responded with a status of {status}"
+    refusals = [e for e in tab.console_errors if expected in e]
+    assert len(refusals) == 1, tab.console_errors
+    tab.console_errors.remove(refusals[0])
+
+
+def _recipe_rows(tab: Page, scope: str, recipes: list[dict[str, Any]], free: list[str]) -> None:
+    """The recipe table under `scope` holds exactly `recipes`, in their order: settings of the free parameters,
+    each target's prediction and 90 % interval, whether it lies in the training range."""
+    rows = tab.page.locator(f"{scope} table.recipes tbody tr")
+    assert rows.count() == len(recipes)
+    headers = [h.get_attribute("data-feature") for h in rows.nth(0).locator("td[data-feature]").all()]
+    assert headers == free, "one column per free parameter, in the API's order"
+    for i, recipe in enumerate(recipes):
+        row = rows.nth(i)
+        if "rank" in recipe:
+            assert row.get_attribute("data-rank") == str(recipe["rank"])
+        for name in free:
+            cell = row.locator(f"td[data-feature='{name}']")
+            assert float(cell.get_attribute("data-value") or "nan") == recipe["settings"][name]
+            assert float(cell.inner_text()) == _shown(recipe["settings"][name])
+        prediction = recipe["prediction"]
+        for column in TARGETS:
+            cell = f"{scope} table.recipes tbody tr:nth-child({i + 1}) td[data-target='{column}']"
+            assert _number(tab, f"{cell} .prediction") == (prediction[column], _shown(prediction[column]))
+            low, high = prediction["interval"][column]
+            assert _number(tab, f"{cell} .interval-low") == (low, _shown(low))
+            assert _number(tab, f"{cell} .interval-high") == (high, _shown(high))
+        flag = row.locator("td.in-range").get_attribute("data-in-range")
+        assert flag == str(prediction["in_domain"]).lower()
+
+
+def test_a_design_shows_the_api_recipes_and_fills_the_form(browser: Any, server: ServerProcess,
+                                                           shots: Path) -> None:
+    tab = Page(browser, server, viewport=TABLET)  # designed at the coater, on a tablet
+    try:
+        _open_design(tab)
+        # Keyboard: the arrow keys move between the tabs, as in any tab list.
+        tab.page.focus("#tab-design")
+        tab.page.keyboard.press("ArrowLeft")
+        assert tab.page.get_attribute("#tab-predict", "aria-selected") == "true"
+        assert tab.page.evaluate("() => document.activeElement.id") == "tab-predict"
+        tab.page.keyboard.press("ArrowRight")
+        assert tab.page.get_attribute("#tab-design", "aria-selected") == "true"
+
+        _fill_design(tab, DESIGN_TARGETS, DESIGN_FIXED)
+        assert tab.page.is_disabled("#dfv-am_wt_pct"), "a parameter left unticked is searched, not sent"
+        sent = _sent_bodies(tab)
+        calls = tab.calls_during(lambda: (tab.page.click("#design-run"),
+                                          tab.page.wait_for_selector("#design-body table.recipes")))
+        assert calls == [("POST", "/design/electrode")]
+        request = {"chemistry": "nmc", "targets": DESIGN_TARGETS, "fixed": DESIGN_FIXED, "explain": True, "k": 5}
+        assert sent == [request]
+
+        answer = _design_api(server, request).raise_for_status().json()
+        recipes = answer["recipes"]
+        assert len(recipes) >= 2, "the fake NMC models reach this design several ways"
+        free = list(answer["search"]["free"])
+        assert "solid_content_pct" not in free
+        _recipe_rows(tab, "#design-body", recipes, free)
+        # The fixed value is shown as given, and every recipe keeps it.
+        fixed = tab.page.locator("#design-body .design-fixed-list li[data-feature='solid_content_pct']")
+        assert float(fixed.get_attribute("data-value") or "nan") == 60.0
+        assert "solid_content_pct = 60 %" in fixed.inner_text()
+        assert {r["settings"]["solid_content_pct"] for r in recipes} == {60.0}
+        # The reachable range of each target under the fixed parameters.
+        for column in TARGETS:
+            row = f"#design-body table.reachable tr[data-target='{column}']"
+            reach = answer["reachable"][column]
+            assert _number(tab, f"{row} .reach-min") == (reach["min"], _shown(reach["min"]))
+            assert _number(tab, f"{row} .reach-max") == (reach["max"], _shown(reach["max"]))
+
+        # Selecting the second recipe shows its SHAP waterfalls with the page's renderer; no API call.
+        chosen = recipes[1]
+        calls = tab.calls_during(lambda: (tab.page.click("#design-body tr[data-rank='2'] button.pick"),
+                                          tab.page.wait_for_selector("#design-detail svg.waterfall")))
+        assert calls == []
+        assert tab.page.get_attribute("#design-body tr[data-rank='2'] button.pick", "aria-pressed") == "true"
+        scoped = {"models": answer["models"], "predictions": [chosen["prediction"]]}
+        _check_answer(tab, "#design-detail", scoped, _models(server))
+
+        overflow = tab.page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the design tab is {overflow} px wider than a tablet screen"
+        unlabelled = tab.page.evaluate("""() => [...document.querySelectorAll('input, select, button')]
+            .filter(e => e.offsetParent !== null)
+            .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.textContent.trim()))
+            .map(e => e.outerHTML.slice(0, 80))""")
+        assert unlabelled == []
+        tab.page.screenshot(path=str(shots / "8-design.png"), full_page=True)
+
+        # "Use this recipe": its settings in the prediction form, the predict tab shown; Predict answers its numbers.
+        calls = tab.calls_during(lambda: tab.page.click("#design-use"))
+        assert calls == []
+        assert tab.page.get_attribute("#tab-predict", "aria-selected") == "true"
+        assert tab.page.is_visible("#recipe-form")
+        for name in FEATURES:
+            assert float(tab.page.input_value(f"#f-{name}")) == chosen["settings"][name]
+        calls = tab.calls_during(lambda: (tab.page.click("#predict"),
+                                          tab.page.wait_for_selector("#result-body .target")))
+        assert calls == [("POST", "/predict/electrode")]
+        for column in TARGETS:
+            exact, _ = _number(tab, f"#result-body [data-target='{column}'] .prediction")
+            assert exact == chosen["prediction"][column]
+        assert not tab.foreign and not tab.console_errors
+    finally:
+        tab.close()
+
+
+def test_an_impossible_design_shows_the_reachable_range(tab: Page, server: ServerProcess, shots: Path) -> None:
+    _open_design(tab)
+    targets = {"mass_loading_mg_cm2": {"value": 200.0, "tolerance_pct": 3.0}}
+    _fill_design(tab, targets, DESIGN_FIXED)
+    calls = tab.calls_during(lambda: (tab.page.click("#design-run"),
+                                      tab.page.wait_for_selector("#design-body .design-infeasible")))
+    assert calls == [("POST", "/design/electrode")]
+    _forget_refusal(tab, 422)
+    response = _design_api(server, {"chemistry": "nmc", "targets": targets, "fixed": DESIGN_FIXED, "k": 5})
+    assert response.status_code == 422
+    answer = response.json()
+    assert tab.page.inner_text("#design-body .design-infeasible") == answer["error"]
+    reach = answer["reachable"]["mass_loading_mg_cm2"]
+    row = "#design-body table.reachable tr[data-target='mass_loading_mg_cm2']"
+    assert _number(tab, f"{row} .reach-min") == (reach["min"], _shown(reach["min"]))
+    assert _number(tab, f"{row} .reach-max") == (reach["max"], _shown(reach["max"]))
+    assert reach["max"] < 200.0
+    free = [name for name in FEATURES if name not in DESIGN_FIXED]
+    _recipe_rows(tab, "#design-body", [answer["closest"]], free)
+    tab.page.screenshot(path=str(shots / "9-design-impossible.png"), full_page=True)
+
+
+def test_a_bad_design_value_is_named_beside_its_field(tab: Page, server: ServerProcess) -> None:
+    _open_design(tab)
+    # Nothing wanted: said in the page, nothing sent.
+    calls = tab.calls_during(lambda: tab.page.click("#design-run"))
+    assert calls == []
+    assert "at least one target" in tab.page.inner_text("#de-dt-density_g_cm3")
+
+    targets = {"mass_loading_mg_cm2": {"value": 14.0, "tolerance_pct": 0.0}}
+    _fill_design(tab, targets, {})
+    calls = tab.calls_during(lambda: (tab.page.click("#design-run"),
+                                      tab.page.wait_for_selector("#design-body .error")))
+    assert calls == [("POST", "/design/electrode")]
+    _forget_refusal(tab, 400)
+    response = _design_api(server, {"chemistry": "nmc", "targets": targets, "k": 5, "explain": True})
+    assert response.status_code == 400
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["targets", "mass_loading_mg_cm2", "tolerance_pct"]
+    assert tab.page.inner_text("#de-dtol-mass_loading_mg_cm2") == problem["msg"]
+    assert tab.page.get_attribute("#dtol-mass_loading_mg_cm2", "aria-invalid") == "true"
+    assert tab.page.evaluate("() => document.activeElement.id") == "dtol-mass_loading_mg_cm2"
+    assert tab.page.get_attribute("#dt-density_g_cm3", "aria-invalid") is None, "the earlier mark is cleared"

@@ -8,11 +8,11 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from service_fakes import in_process_app, write_fake_bundle
 from starlette.testclient import TestClient
 
 from service.security import SecurityMiddleware, SecuritySettings
 from service.ui import UI_DIR, UI_FILES, UI_PATHS
+from testkit.fakes import service_client, write_fake_bundle
 
 TOKEN = "ui-routes-token-0123456789"
 
@@ -21,14 +21,9 @@ TOKEN = "ui-routes-token-0123456789"
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """The service with fake models behind the security middleware with a token and the default open paths."""
     bundle = write_fake_bundle(tmp_path_factory.mktemp("bundle"))
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        for key in ("MLFLOW_TRACKING_URI", "CELLMFG_API_TOKEN", "CELLMFG_API_TOKEN_FILE", "CELLMFG_OPEN_PATHS"):
-            monkeypatch.delenv(key, raising=False)
-        monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
-        monkeypatch.setenv("CELLMFG_POLL_SECONDS", "0")
-        settings = SecuritySettings.from_env({"CELLMFG_API_TOKEN": TOKEN})
-        with TestClient(SecurityMiddleware(in_process_app(), settings)) as test_client:
-            yield test_client
+    settings = SecuritySettings.from_env({"CELLMFG_API_TOKEN": TOKEN})
+    with service_client(bundle, wrap=lambda app: SecurityMiddleware(app, settings)) as test_client:
+        yield test_client
 
 
 def test_the_page_is_served_without_a_token_and_the_api_still_needs_one(client: TestClient) -> None:

@@ -59,7 +59,7 @@ def _config(preset: str, seed: int | None, test_fraction: float | None = None) -
 
 
 def _resolve_target(column: str, kind: str) -> Any:
-    from cellmfg.___domain import targets_for
+    from cellmfg.domain import targets_for
 
     for target in targets_for(kind):  # type: ignore[arg-type]
         if column in (target.column, target.task):
@@ -72,8 +72,8 @@ def _load_user_csv(path: Path, target_column: str) -> tuple[Any, Any]:
     """Validate a user CSV and resolve its target before any MLflow run opens."""
     import pandas as pd
 
-    from cellmfg.___domain import kind_of_columns
     from cellmfg.dataio import DataValidationError, load_csv
+    from cellmfg.domain import kind_of_columns
 
     try:
         header = list(pd.read_csv(path, nrows=0).columns) if path.is_file() else []
@@ -228,7 +228,7 @@ def _load_base(uri: str, loaded: Any, source: Path) -> Any:
     models:/NAME@ALIAS or runs:/RUN_ID/PATH): its inputs must be this data's feature columns, in order."""
     import mlflow
 
-    from cellmfg.___domain import feature_columns
+    from cellmfg.domain import feature_columns
     from cellmfg.modelref import ModelReferenceError, resolve_reference
     from training.jobs import BaseRef
 

@@ -23,4 +23,4 @@ def explain(predict: Callable[[np.ndarray], np.ndarray], background: np.ndarray,
     """Exact SHAP values of `predict` at `x` against `background`; values + base add up to the prediction."""
     masker = shap.maskers.Independent(background, max_samples=len(background))
     explainer = shap.explainers.Exact(predict, masker, feature_names=feature_names)
-    return explainer(np.asarray(x, dtype=float))
+    return explainer(np.asarray(x, dtype=float), silent=True)  # shap's progress bar would cut into the CLI's

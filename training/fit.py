@@ -23,8 +23,8 @@ import keras
 import numpy as np
 import pandas as pd
 
-from cellmfg.___domain import Kind, Target, feature_columns, feature_scaling
 from cellmfg.dataio import LoadedData, row_groups
+from cellmfg.domain import Kind, Target, feature_columns, feature_scaling
 from training import evaluate, nets
 from training.config import TrainConfig
 

@@ -97,7 +97,7 @@ def run_target(data: Dataset, base: BaseRef, config: TrainConfig, registered_nam
 
 def work_units(config: TrainConfig) -> int:
     """Progress-bar steps of `train_all`: a trained and a logged step per task."""
-    from cellmfg.___domain import TASKS
+    from cellmfg.domain import TASKS
 
     return 2 * len(TASKS)
 
@@ -120,8 +120,8 @@ class Stopwatch:
 def train_all(config: TrainConfig, advance: Advance = _no_progress, stopwatch: Stopwatch | None = None
               ) -> list[TaskResult]:
     """Three pretrained nets and five transfers on the shipped data, one parent MLflow run per task."""
-    from cellmfg.___domain import TASKS
     from cellmfg.dataio import load_shipped
+    from cellmfg.domain import TASKS
 
     nets.single_threaded()
     watch = stopwatch or Stopwatch()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cellmfg import contract as contracts
-from cellmfg.___domain import all_quantities
+from cellmfg.domain import all_quantities
 from training import evaluate, explain, nets, plots, tracking
 from training.config import TrainConfig
 from training.fit import Dataset, MethodRun, TaskOutcome
@@ -88,9 +88,10 @@ def promotion_inputs(outcome: TaskOutcome, config: TrainConfig) -> contracts.Pro
     constant = outcome.base_constant if outcome.base_constant is not None else ~outcome.input_mask
     features = [contracts.FeatureSpec(
         name=name, unit=quantities[name].unit, train_min=float(x_train[:, i].min()),
-        train_max=float(x_train[:, i].max()), physical_min=quantities[name].physical_min,
-        physical_max=quantities[name].physical_max, scale_centre=quantities[name].scale_centre,
-        scale_width=quantities[name].scale_width, constant_in_source=bool(constant[i]))
+        train_max=float(x_train[:, i].max()), train_median=float(np.median(x_train[:, i])),
+        physical_min=quantities[name].physical_min, physical_max=quantities[name].physical_max,
+        scale_centre=quantities[name].scale_centre, scale_width=quantities[name].scale_width,
+        constant_in_source=bool(constant[i]))
         for i, name in enumerate(data.feature_names)]
     quantity = data.target.quantity
     choice = outcome.chosen()

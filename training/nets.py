@@ -8,7 +8,7 @@ update is elementwise, with a per-net learning rate and step count), so each net
 follow alone. Nets of different widths share the graph through unit masks. A trained net is then turned into an
 ordinary Keras model (`mlp_model`, `transfer_model`) for logging, SHAP and ONNX export.
 
-Scaling. Every net standardises its inputs by the fixed physical (centre, width) of `cellmfg.___domain`, never by a
+Scaling. Every net standardises its inputs by the fixed physical (centre, width) of `cellmfg.domain`, never by a
 dataset's variance. A feature constant on a net's training rows gets weight 0 in the frozen scaling layer: the data
 says nothing about its effect, so the net ignores it rather than extrapolating through untrained weights.
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from cellmfg.___domain import DATASETS
+from cellmfg.domain import DATASETS
 from training import evaluate
 from training.config import TrainConfig
 from training.fit import TaskOutcome
@@ -251,7 +251,7 @@ def protocol(config: TrainConfig) -> str:
             f"{'/'.join(f'{r:g}' for r in adapter.learning_rates)}; every net {config.net('density').epochs} "
             f"epochs of Adam on MAPE. The pooled net is not tuned (widest width, smallest rate, batches of twice "
             f"the rows). Random forest: {config.random_forest_trees} trees. Inputs are scaled by fixed physical "
-            "scales (`cellmfg/___domain.py`); a feature constant in a net's training rows is ignored by it.\n")
+            "scales (`cellmfg/domain.py`); a feature constant in a net's training rows is ignored by it.\n")
 
 
 def markdown(results: list[TaskSummary], coverage: float = 0.9, protocol_note: str = "") -> str:

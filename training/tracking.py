@@ -26,6 +26,9 @@ KERAS_PIP_REQUIREMENTS = [
     f"{package}=={version}" for package, version in (
         ("tensorflow-cpu", "2.21.0"), ("keras", "3.15.1"), ("numpy", "2.4.6"))
 ]
+# Source hashes of the mlflow 3.17.2 functions the input-example workaround relies on (cellmfg.patch_guard).
+KERAS_SAVE_MODEL_SHA256 = "54cba1daebbc946a0b457eb1a2319959735f692461921579efb87d162894860c"
+KERAS_SAVE_EXAMPLE_SHA256 = "a893de36392569df3ac5fe6650baa0d97728174dbe5d4e9fa36c5db0af12ba08"
 
 
 def tracking_uri() -> str:
@@ -114,9 +117,17 @@ def log_keras_model(model: Any, x_example: np.ndarray, registered_name: str | No
 
 @contextmanager
 def _model_dir_exists_before_example() -> Iterator[None]:
-    """Work around MLflow 3.17's Keras flavor writing the input example before it creates the model folder."""
+    """Work around MLflow 3.17's Keras flavor writing the input example before it creates the model folder.
+
+    Fails loudly (PatchedCodeChangedError) when `save_model` or `_save_example` are not the code this was written
+    for: an MLflow upgrade may have fixed the order, or changed what `_save_example` is called with.
+    """
     from mlflow.keras import save as keras_save
 
+    from cellmfg.patch_guard import expect_source
+
+    expect_source(keras_save.save_model, KERAS_SAVE_MODEL_SHA256, "training/tracking.py (Keras input example)")
+    expect_source(keras_save._save_example, KERAS_SAVE_EXAMPLE_SHA256, "training/tracking.py (Keras input example)")
     original = keras_save._save_example
 
     def save_example(mlflow_model: Any, input_example: Any, path: str) -> Any:

@@ -1,7 +1,8 @@
-// The cellmfg page: pick a served model, enter a recipe, see the prediction with its interval, ___domain check and
-// SHAP waterfall; try one change ("what if"); score a CSV batch. Plain JavaScript, no build step and nothing
-// fetched from elsewhere: lab networks are often offline. Every user action makes at most one API call and
-// nothing polls: the catalogue is read once from /models when the page opens (or after a token is entered).
+// The cellmfg page: pick a served model, enter a recipe, see the prediction with its interval, domain check and
+// SHAP waterfall; try one change ("what if"); score a CSV batch; design a recipe from wanted values. Plain
+// JavaScript, no build step and nothing fetched from elsewhere: lab networks are often offline. Every user action
+// makes at most one API call and nothing polls: the catalogue is read once from /models when the page opens (or
+// after a token is entered).
 "use strict";
 
 (function () {
@@ -23,6 +24,7 @@
     entry: null, // the chosen dataset: {family, dataset, models, features}
     baseline: null, // {entry, recipe, answer}: the last predicted recipe, which "what if" varies
     sequence: 0, // answers to superseded requests are dropped
+    designSequence: 0, // the same for designs
     batchName: "batch",
     batchFile: null, // the chosen file, sent as it is unless the text was edited after
     batch: null, // {header, rows, sort}: the scored CSV
@@ -89,17 +91,18 @@
     if (!response.ok) {
       const message = payload && payload.error ? payload.error : "HTTP " + response.status;
       const detail = payload && Array.isArray(payload.detail) ? payload.detail.map((d) => d.msg || String(d)) : [];
-      throw new ApiError(response.status, message, detail);
+      throw new ApiError(response.status, message, detail, false, payload);
     }
     return payload;
   }
 
   class ApiError extends Error {
-    constructor(status, message, detail, auth = false) {
+    constructor(status, message, detail, auth = false, payload = null) {
       super(message);
       this.status = status;
       this.detail = detail;
       this.auth = auth;
+      this.payload = payload; // the error answer as sent (a design's 422 carries the reachable range)
     }
   }
 
@@ -173,13 +176,15 @@
     return family.endpoint || "predict/" + encodeURIComponent(entry.dataset);
   }
 
-  /** Feature ranges where every model of a dataset was trained: what the service's ___domain check uses too. */
+  /** Feature ranges where every model of a dataset was trained: what the service's domain check uses too. */
   function sharedFeatures(models) {
     return models[0].features.map((feature, i) => {
       const all = models.map((m) => m.features[i]);
       return {
         name: feature.name, unit: feature.unit,
         min: Math.max(...all.map((f) => f.train_min)), max: Math.min(...all.map((f) => f.train_max)),
+        median: all.every((f) => typeof f.train_median === "number") ?
+          all.map((f) => f.train_median).sort((a, b) => a - b)[Math.floor(all.length / 2)] : null,
         physicalMin: Math.max(...all.map((f) => f.physical_min)),
         physicalMax: Math.min(...all.map((f) => f.physical_max)),
       };
@@ -271,6 +276,7 @@
     $("result-body").replaceChildren(el("p", { class: "hint", text: "Enter a recipe and press Predict." }));
     $("batch-columns").textContent = entry.features.map((f) => f.name).join(", ");
     clearBatch();
+    setUpDesign(entry, same);
   }
 
   function renderModelInfo(entry) {
@@ -284,9 +290,11 @@
   // ---------------------------------------------------------------------------------------------------------
   // Recipe form
 
-  /** Where the form starts: the middle of the training range (GET /models carries no median recipe). */
+  /** Where the form starts: the training rows' median recipe, kept inside the range every model was trained on;
+   * the middle of that range for models whose contract records no median. */
   function startValue(feature) {
-    return (feature.min + feature.max) / 2;
+    if (feature.median === null) return (feature.min + feature.max) / 2;
+    return Math.min(feature.max, Math.max(feature.min, feature.median));
   }
 
   function rangeText(feature) {
@@ -312,7 +320,8 @@
       return wrap;
     });
     $("fields").replaceChildren(...fields);
-    $("recipe-hint").textContent = "Prefilled with the middle of each training range.";
+    $("recipe-hint").textContent = entry.features.every((f) => f.median !== null) ?
+      "Prefilled with the median recipe of the training data." : "Prefilled with the middle of each training range.";
     entry.features.forEach((f) => checkField(f, $("f-" + f.name)));
   }
 
@@ -415,13 +424,13 @@
 
   function verdictNode(prediction) {
     if (prediction.in_domain) {
-      return el("p", { class: "verdict ok", "data-in-___domain": "true" },
+      return el("p", { class: "verdict ok", "data-in-domain": "true" },
         el("strong", { text: "Inside the training range" }), " of every feature.");
     }
     const items = prediction.out_of_domain.map((o) => el("li", { "data-feature": o.feature },
       el("code", { text: o.feature }), " = " + fmt(o.value) + " (trained on " +
         (o.min === o.max ? fmt(o.min) : fmt(o.min) + " – " + fmt(o.max)) + ")"));
-    return el("div", { class: "verdict warn", "data-in-___domain": "false", role: "alert" },
+    return el("div", { class: "verdict warn", "data-in-domain": "false", role: "alert" },
       el("p", {}, el("strong", { text: "Outside the training range: " }),
         prediction.out_of_domain.map((o) => o.feature).join(", ") +
         ". The model extrapolates; outside their range such nets were off by 50–80 %."),
@@ -812,6 +821,355 @@
   }
 
   // ---------------------------------------------------------------------------------------------------------
+  // Views: "Predict a recipe" and "Design a recipe" (ARIA tabs: arrow keys move between them)
+
+  const DESIGN_ENDPOINTS = { electrode: "design/electrode", gdl: "design/gdl" };
+  const DEFAULT_TOLERANCE_PCT = 5; // the API's default
+
+  function selectView(name, focusTab = true) {
+    for (const tab of document.querySelectorAll("#views [role=tab]")) {
+      const chosen = tab.id === "tab-" + name;
+      tab.setAttribute("aria-selected", chosen ? "true" : "false");
+      tab.tabIndex = chosen ? 0 : -1;
+      $(tab.getAttribute("aria-controls")).hidden = !chosen;
+      if (chosen && focusTab && document.activeElement && document.activeElement.getAttribute("role") === "tab") {
+        tab.focus();
+      }
+    }
+  }
+
+  function onTabKey(event) {
+    const tabs = [...document.querySelectorAll("#views [role=tab]")].filter((t) => !t.hidden);
+    const i = tabs.indexOf(event.currentTarget);
+    const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[event.key];
+    if (next === undefined) return;
+    event.preventDefault();
+    const tab = tabs[(next + tabs.length) % tabs.length];
+    tab.focus();
+    selectView(tab.id.replace("tab-", ""));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Design: wanted values in, ranked recipes out (POST /design/{electrode|gdl}, one call per click)
+
+  /** The dataset's targets, in the order /models lists its models: {column, task, unit}. */
+  function designTargets(entry) {
+    const seen = new Map();
+    for (const m of entry.models) {
+      if (!seen.has(m.target.column)) seen.set(m.target.column, { column: m.target.column, task: m.target.task,
+        unit: m.target.unit });
+    }
+    return [...seen.values()];
+  }
+
+  /** An input with its label and an error line for the API's message about it. */
+  function designInput(id, labelText, attrs) {
+    const input = el("input", Object.assign({ id, type: "number", step: "any", inputmode: "decimal",
+      "aria-describedby": "de-" + id }, attrs));
+    return el("div", { class: "field" }, el("label", { for: id, text: labelText }), input,
+      el("span", { id: "de-" + id, class: "field-error" }));
+  }
+
+  function setUpDesign(entry, same) {
+    const designable = Boolean(DESIGN_ENDPOINTS[entry.family]);
+    $("views").hidden = !designable;
+    if (!designable) {
+      selectView("predict", false);
+      return;
+    }
+    if (same) return; // the catalogue re-read after a token: keep what was typed
+    const targets = designTargets(entry);
+    $("design-targets").replaceChildren(...targets.map((t) => el("fieldset", { class: "design-target",
+      "data-target": t.column },
+    el("legend", {}, el("span", { class: "name", text: t.column }), " ",
+      el("span", { class: "unit", text: "[" + t.unit + "]" })),
+    el("div", { class: "row" },
+      designInput("dt-" + t.column, "Wanted value [" + t.unit + "]", { placeholder: "none" }),
+      designInput("dtol-" + t.column, "Tolerance [%]", { min: "0", max: "50", value:
+        String(DEFAULT_TOLERANCE_PCT) })))));
+    $("design-fixed").replaceChildren(...entry.features.map((f) => {
+      const box = el("input", { id: "dfix-" + f.name, type: "checkbox", "aria-controls": "dfv-" + f.name });
+      const value = el("input", { id: "dfv-" + f.name, type: "number", step: "any", inputmode: "decimal",
+        disabled: true, "aria-label": f.name + " fixed at [" + f.unit + "]",
+        "aria-describedby": "dr-" + f.name + " de-dfv-" + f.name });
+      value.value = String(Number(startValue(f).toPrecision(6)));
+      box.addEventListener("change", () => {
+        value.disabled = !box.checked;
+        row.classList.toggle("fixed", box.checked);
+        if (box.checked) value.focus();
+      });
+      const row = el("div", { class: "design-param", "data-feature": f.name },
+        el("label", { class: "check", for: "dfix-" + f.name }, box, " ",
+          el("span", { class: "name", text: f.name }), " ", el("span", { class: "unit", text: "[" + f.unit + "]" })),
+        value,
+        el("span", { id: "dr-" + f.name, class: "range", text: "trained on " + rangeText(f) }),
+        el("span", { id: "de-dfv-" + f.name, class: "field-error" }));
+      return row;
+    }));
+    $("design-body").replaceChildren(el("p", { class: "hint",
+      text: "Enter at least one wanted value and press “Find recipes”." }));
+    $("design-detail").replaceChildren();
+  }
+
+  function clearDesignErrors() {
+    for (const node of document.querySelectorAll("#design-form .field-error")) node.textContent = "";
+    for (const node of document.querySelectorAll("#design-form [aria-invalid]")) node.removeAttribute("aria-invalid");
+  }
+
+  function markDesignField(id, message) {
+    const input = $(id);
+    if (!input) return false;
+    input.setAttribute("aria-invalid", "true");
+    const line = $("de-" + id);
+    if (line) line.textContent = line.textContent ? line.textContent + " " + message : message;
+    return true;
+  }
+
+  /** The form's field that an API error location (["targets", column, "value"], ["fixed", name], ["k"]) names. */
+  function fieldOfLoc(loc) {
+    if (!Array.isArray(loc) || !loc.length) return null;
+    if (loc[0] === "targets" && loc.length >= 2) return (loc[2] === "tolerance_pct" ? "dtol-" : "dt-") + loc[1];
+    if (loc[0] === "fixed" && loc.length >= 2) return "dfv-" + loc[1];
+    if (loc[0] === "k") return "design-k";
+    return null;
+  }
+
+  /** The request the form says, or null (the fields at fault marked) when it cannot be sent. */
+  function readDesign(entry) {
+    const targets = {};
+    const fixed = {};
+    let firstBad = null;
+    const bad = (id, message) => {
+      markDesignField(id, message);
+      if (!firstBad) firstBad = $(id);
+    };
+    const number = (id) => {
+      const text = $(id).value.trim();
+      return text === "" ? null : Number(text);
+    };
+    for (const t of designTargets(entry)) {
+      const value = number("dt-" + t.column);
+      if (value === null) continue; // not constrained
+      if (!Number.isFinite(value)) {
+        bad("dt-" + t.column, "Enter a number in " + t.unit + ".");
+        continue;
+      }
+      const tolerance = number("dtol-" + t.column);
+      if (tolerance !== null && !Number.isFinite(tolerance)) {
+        bad("dtol-" + t.column, "Enter a number in %.");
+        continue;
+      }
+      targets[t.column] = tolerance === null ? { value } : { value, tolerance_pct: tolerance };
+    }
+    for (const f of entry.features) {
+      if (!$("dfix-" + f.name).checked) continue;
+      const value = number("dfv-" + f.name);
+      if (value === null || !Number.isFinite(value)) bad("dfv-" + f.name, "Enter a number in " + f.unit + ".");
+      else fixed[f.name] = value;
+    }
+    const k = number("design-k");
+    if (k !== null && !Number.isInteger(k)) bad("design-k", "Enter a whole number of recipes.");
+    if (!firstBad && Object.keys(targets).length === 0) {
+      const first = "dt-" + designTargets(entry)[0].column;
+      bad(first, "Enter a wanted value for at least one target.");
+    }
+    if (firstBad) {
+      firstBad.focus();
+      return null;
+    }
+    const body = { [FAMILIES[entry.family].field]: entry.dataset, targets, fixed,
+      explain: $("design-explain").checked };
+    if (k !== null) body.k = k;
+    return body;
+  }
+
+  async function onDesign(event) {
+    event.preventDefault();
+    const entry = state.entry;
+    const out = $("design-body");
+    clearDesignErrors();
+    $("design-detail").replaceChildren();
+    const request = readDesign(entry);
+    if (!request) {
+      out.replaceChildren(el("p", { class: "error", role: "alert",
+        text: "Fix the marked fields first: at least one wanted value, every entered value a number." }));
+      return;
+    }
+    const ticket = ++state.designSequence;
+    const button = $("design-run");
+    button.disabled = true;
+    out.setAttribute("aria-busy", "true");
+    out.replaceChildren(el("p", { class: "hint", text: "Searching…" }));
+    try {
+      const answer = await api(DESIGN_ENDPOINTS[entry.family], { method: "POST", body: request });
+      if (ticket !== state.designSequence) return;
+      renderDesign(entry, request, answer);
+    } catch (error) {
+      if (ticket !== state.designSequence) return;
+      if (error.status === 422 && error.payload && error.payload.reachable) {
+        renderInfeasible(entry, request, error.payload);
+      } else {
+        showError(out, error, "The design");
+        const detail = error.payload && Array.isArray(error.payload.detail) ? error.payload.detail : [];
+        let first = null;
+        for (const d of detail) {
+          const id = fieldOfLoc(d.loc);
+          if (id && markDesignField(id, d.msg || String(d)) && !first) first = id;
+        }
+        if (first) $(first).focus();
+      }
+    } finally {
+      button.disabled = false;
+      out.removeAttribute("aria-busy");
+    }
+  }
+
+  /** Wanted value and reachable range of each requested target. */
+  function reachableTable(entry, request, reachable) {
+    const rows = designTargets(entry).filter((t) => reachable[t.column]).map((t) => {
+      const goal = request.targets[t.column];
+      const range = reachable[t.column];
+      const tolerance = goal && goal.tolerance_pct !== undefined ? goal.tolerance_pct : DEFAULT_TOLERANCE_PCT;
+      return el("tr", { "data-target": t.column },
+        el("th", { scope: "row" }, el("code", { text: t.column })),
+        el("td", { text: goal ? fmt(goal.value) + " ± " + fmt(tolerance) + " %" : "not constrained" }),
+        el("td", {}, el("span", { class: "reach-min", "data-value": String(range.min), text: fmt(range.min) }),
+          " – ", el("span", { class: "reach-max", "data-value": String(range.max), text: fmt(range.max) }),
+          range.unit === "1" ? "" : " " + range.unit)); // a dimensionless target (tortuosity) shows no unit
+    });
+    return el("table", { class: "info reachable" },
+      el("caption", { text: "What the free parameters reach under the fixed ones" }),
+      el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "target" }), el("th", { scope: "col",
+        text: "wanted" }), el("th", { scope: "col", text: "reachable" }))),
+      el("tbody", {}, ...rows));
+  }
+
+  function fixedLine(entry, fixed) {
+    const names = Object.keys(fixed);
+    if (!names.length) return el("p", { class: "hint", text: "Nothing fixed: every parameter was searched." });
+    const units = Object.fromEntries(entry.features.map((f) => [f.name, f.unit]));
+    const items = names.map((name) => el("li", { "data-feature": name, "data-value": String(fixed[name]) },
+      el("code", { text: name }), " = " + String(fixed[name]) + " " + (units[name] || "")));
+    return el("div", { class: "design-fixed-list" }, el("p", {}, el("strong", { text: "Fixed as given:" })),
+      el("ul", {}, ...items));
+  }
+
+  /** A column name that may break after its underscores, so that a table of them fits a tablet. */
+  function breakable(name) {
+    const code = el("code");
+    name.split("_").forEach((part, i, parts) => {
+      code.append(part + (i < parts.length - 1 ? "_" : ""));
+      if (i < parts.length - 1) code.append(el("wbr"));
+    });
+    return code;
+  }
+
+  /** The recipes, ranked as the API ranks them; a row's button shows its explanation below. */
+  function recipeTable(entry, recipes, free, answerModels) {
+    const targets = designTargets(entry);
+    const units = Object.fromEntries(entry.features.map((f) => [f.name, f.unit]));
+    const head = el("tr", {}, el("th", { scope: "col", text: "rank" }),
+      ...free.map((name) => el("th", { scope: "col" }, breakable(name), el("br"),
+        el("span", { class: "unit", text: "[" + units[name] + "]" }))),
+      ...targets.map((t) => el("th", { scope: "col" }, breakable(t.column), el("br"),
+        el("span", { class: "unit", text: "predicted, 90 % interval" }))),
+      el("th", { scope: "col", text: "in training range" }));
+    const table = el("table", { class: "batch recipes" }, el("thead", {}, head));
+    const body = el("tbody");
+    recipes.forEach((recipe, i) => {
+      const label = recipe.rank === undefined ? "closest" : "#" + recipe.rank;
+      const pick = el("button", { type: "button", class: "pick secondary", "aria-pressed": "false",
+        "aria-label": "Show recipe " + label.replace("#", ""), text: label });
+      const p = recipe.prediction;
+      const row = el("tr", { "data-index": i, "data-rank": recipe.rank === undefined ? null : recipe.rank,
+        class: p.in_domain ? null : "ood" },
+      el("td", {}, pick),
+      ...free.map((name) => el("td", { "data-feature": name, "data-value": String(recipe.settings[name]),
+        text: fmt(recipe.settings[name]) })),
+      ...targets.map((t) => {
+        const cell = el("td", { "data-target": t.column });
+        if (typeof p[t.column] !== "number") return cell;
+        cell.append(el("span", { class: "prediction", "data-value": String(p[t.column]), text: fmt(p[t.column]) }));
+        const interval = p.interval && p.interval[t.column];
+        if (interval) {
+          cell.append(el("span", { class: "interval" }, "(",
+            el("span", { class: "interval-low", "data-value": String(interval[0]), text: fmt(interval[0]) }), " – ",
+            el("span", { class: "interval-high", "data-value": String(interval[1]), text: fmt(interval[1]) }), ")"));
+        }
+        return cell;
+      }),
+      el("td", { class: "in-range", "data-in-range": String(p.in_domain),
+        text: p.in_domain ? "yes" : "no ⚠ " + p.out_of_domain.map((o) => o.feature).join(", ") }));
+      pick.addEventListener("click", () => {
+        for (const other of table.querySelectorAll("button.pick")) other.setAttribute("aria-pressed", "false");
+        for (const other of table.querySelectorAll("tr.selected")) other.classList.remove("selected");
+        pick.setAttribute("aria-pressed", "true");
+        row.classList.add("selected");
+        showRecipe(entry, recipe, answerModels, label);
+      });
+      body.append(row);
+    });
+    table.append(body);
+    return el("div", { class: "table-wrap" }, table);
+  }
+
+  /** One recipe in full: the page's own answer view (verdict, predictions, intervals, SHAP waterfalls). */
+  function showRecipe(entry, recipe, answerModels, label) {
+    const use = el("button", { type: "button", id: "design-use", text: "Use this recipe" });
+    use.addEventListener("click", () => useRecipe(entry, recipe.settings, label));
+    const answer = { models: answerModels || {}, predictions: [recipe.prediction] };
+    $("design-detail").replaceChildren(el("div", { class: "row design-detail-head" },
+      el("h3", { text: "Recipe " + label }), use),
+    ...renderAnswer(entry, recipe.settings, answer, null));
+  }
+
+  /** Copies a recipe's settings into the prediction form and shows it (no API call: Predict is one click away). */
+  function useRecipe(entry, settings, label) {
+    if (state.entry !== entry) return;
+    for (const f of entry.features) {
+      const input = $("f-" + f.name);
+      if (settings[f.name] === undefined) continue;
+      input.value = String(settings[f.name]);
+      checkField(f, input);
+    }
+    state.baseline = null;
+    $("whatif").hidden = true;
+    $("result-body").replaceChildren(el("p", { class: "hint",
+      text: "Recipe " + label + " of the design is in the form: press Predict." }));
+    selectView("predict", false);
+    $("f-" + entry.features[0].name).focus();
+  }
+
+  function renderDesign(entry, request, answer) {
+    const free = Object.keys(answer.search.free);
+    const n = answer.recipes.length;
+    const nodes = [el("p", { class: "verdict ok" }, el("strong", { text: n + " recipe" + (n === 1 ? "" : "s") }),
+      " meet" + (n === 1 ? "s" : "") + " every target within its tolerance, closest first (ties go to the " +
+      "narrower interval). Select one to see its explanation.")];
+    const search = answer.search;
+    if (!search.within_training_range) {
+      const named = [...search.fixed_outside_training_range, ...search.no_common_training_range];
+      nodes.push(el("p", { class: "verdict warn", role: "alert", text: "Outside the training range: " +
+        named.join(", ") + ". These recipes are extrapolations." }));
+    }
+    nodes.push(fixedLine(entry, search.fixed), reachableTable(entry, request, answer.reachable),
+      recipeTable(entry, answer.recipes, free, answer.models));
+    $("design-body").replaceChildren(...nodes);
+  }
+
+  function renderInfeasible(entry, request, payload) {
+    const free = entry.features.map((f) => f.name).filter((name) => request.fixed[name] === undefined);
+    const nodes = [el("div", { class: "error design-infeasible", role: "alert" },
+      el("p", { text: payload.error }))];
+    nodes.push(fixedLine(entry, request.fixed), reachableTable(entry, request, payload.reachable));
+    if (payload.closest) {
+      nodes.push(el("h3", { text: "The closest recipe found" }),
+        recipeTable(entry, [payload.closest], free, null));
+    }
+    $("design-body").replaceChildren(...nodes);
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
 
   function start() {
     $("token-form").addEventListener("submit", onToken);
@@ -835,6 +1193,11 @@
     $("batch-file").addEventListener("change", onBatchFile);
     $("batch-text").addEventListener("input", onBatchEdited);
     $("batch-score").addEventListener("click", onBatchScore);
+    for (const tab of document.querySelectorAll("#views [role=tab]")) {
+      tab.addEventListener("click", () => selectView(tab.id.replace("tab-", "")));
+      tab.addEventListener("keydown", onTabKey);
+    }
+    $("design-form").addEventListener("submit", onDesign);
     loadModels();
   }
 

@@ -39,7 +39,7 @@ class Quantity:
 
 
 # Physical bounds say what is impossible (a negative gap, a percentage over 100), not what is unusual: values
-# inside them but outside a dataset's range are accepted and reported as out of ___domain.
+# inside them but outside a dataset's range are accepted and reported as out of domain.
 # Scales (centre, width): the typical lab process window of each quantity, so z stays within about ±1 on every
 # dataset of either kind; one definition for all nets and all datasets, recorded in each model's contract.
 ELECTRODE_FEATURES: tuple[Quantity, ...] = (
@@ -134,12 +134,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "fiber_diameter_um": (6.0, 12.0), "fiber_concentration_pct": (10.0, 25.0),
             "binder_concentration_pct": (5.0, 10.0), "thickness_um": (280.0, 320.0),
             "compression_factor": (0.0, 0.5),
-        }, "Stochastic GDL microstructures on a thin slab ___domain (2000 x 200 µm in the paper)"),
+        }, "Stochastic GDL microstructures on a thin slab domain (2000 x 200 µm in the paper)"),
         DatasetSpec("gdl1000", "gdl", "target", 78, {
             "fiber_diameter_um": (6.0, 12.0), "fiber_concentration_pct": (10.0, 25.0),
             "binder_concentration_pct": (5.0, 10.0), "thickness_um": (280.0, 320.0),
             "compression_factor": (0.0, 0.5),
-        }, "Stochastic GDL microstructures on a square ___domain (1000 x 1000 µm in the paper)"),
+        }, "Stochastic GDL microstructures on a square domain (1000 x 1000 µm in the paper)"),
     )
 }
 
@@ -211,11 +211,3 @@ def kind_of_columns(columns: list[str]) -> Kind:
     electrode = len(present & set(feature_columns("electrode")))
     gdl = len(present & set(feature_columns("gdl")))
     return "electrode" if electrode >= gdl else "gdl"
-
-
-def task_for(task: str, dataset: str) -> Task:
-    for candidate in TASKS:
-        if candidate.target.task == task and candidate.dataset == dataset:
-            return candidate
-    known = ", ".join(MODEL_NAMES)
-    raise KeyError(f"no task {model_name(task, dataset)!r}; known: {known}")

@@ -2,8 +2,9 @@
 
 Each fake is an MLP built with `onnx.helper` (standardise, two ReLU layers, linear head), deterministic from a
 fixed seed, taking raw physical units like the real exported nets. `fake_models` gives all eight served models;
-`write_fake_bundle` writes them as a bundle; `register_fakes` puts them into an MLflow registry with the layout
-`cellmfg.contract.fetch_registered` reads (ONNX model version + run artifact `contract.json`).
+`write_fake_bundle` writes them as a bundle; `custom_model` and `lfp_models` stand for a lab's own datasets and
+targets (the open catalogue); `corrupt_onnx`, `invalid_contract`, `tampered` and `nan_model` are the bad versions a
+source can offer.
 """
 
 from __future__ import annotations
@@ -11,12 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cellmfg.___domain import DATASETS, TASKS, Kind, Task, feature_columns, model_name
 from cellmfg.contract import (
-    CONTRACT_ARTIFACT,
     BaseModelRef,
     Conformal,
     Contract,
@@ -39,12 +33,13 @@ from cellmfg.contract import (
     sha256_bytes,
     write_bundle,
 )
+from cellmfg.domain import DATASETS, TASKS, Kind, Task, feature_columns, model_name
 
 OPSET = 17
 OUTPUT_NAME = "prediction"
 HIDDEN = 32
 BACKGROUND_ROWS = 50
-EXPERIMENT = "cellmfg-service-tests"
+MADE_BY = "testkit/fakes.py"
 
 # Typical target values, so fake predictions look like the quantity they stand for (and stay positive).
 _TARGET_LEVEL = {"density": 2.0, "mass_loading": 15.0, "tortuosity": 1.5}
@@ -121,7 +116,7 @@ def fake_contract(task: Task, onnx_bytes: bytes, relative_quantile: float = 0.08
         shap_background=in_range_rows(task.dataset, BACKGROUND_ROWS, seed=_seed(name, 2)).round(4).tolist(),
         lineage=Lineage(keras_model_name=task.model_name, keras_model_version="1", run_id="fake-run",
                         base_model=base, data_sha256="0" * 64, data_rows=spec.paper_rows, git_commit="fake"),
-        opset=OPSET, versions={"onnx": onnx.__version__, "fake": "tests/service_fakes.py"},
+        opset=OPSET, versions={"onnx": onnx.__version__, "fake": MADE_BY},
         onnx_sha256=sha256_bytes(onnx_bytes), created_at=now_iso(),
     )
 
@@ -166,83 +161,54 @@ def in_process_app() -> Any:
     fresh service instance reading the environment of that moment; only one context may be open at a time."""
     from service.service import CellMfgService
 
-    return CellMfgService.to_asgi()
+    service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class
+    return service.to_asgi()
+
+
+@contextlib.contextmanager
+def service_client(bundle: Path, poll_seconds: float = 0, wrap: Callable[[Any], Any] = lambda app: app,
+                   headers: dict[str, str] | None = None) -> Iterator[Any]:
+    """A Starlette TestClient on the in-process service (`wrap`ped in middleware if wanted) serving `bundle` alone:
+    no registry and no cellmfg setting from outside, hot reload every `poll_seconds` (0: off); its lifespan runs
+    on entering, so the models are loaded."""
+    import pytest
+    from starlette.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for key in [k for k in os.environ if k.startswith("CELLMFG_") or k == "MLFLOW_TRACKING_URI"]:
+            monkeypatch.delenv(key)
+        monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
+        monkeypatch.setenv("CELLMFG_POLL_SECONDS", str(poll_seconds))
+        with TestClient(wrap(in_process_app()), headers=headers) as client:
+            yield client
+
+
+class OnnxReference:
+    """The models' own answers from onnxruntime in this process (default session options), independent of the
+    service code: the reference the tests and the soak compare the service's answers to."""
+
+    def __init__(self, models: list[LoadedModel]) -> None:
+        import onnxruntime as ort
+
+        self.models = {m.name: m for m in models}
+        self.sessions = {m.name: ort.InferenceSession(m.onnx_bytes, providers=["CPUExecutionProvider"])
+                         for m in models}
+
+    def predict(self, name: str, x: np.ndarray) -> np.ndarray:
+        contract = self.models[name].contract
+        out = self.sessions[name].run([contract.output_name], {contract.input_name: x.astype(np.float32)})[0]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
 def onnx_predict(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
-    """The ONNX model's own prediction, independent of the service code: the reference the tests compare to."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
-    out = session.run([model.contract.output_name], {model.contract.input_name: rows.astype(np.float32)})[0]
-    return np.asarray(out, dtype=np.float64).reshape(-1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# MLflow registry
-
-
-def sqlite_tracking_uri(directory: Path) -> str:
-    return f"sqlite:///{(directory / 'mlflow.db').resolve()}"
-
-
-def register_model(tracking_uri: str, model: LoadedModel, alias: str | None = "champion",
-                   artifact_root: Path | None = None) -> str:
-    """Log `model` as a new registered version (ONNX flavour + run artifact contract.json) and point `alias` at it
-    (None: leave the aliases alone). Returns the new version number.
-
-    Only MlflowClient calls: MLflow's fluent API would set the process-wide tracking and registry URIs (and export
-    them as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI to every later subprocess, servers included).
-    """
-    import mlflow.onnx
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        location = (artifact_root or Path(tempfile.mkdtemp(prefix="mlruns-"))).resolve().as_uri()
-        experiment_id = client.create_experiment(EXPERIMENT, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
-    run_id = client.create_run(experiment_id).info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        contract_path = Path(tmp) / CONTRACT_ARTIFACT
-        contract_path.write_text(model.contract.to_json())
-        client.log_artifact(run_id, str(contract_path))
-        # External data would move the weights out of model.onnx and break the contract's sha256; explicit
-        # requirements skip MLflow's slow inference of them.
-        mlflow.onnx.save_model(onnx.load_from_string(model.onnx_bytes), str(Path(tmp) / "model"),
-                               save_as_external_data=False, pip_requirements=["onnx", "onnxruntime"])
-        client.log_artifacts(run_id, str(Path(tmp) / "model"), artifact_path="model")
-    client.set_terminated(run_id)
-    try:
-        client.create_registered_model(model.name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = str(client.create_model_version(model.name, source=f"runs:/{run_id}/model", run_id=run_id).version)
-    if alias is not None:
-        move_alias(tracking_uri, model.name, alias, version)
-    return version
-
-
-def move_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, alias, version)
+    """`model`'s own prediction for `rows` (see `OnnxReference`)."""
+    return OnnxReference([model]).predict(model.name, rows)
 
 
 def tampered(model: LoadedModel) -> LoadedModel:
     """The same model whose contract claims other ONNX bytes: `fetch_registered` / `load_bundle` must refuse it."""
     contract = model.contract.model_copy(update={"onnx_sha256": "0" * 64})
     return model.model_copy(update={"contract": contract})
-
-
-def register_fakes(tracking_uri: str, alias: str = "champion", salt: int = 0,
-                   artifact_root: Path | None = None) -> dict[str, str]:
-    """Register all eight fakes; returns name -> version."""
-    return {m.name: register_model(tracking_uri, m, alias, artifact_root) for m in fake_models(salt=salt)}
 
 
 def example_rows(kind: Kind, dataset: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -252,158 +218,9 @@ def example_rows(kind: Kind, dataset: str, n: int, seed: int = 0) -> list[dict[s
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Real servers (`bentoml serve` through `cellmfg serve`'s code path)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CLI_LAUNCHER = "import typer; from service.cli import serve; typer.run(serve)"
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any cellmfg, BentoML, Prometheus or MLflow setting, plus `extra`: a
-    server started with it sees only what the test gives it."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CELLMFG_", "BENTOML_", "PROMETHEUS_", "MLFLOW_"))}
-    env.update(extra)
-    return env
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
-             on_timeout: Callable[[], str] = lambda: "") -> Any:
-    """Poll `check` until it returns something truthy (returned) or `timeout` seconds pass (the test fails)."""
-    import httpx
-    import pytest
-
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (httpx.HTTPError, OSError, ValueError, KeyError) as error:
-            last_error = error
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r}) {on_timeout()}")
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of the samples `name` with these labels on the server's /metrics."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process_tree(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM to `process` (SIGKILL if it outlives `timeout`), then SIGKILL to any of its descendants still alive,
-    each by PID: BentoML and uvicorn workers run in process groups of their own, so a group kill would miss them."""
-    import psutil
-
-    try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    for child in descendants:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-
-
-class ServerProcess:
-    """`cellmfg serve` in a subprocess (it execs `bentoml serve`, keeping the PID) on a free port.
-
-    It runs in a session of its own, so a Ctrl-C meant for pytest does not reach it twice.
-    """
-
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1, bundle: Path | None = None,
-                 port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        args = [sys.executable, "-c", CLI_LAUNCHER, "--port", str(self.port), "--workers", str(workers)]
-        if bundle is not None:
-            args += ["--bundle", str(bundle)]
-        self.args = args
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    def start(self) -> ServerProcess:
-        self.started_at = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.args, env=self.env, cwd=PROJECT_ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Seconds from start until /readyz answered 200."""
-        import httpx
-
-        assert self.process is not None
-        deadline = self.started_at + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}; log: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - self.started_at
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        raise TimeoutError(f"not ready after {timeout} s; log: {self.log_tail()}")
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        """SIGTERM to BentoML's supervisor, which stops its workers (see `stop_process_tree`)."""
-        if self.process is not None:
-            stop_process_tree(self.process, timeout=20)
-        self.process = None
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-LOOPBACK_PREFIXES = ("http://127.0.0.1", "http://localhost", "http://[::1]")
-
-
-def start_local_server(folder: Path, bundle: Path, token: str = "", workers: int = 1) -> tuple[ServerProcess, float]:
-    """`cellmfg serve` on a free loopback port serving `bundle` with hot reload off, requiring `token` as bearer
-    token when one is given; returns the ready server and its seconds to ready. If it does not come up it is
-    stopped and RuntimeError or TimeoutError (with its log) is raised."""
-    env = clean_env(BENTOML_HOME=str(folder / "bentoml"), CELLMFG_POLL_SECONDS="0")
-    if token:
-        env["CELLMFG_API_TOKEN"] = token
-    server = ServerProcess(env, folder / "server.log", workers=workers, bundle=bundle).start()
-    try:
-        return server, server.wait_ready(timeout=240)
-    except (RuntimeError, TimeoutError):
-        server.stop()
-        raise
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # A lab's own datasets and targets (the open catalogue)
 
-# An LFP-like cathode: a fourth electrode chemistry, inside the ___domain's physical bounds.
+# An LFP-like cathode: a fourth electrode chemistry, inside the domain's physical bounds.
 LFP_RANGES: dict[str, tuple[float, float]] = {
     "am_wt_pct": (88.0, 95.0), "solid_content_pct": (40.0, 55.0), "coating_speed_m_min": (0.2, 0.8),
     "comma_gap_um": (100.0, 350.0), "roll_speed_m_min": (0.3, 0.5), "roll_gap_um": (30.0, 180.0),
@@ -415,8 +232,8 @@ def custom_model(task: str, dataset: str, ranges: dict[str, tuple[float, float]]
                  units: dict[str, str] | None = None, target_column: str | None = None,
                  relative_quantile: float = 0.08) -> LoadedModel:
     """A served model for any dataset and target: features are `ranges`' keys in order (physical bounds from the
-    ___domain when the feature is one of ours, else [0, 10 × max]); the ___domain target when `task` is one."""
-    from cellmfg.___domain import TARGETS, all_quantities
+    domain when the feature is one of ours, else [0, 10 × max]); the domain target when `task` is one."""
+    from cellmfg.domain import TARGETS, all_quantities
 
     quantities = all_quantities(kind)
     names = list(ranges)
@@ -446,7 +263,7 @@ def custom_model(task: str, dataset: str, ranges: dict[str, tuple[float, float]]
         lineage=Lineage(keras_model_name=f"{task}_{dataset}", keras_model_version=version, run_id="fake-run",
                         base_model=BaseModelRef(name=f"{task}_graphite", version="1"), data_sha256="0" * 64,
                         data_rows=40, git_commit="fake"),
-        opset=OPSET, versions={"onnx": onnx.__version__, "fake": "tests/service_fakes.py"},
+        opset=OPSET, versions={"onnx": onnx.__version__, "fake": MADE_BY},
         onnx_sha256=sha256_bytes(onnx_bytes), created_at=now_iso())
     return LoadedModel(name=name, version=version, alias=alias, contract=contract, onnx_bytes=onnx_bytes)
 
