@@ -1,9 +1,10 @@
 """Registry stage: promote a registered Keras model to an ONNX `champion` the service can trust.
 
-The flow, one step each in `promote()`:
+The flow, one step each in `promote_candidate()`, the one recipe for every kind of candidate:
 
 1. pick the candidate: the given version, or the registered version with the lowest validation MAPE (grouped
-   inner validation of the training part; test rows never choose);
+   inner validation of the training part; test rows never choose) (`promote`); or, when no transfer beats its
+   base, the base net itself judged on the target's rows (`promote_zero_shot`);
 2. export it to ONNX (tf2onnx from a `tf.function`), one named input `features`, dynamic batch dimension;
 3. parity gate: on a probe set spanning the training ranges plus unlabelled rows of the data, onnxruntime and
    Keras agree within 1e-5 relative; otherwise stop;
@@ -95,11 +96,6 @@ def pick_candidate(name: str, version: str | None) -> Any:
 def validation_mape_of(model_version: Any) -> float:
     metrics = _client().get_run(model_version.run_id).data.metrics
     return float(metrics.get("validation_mape_pct", float("inf")))
-
-
-def test_mape_of(model_version: Any) -> float:
-    metrics = _client().get_run(model_version.run_id).data.metrics
-    return float(metrics.get("test_mape_pct", float("inf")))
 
 
 def promotion_inputs(model_version: Any) -> contracts.PromotionInputs:
@@ -340,69 +336,67 @@ def _alias_version(model_name: str, alias: str) -> str | None:
 # -- the recipe --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """What one promotion exports and gates: a registered Keras version, the typed inputs it is judged and described
+    by, the role it will serve in, and the name it is served under."""
+
+    model_version: Any
+    inputs: contracts.PromotionInputs
+    role: str
+    served_as: str
+
+
+def transfer_candidate(name: str, version: str | None = None) -> Candidate:
+    """The model's own version (given, or the lowest validation MAPE)."""
+    chosen = pick_candidate(name, version)
+    return Candidate(chosen, promotion_inputs(chosen), chosen.tags.get("role", "pretrained"), name)
+
+
+def zero_shot_candidate(name: str, version: str | None = None) -> Candidate:
+    """The transfer's pretrained base net, judged on the target's rows and described by the source's training data
+    (what it knows), with the conformal quantile from the target's held-out rows."""
+    transfer = pick_candidate(name, version)
+    base = _client().get_model_version(transfer.tags["base_model_name"], transfer.tags["base_model_version"])
+    return Candidate(base, zero_shot_inputs(promotion_inputs(base), promotion_inputs(transfer)), "zero_shot", name)
+
+
 def promote(name: str, version: str | None = None) -> Promotion:
-    # 1. pick the candidate
-    candidate = pick_candidate(name, version)
-    inputs = promotion_inputs(candidate)
-    champion = champion_contract(name)
-    # Same Keras model and version (a zero-shot champion comes from the base model, whose numbers overlap).
-    if champion is not None and champion.lineage.keras_model_name == candidate.name and \
-            champion.lineage.keras_model_version == str(candidate.version):
-        return Promotion(name, str(candidate.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION)
-                         or "", None, 0.0, champion.metrics.test_mape_pct, skipped=True)
-    # 2. export it to ONNX
-    keras_model = load_keras(candidate)
-    onnx_model = export_onnx(keras_model, len(inputs.features))
-    # 3. parity gate
-    parity = parity_gate(keras_model, onnx_model.SerializeToString(), probe_set(inputs))
-    # 4. metric gate
-    metric_gate(inputs, champion, candidate.tags.get("role", "pretrained"))
-    # 5. write the contract, log the ONNX model, read it back and verify
-    onnx_bytes, contract = embed_contract(onnx_model, build_contract(candidate, inputs, onnx_model))
-    new_version = log_onnx(candidate, onnx_bytes, contract)
-    fetched = contracts.LoadedModel(name=contract.name, version=new_version, alias="", contract=contract,
-                                    onnx_bytes=onnx_bytes)
-    _verify_logged(fetched, _uri())
-    # 6. move the aliases
-    former = move_aliases(contract.name, new_version)
-    return Promotion(name, str(candidate.version), contract.name, new_version, former, parity,
-                     contract.metrics.test_mape_pct)
+    """Promote the model's own candidate (see the module docstring for the recipe)."""
+    return promote_candidate(transfer_candidate(name, version))
 
 
 def promote_zero_shot(name: str, version: str | None = None) -> Promotion:
-    """Serve a target with its pretrained source net when no transfer beats it (the zero-shot gate failed).
+    """Serve a target with its pretrained source net when no transfer beats it (the zero-shot gate failed)."""
+    return promote_candidate(zero_shot_candidate(name, version))
 
-    The same recipe on the base net: export, parity on probes from both datasets, metric gate with the zero-shot
-    test MAPE on the target's split, a contract whose ranges and SHAP background are the source net's own
-    training data (what it knows) and whose conformal quantile comes from the target's held-out rows.
-    """
-    # 1. pick the candidate: the transfer's base net, with the target's split for scoring
-    candidate = pick_candidate(name, version)
-    target_inputs = promotion_inputs(candidate)
-    base = _client().get_model_version(candidate.tags["base_model_name"], candidate.tags["base_model_version"])
-    inputs = zero_shot_inputs(promotion_inputs(base), target_inputs)
+
+def promote_candidate(candidate: Candidate) -> Promotion:
+    """The one recipe for every kind of candidate."""
+    # 1. the candidate is picked; skip it when it already is the champion (same Keras model, version and role)
+    name, source = candidate.served_as, candidate.model_version
     champion = champion_contract(name)
-    if champion is not None and champion.role == "zero_shot" and \
-            champion.lineage.keras_model_version == str(base.version):
-        return Promotion(name, str(base.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION) or "",
-                         None, 0.0, champion.metrics.test_mape_pct, skipped=True)
+    if champion is not None and champion.role == candidate.role and \
+            champion.lineage.keras_model_name == source.name and \
+            champion.lineage.keras_model_version == str(source.version):
+        return Promotion(name, str(source.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION)
+                         or "", None, 0.0, champion.metrics.test_mape_pct, skipped=True)
     # 2. export it to ONNX
-    keras_model = load_keras(base)
-    onnx_model = export_onnx(keras_model, len(inputs.features))
-    # 3. parity gate on the source's and the target's probe rows
-    onnx_bytes = onnx_model.SerializeToString()
-    parity = parity_gate(keras_model, onnx_bytes, probe_set(inputs))
-    # 4. metric gate: the zero-shot validation estimate on the target, against the current champion
-    metric_gate(inputs, champion, "zero_shot")
-    # 5. write the contract, log the ONNX model under the target's name, verify what was stored
-    onnx_bytes, contract = embed_contract(onnx_model, build_contract(base, inputs, onnx_model, served_as=name,
-                                                                     role="zero_shot"))
-    new_version = log_onnx(base, onnx_bytes, contract)
+    keras_model = load_keras(source)
+    onnx_model = export_onnx(keras_model, len(candidate.inputs.features))
+    # 3. parity gate on probe rows from every dataset the inputs describe
+    parity = parity_gate(keras_model, onnx_model.SerializeToString(), probe_set(candidate.inputs))
+    # 4. metric gate: validation estimates only, against the current champion
+    metric_gate(candidate.inputs, champion, candidate.role)
+    # 5. write the contract, log the ONNX model under the served name, read it back and verify
+    contract = build_contract(source, candidate.inputs, onnx_model, served_as=name, role=candidate.role)
+    onnx_bytes, contract = embed_contract(onnx_model, contract)
+    new_version = log_onnx(source, onnx_bytes, contract)
     _verify_logged(contracts.LoadedModel(name=contract.name, version=new_version, alias="", contract=contract,
                                          onnx_bytes=onnx_bytes), _uri())
     # 6. move the aliases
     former = move_aliases(contract.name, new_version)
-    return Promotion(name, str(base.version), contract.name, new_version, former, parity,
+    return Promotion(name, str(source.version), contract.name, new_version, former, parity,
                      contract.metrics.test_mape_pct)
 
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -81,19 +81,13 @@ class Settings:
         )
 
 
-class _Variables(BaseSettings):
-    """The environment variables, typed and bounded by pydantic-settings; read from one mapping only (the process
-    environment, or the one `cellmfg serve` builds for its server), so nothing else leaks in."""
+class EnvironmentVariables(BaseSettings):
+    """Environment variables, typed and bounded by pydantic-settings; read from one mapping only (the process
+    environment, or the one `cellmfg serve` builds for its server), so nothing else leaks in. Subclasses declare the
+    variables; `KEEP_EMPTY` names those whose empty value means something (others: empty counts as unset)."""
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", str_strip_whitespace=True)
-
-    CELLMFG_BUNDLE: str = ""
-    MLFLOW_TRACKING_URI: str = ""
-    CELLMFG_ALIAS: str = ""
-    CELLMFG_POLL_SECONDS: float = Field(DEFAULT_POLL_SECONDS, ge=0, allow_inf_nan=False)
-    CELLMFG_ORT_THREADS: int = Field(DEFAULT_ORT_THREADS, ge=1)
-    CELLMFG_MAX_ROWS: int = Field(DEFAULT_MAX_ROWS, ge=1)
-    CELLMFG_REQUIRED_MODELS: str = ""
+    KEEP_EMPTY: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -104,9 +98,10 @@ class _Variables(BaseSettings):
         return (init_settings,)  # `read` passes the mapping in; the process environment is not read behind it
 
     @classmethod
-    def read(cls, env: Mapping[str, str]) -> _Variables:
-        """The variables of `env` (an empty value counts as unset), or ConfigError naming the first bad one."""
-        given: dict[str, Any] = {key: env[key] for key in cls.model_fields if env.get(key, "").strip()}
+    def read(cls, env: Mapping[str, str]) -> Self:
+        """The variables of `env`, or ConfigError naming the first bad one."""
+        given: dict[str, Any] = {key: env[key] for key in cls.model_fields
+                                 if env.get(key, "").strip() or (key in cls.KEEP_EMPTY and key in env)}
         try:
             return cls(**given)
         except ValidationError as error:
@@ -123,3 +118,15 @@ class _Variables(BaseSettings):
             else:
                 problem = first["msg"]
             raise ConfigError(f"{key}={text!r}: {problem}") from None
+
+
+class _Variables(EnvironmentVariables):
+    """The service's model-source and capacity variables (see `Settings`)."""
+
+    CELLMFG_BUNDLE: str = ""
+    MLFLOW_TRACKING_URI: str = ""
+    CELLMFG_ALIAS: str = ""
+    CELLMFG_POLL_SECONDS: float = Field(DEFAULT_POLL_SECONDS, ge=0, allow_inf_nan=False)
+    CELLMFG_ORT_THREADS: int = Field(DEFAULT_ORT_THREADS, ge=1)
+    CELLMFG_MAX_ROWS: int = Field(DEFAULT_MAX_ROWS, ge=1)
+    CELLMFG_REQUIRED_MODELS: str = ""

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from pydantic import Field, SecretStr
 
-from service.config import ConfigError
+from service.config import ConfigError, EnvironmentVariables
 from service.guards import ASGIApp, Message, Receive, Scope, Send, header_values, send_error
 from service.logs import show_service_logs
 from service.ui import UI_PATHS  # page
@@ -65,6 +66,17 @@ def _ascii_token(text: str, source: str) -> bytes:
     return token.encode("ascii")
 
 
+class _SecurityVariables(EnvironmentVariables):
+    """The security variables (see the module docstring); the token is a SecretStr, so no repr or log shows it."""
+
+    KEEP_EMPTY = frozenset({"CELLMFG_OPEN_PATHS"})  # set but empty: no path is open
+
+    CELLMFG_API_TOKEN: SecretStr | None = None
+    CELLMFG_API_TOKEN_FILE: str = ""
+    CELLMFG_OPEN_PATHS: str | None = None
+    CELLMFG_MAX_BODY_BYTES: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+
+
 @dataclass(frozen=True)
 class SecuritySettings:
     """What the middleware enforces; `repr` never shows the token."""
@@ -80,38 +92,29 @@ class SecuritySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SecuritySettings:
-        env = os.environ if env is None else env
+        variables = _SecurityVariables.read(os.environ if env is None else env)
         token: bytes | None = None
         source = ""
-        if env.get("CELLMFG_API_TOKEN", "").strip():
+        if variables.CELLMFG_API_TOKEN is not None:
             source = "CELLMFG_API_TOKEN"
-            token = _ascii_token(env["CELLMFG_API_TOKEN"], source)
-        elif env.get("CELLMFG_API_TOKEN_FILE", "").strip():
-            path = Path(env["CELLMFG_API_TOKEN_FILE"].strip()).expanduser()
+            token = _ascii_token(variables.CELLMFG_API_TOKEN.get_secret_value(), source)
+        elif variables.CELLMFG_API_TOKEN_FILE:
+            path = Path(variables.CELLMFG_API_TOKEN_FILE).expanduser()
             source = f"CELLMFG_API_TOKEN_FILE={path}"
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"{source}: cannot read the token file: {type(error).__name__}") from None
             token = _ascii_token(text, source)
-        raw_paths = env.get("CELLMFG_OPEN_PATHS")
-        if raw_paths is None:
+        if variables.CELLMFG_OPEN_PATHS is None:
             open_paths = frozenset(DEFAULT_OPEN_PATHS)
         else:
-            open_paths = frozenset(p.strip() for p in raw_paths.split(",") if p.strip())
+            open_paths = frozenset(p.strip() for p in variables.CELLMFG_OPEN_PATHS.split(",") if p.strip())
             bad = sorted(p for p in open_paths if not p.startswith("/"))
             if bad:
                 raise ConfigError(f"CELLMFG_OPEN_PATHS: paths must start with '/', got {', '.join(bad)}")
-        text = env.get("CELLMFG_MAX_BODY_BYTES", "").strip()
-        max_body = DEFAULT_MAX_BODY_BYTES
-        if text:
-            try:
-                max_body = int(text)
-            except ValueError:
-                raise ConfigError(f"CELLMFG_MAX_BODY_BYTES={text!r}: not a valid int") from None
-            if max_body < 1024:
-                raise ConfigError(f"CELLMFG_MAX_BODY_BYTES={text!r}: must be at least 1024")
-        return cls(token=token, open_paths=open_paths, max_body_bytes=max_body, token_source=source)
+        return cls(token=token, open_paths=open_paths, max_body_bytes=variables.CELLMFG_MAX_BODY_BYTES,
+                   token_source=source)
 
     def describe(self) -> str:
         """One log line; names where the token came from, never the token."""
