@@ -10,38 +10,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cellmfg.console import JsonOption, err, fail, progress
 
 data_app = typer.Typer(no_args_is_help=True, add_completion=False)
-err = Console(stderr=True)
 
 SeedOption = Annotated[int | None, typer.Option(help="Random seed (default: the dataset default).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _progress(total: int, quiet: bool = False) -> Iterator[Callable[..., None]]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
-        bar = progress.add_task("starting", total=total)
-
-        def advance(label: str, steps: int = 1) -> None:
-            progress.update(bar, advance=steps, description=label[:60])
-
-        yield advance
 
 
 @data_app.command("generate")
@@ -63,7 +42,7 @@ def data_generate(
     total = sum(s.paper_rows for s in DATASETS.values()) if not quick else \
         sum(s.paper_rows for s in DATASETS.values() if s.kind == "electrode") + 2 * (datagen.QUICK_GDL_ROWS + 2)
     started = time.perf_counter()
-    with _progress(total) as advance:
+    with progress(total) as advance:
         def step(name: str, rows: int) -> None:
             advance(f"{'checking' if check else 'generating'} {name}", rows)
 
@@ -109,7 +88,7 @@ def data_validate(
     try:
         loaded = load_csv(csv, target or [], dataset=dataset)
     except (DataValidationError, KeyError) as error:
-        _fail(str(error))
+        fail(str(error))
         return
     report = {"file": str(csv), "kind": loaded.kind, "rows": len(loaded.frame), "sha256": loaded.sha256,
               "ignored_columns": loaded.ignored_columns,
@@ -140,7 +119,7 @@ def data_calibrate(
     path = csv or DATA_DIR / "graphite.csv"
     frame = pd.read_csv(path)
     if GROUP_ID not in frame.columns:
-        _fail(f"{path}: no {GROUP_ID} column; grouped splits need the sheet of every row")
+        fail(f"{path}: no {GROUP_ID} column; grouped splits need the sheet of every row")
     scores = calibration.random_forest_scores(frame, repeats=repeats)
     if as_json:
         print(json.dumps({"file": str(path), "scores": [vars(s) for s in scores],

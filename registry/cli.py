@@ -11,14 +11,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cellmfg.console import JsonOption, err, fail
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
-err = Console(stderr=True)
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+    """Registry commands exit 1 when a step is refused or fails, 2 on bad input."""
+    fail(message, code)
 
 
 def _setup() -> Any:
@@ -36,7 +36,7 @@ def promote_command(
         help="Keras model: a name (density_nmc) or a reference: models:/density_nmc/3, models:/density_nmc/latest, "
              "models:/density_nmc@challenger, runs:/RUN_ID/model.")] = None,
     version: Annotated[str | None, typer.Option(help="Version to promote (default: the version a reference names, "
-                                                     "else the lowest test MAPE).")] = None,
+                                                     "else the lowest validation MAPE).")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Promote all eight task/dataset models.")] = False,
     zero_shot_fallback: Annotated[bool, typer.Option(
         help="When a transfer does not beat its pretrained net as is, serve that net for the target instead.")]
@@ -195,7 +195,7 @@ def _onnx_target(text: str, promote: Any, with_version: bool = True) -> tuple[st
 
 @app.command("list")
 def list_command(as_json: JsonOption = False) -> None:
-    """Every registered model, its versions, aliases and test MAPE."""
+    """Every registered model, its versions, aliases, validation MAPE (promotion chooses by it) and test MAPE."""
     promote = _setup()
     rows = promote.listing()
     if as_json:
@@ -203,11 +203,12 @@ def list_command(as_json: JsonOption = False) -> None:
         return
     from rich.table import Table
 
-    table = Table("model", "version", "aliases", "role", "test MAPE %")
+    table = Table("model", "version", "aliases", "role", "validation MAPE %", "test MAPE %")
     for row in rows:
         for entry in row["versions"]:
             table.add_row(row["name"], entry["version"], ",".join(entry["aliases"]), entry["role"] or "",
-                          f"{entry['test_mape_pct']:.2f}")
+                          *(f"{entry[key]:.2f}" if entry[key] is not None else "—"
+                            for key in ("validation_mape_pct", "test_mape_pct")))
     Console().print(table)
 
 

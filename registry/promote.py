@@ -269,6 +269,8 @@ def log_onnx(model_version: Any, onnx_bytes: bytes, contract: contracts.Contract
     tags = {"keras_model_name": model_version.name, "keras_model_version": str(model_version.version),
             "task": contract.task, "dataset": contract.dataset, "role": contract.role,
             "test_mape_pct": f"{contract.metrics.test_mape_pct:.4f}", "onnx_sha256": contract.onnx_sha256 or ""}
+    if contract.metrics.validation_mape_pct is not None:
+        tags["validation_mape_pct"] = f"{contract.metrics.validation_mape_pct:.4f}"
     with mlflow.start_run(run_name=f"promote-{model_version.name}-v{model_version.version}", tags=tags):
         mlflow.log_text(contract.to_json(), contracts.CONTRACT_ARTIFACT)
         info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model",
@@ -459,7 +461,8 @@ def onnx_version_for(name: str, keras_version: str) -> str:
 
 
 def listing() -> list[dict[str, Any]]:
-    """Every registered model with its versions, aliases and test MAPE."""
+    """Every registered model with its versions, aliases, validation MAPE (what promotion chooses by) and test
+    MAPE (read once, for the report)."""
     client = _client()
     rows = []
     for model in client.search_registered_models():
@@ -468,9 +471,10 @@ def listing() -> list[dict[str, Any]]:
             aliases.setdefault(str(version), []).append(alias)
         versions = []
         for mv in client.search_model_versions(f"name='{model.name}'"):
-            mape = mv.tags.get("test_mape_pct")
+            validation, test = mv.tags.get("validation_mape_pct"), mv.tags.get("test_mape_pct")
             versions.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
-                             "test_mape_pct": float(mape) if mape else None,
+                             "validation_mape_pct": float(validation) if validation else None,
+                             "test_mape_pct": float(test) if test else None,
                              "role": mv.tags.get("role"), "keras_model_version": mv.tags.get("keras_model_version")})
         rows.append({"name": model.name, "versions": sorted(versions, key=lambda v: int(v["version"]))})
     return sorted(rows, key=lambda r: r["name"])

@@ -190,3 +190,19 @@ def test_bundle_loads_with_onnxruntime_and_refuses_tampering(registry: dict[str,
     onnx_file.unlink()
     with pytest.raises(contracts.ContractError, match="missing from the bundle"):
         contracts.load_bundle(bundle)
+
+
+def test_listing_shows_the_validation_mape_promotion_chooses_by(registry: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from cellmfg_cli import build
+
+    rows = {row["name"]: row["versions"] for row in promote.listing()}
+    listed = {v["version"]: v for v in rows["density_graphite"]}
+    for version, mape in registry["mapes"].items():
+        assert listed[version]["validation_mape_pct"] == pytest.approx(mape, abs=1e-4)
+        assert listed[version]["test_mape_pct"] is not None
+    result = CliRunner().invoke(build(), ["registry", "list"], env={"COLUMNS": "200"})  # a table, not wrapped
+    assert result.exit_code == 0, result.output
+    assert "validation" in result.output and "density_graphite" in result.output
+    assert all(f"{mape:.2f}" in result.output for mape in registry["mapes"].values())

@@ -8,39 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cellmfg.console import JsonOption, fail, progress
 
 train_app = typer.Typer(no_args_is_help=True, add_completion=False)
-err = Console(stderr=True)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SeedOption = Annotated[int | None, typer.Option(help="Random seed (default: the dataset/config default).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _progress(total: int, quiet: bool = False) -> Iterator[Callable[..., None]]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
-        bar = progress.add_task("starting", total=total)
-
-        def advance(label: str, steps: int = 1) -> None:
-            progress.update(bar, advance=steps, description=label[:60])
-
-        yield advance
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,7 +33,7 @@ def _config(preset: str, seed: int | None, test_fraction: float | None = None) -
     try:
         return load_config(preset, seed, test_fraction=test_fraction)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 def _resolve_target(column: str, kind: str) -> Any:
@@ -65,7 +43,7 @@ def _resolve_target(column: str, kind: str) -> Any:
         if column in (target.column, target.task):
             return target
     allowed = ", ".join(t.column for t in targets_for(kind))  # type: ignore[arg-type]
-    _fail(f"unknown target column {column!r} for {kind} data; allowed: {allowed}")
+    fail(f"unknown target column {column!r} for {kind} data; allowed: {allowed}")
 
 
 def _load_user_csv(path: Path, target_column: str) -> tuple[Any, Any]:
@@ -81,7 +59,7 @@ def _load_user_csv(path: Path, target_column: str) -> tuple[Any, Any]:
         target = _resolve_target(target_column, kind)
         loaded = load_csv(path, [target.column], kind=kind)
     except DataValidationError as error:
-        _fail(str(error))
+        fail(str(error))
     return loaded, target
 
 
@@ -102,7 +80,7 @@ def train_all(
     tracking.configure()
     started = time.perf_counter()
     watch = jobs.Stopwatch()
-    with _progress(jobs.work_units(config), quiet=False) as advance:
+    with progress(jobs.work_units(config), quiet=False) as advance:
         results = jobs.train_all(config, advance, watch)
     summaries = [r.summary for r in results]
     markdown = report.markdown(summaries, config.coverage, report.protocol(config))
@@ -155,7 +133,7 @@ def train_pretrain(
     data = _prepare(loaded, target_spec, dataset.stem)
     registered = name or f"{target_spec.task}_{dataset.stem}"
     tracking.use_experiment(target_spec.task)
-    with tracking.run(f"pretrain-{registered}", tags={"task": target_spec.task}), _progress(2) as bar:
+    with tracking.run(f"pretrain-{registered}", tags={"task": target_spec.task}), progress(2) as bar:
         result = jobs.run_source(data, config, registered, bar)
     _print_result(result.summary, as_json)
 
@@ -185,7 +163,7 @@ def train_transfer(
     data = _prepare(loaded, target_spec, data_csv.stem)
     registered = name or f"{target_spec.task}_{data_csv.stem}"
     tracking.use_experiment(target_spec.task)
-    with tracking.run(f"transfer-{registered}", tags={"task": target_spec.task}), _progress(2) as bar:
+    with tracking.run(f"transfer-{registered}", tags={"task": target_spec.task}), progress(2) as bar:
         result = jobs.run_target(data, base_ref, config, registered, bar)
     _print_result(result.summary, as_json)
 
@@ -197,7 +175,7 @@ def _prepare(loaded: Any, target: Any, name: str) -> Any:
     data = fit.prepare(loaded, target, name)
     groups = len(set(data.groups.tolist()))
     if groups < 5:
-        _fail(f"{loaded.source}: {groups} distinct sample group(s); grouped train/validation/test splits need at "
+        fail(f"{loaded.source}: {groups} distinct sample group(s); grouped train/validation/test splits need at "
               "least 5 (rows with identical inputs, or one group_id, count as one group)")
     return data
 
@@ -236,20 +214,20 @@ def _load_base(uri: str, loaded: Any, source: Path) -> Any:
     try:
         resolved = resolve_reference(uri, client)
     except ModelReferenceError as error:
-        _fail(f"base model: {error}")
+        fail(f"base model: {error}")
         raise  # unreachable: _fail exits; keeps the type checker sure `resolved` is bound
     expected = resolved.tags.get("features")
     columns = ",".join(feature_columns(loaded.kind))
     if expected and expected != columns:
-        _fail(f"base model {uri} takes inputs [{expected}] but {source} has {loaded.kind} columns [{columns}]")
+        fail(f"base model {uri} takes inputs [{expected}] but {source} has {loaded.kind} columns [{columns}]")
     try:
         # The pinned URI: an alias or `latest` that moves while this runs must not change the net halfway.
         model = mlflow.keras.load_model(resolved.load_uri)
     except (mlflow.exceptions.MlflowException, ValueError, OSError) as error:
-        _fail(f"cannot load base model {uri} ({resolved.load_uri}): {str(error).splitlines()[0]}")
+        fail(f"cannot load base model {uri} ({resolved.load_uri}): {str(error).splitlines()[0]}")
     width = int(model.inputs[0].shape[-1])
     if width != len(feature_columns(loaded.kind)):
-        _fail(f"base model {uri} takes {width} inputs but {source} has {len(feature_columns(loaded.kind))} "
+        fail(f"base model {uri} takes {width} inputs but {source} has {len(feature_columns(loaded.kind))} "
               f"{loaded.kind} feature columns")
     return BaseRef(model, resolved.name or "", resolved.version or "", resolved.tags.get("dataset", ""))
 

@@ -159,7 +159,9 @@ def log_task(outcome: TaskOutcome, config: TrainConfig, name: str, registered_na
         mlflow.log_text(inputs.model_dump_json(indent=2), contracts.PROMOTION_INPUTS_ARTIFACT)
         model_uri, version = tracking.log_keras_model(outcome.model, data.x[outcome.first.train], registered_name)
         if registered_name and version:
-            tracking.tag_model_version(registered_name, version, {**tags, "run_id": active.info.run_id})
+            scores: dict[str, str] = {key: f"{metrics[key]:.4f}" for key in ("validation_mape_pct", "test_mape_pct")
+                      if key in metrics and np.isfinite(metrics[key])}
+            tracking.tag_model_version(registered_name, version, {**tags, **scores, "run_id": active.info.run_id})
         run_id = active.info.run_id
     _log_comparisons(outcome, config, name)
     return run_id, model_uri, version
