@@ -62,6 +62,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its start-up notice; results are identical either way
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded artefact
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # spawn-started workers parse this at their start
     warnings.simplefilter("ignore")
     for name in NOISY_LOGGERS:
@@ -96,6 +97,8 @@ def build() -> typer.Typer:
 
 
 def main() -> None:
+    # Our own warnings read as plain lines between the progress bars (set before any library configures logging).
+    logging.basicConfig(format="%(message)s")
     if os.environ.get(VERBOSE_ENV) != "1" and not {"--verbose", "-v"} & set(sys.argv[1:2]):
         quiet_libraries()
     build()()
