@@ -97,7 +97,11 @@ def train_all(
         print(json.dumps({"seconds": round(seconds, 1), "stages": stages,
                           "models": [s.model_dump(mode="json") for s in summaries]}))
     else:
-        print(markdown)
+        # The verdicts only: the full tables (every method, paired intervals, coverage) are in the report.
+        for summary in summaries:
+            print("- " + report.verdict_sentence(summary).replace("**", ""))
+        written = docs if docs is not None else preset == "paper"
+        print(f"Full tables: {'docs/results.md' if written else 'results/results.md on each parent MLflow run'}")
         print(f"{len(results)} models registered in {seconds:.0f} s; MLflow: {tracking.tracking_uri()}")
         for name, value in stages.items():
             print(f"  {value:6.1f} s  {name}")
