@@ -670,9 +670,14 @@ def test_prometheus_scrapes_the_service_and_reads_back_project_metrics(bundle_se
                  for r in _query(prometheus, 'cellmfg_catalogue_models{job="cellmfg"}')}
     assert catalogue == {"served": len(SERVED_MODEL_NAMES), "missing": 0}, catalogue
 
-    targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-    health = {t["labels"]["job"]: t["health"] for t in targets}
-    assert health == {"cellmfg": "up", "prometheus": "up"}, targets
+    def health() -> dict[str, str]:
+        targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        return {t["labels"]["job"]: t["health"] for t in targets}
+
+    # A target reads "unknown" until its first scrape (Prometheus scrapes itself on its own schedule).
+    wait_for(lambda: "unknown" not in health().values(), timeout=60, what="every target's first scrape",
+             on_timeout=lambda: str(health()))
+    assert health() == {"cellmfg": "up", "prometheus": "up"}
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
     assert {"CellmfgReplicaDown", "CellmfgModelsMissing", "CellmfgModelVersionRejected", "CellmfgServerErrors",
