@@ -331,12 +331,14 @@ def contract_summary(contract: Contract) -> dict[str, Any]:
 
 
 def contract_from_onnx_metadata(onnx_bytes: bytes, source: str) -> Contract:
-    """The contract embedded in the ONNX file's metadata (written with onnx_sha256=None)."""
-    import onnx
+    """The contract embedded in the ONNX file's metadata (written with onnx_sha256=None).
 
-    model = onnx.load_from_string(onnx_bytes)
-    for prop in model.metadata_props:
-        if prop.key == ONNX_METADATA_KEY:
-            return parse_contract(prop.value, source)
-    raise ContractError(f"{source}: no {ONNX_METADATA_KEY!r} metadata in the ONNX file")
+    Read with onnxruntime, which the service has anyway; the `onnx` package is a training/registry dependency."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    text = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    if text is None:
+        raise ContractError(f"{source}: no {ONNX_METADATA_KEY!r} metadata in the ONNX file")
+    return parse_contract(text, source)
 

@@ -12,10 +12,9 @@ before=$(du -sm "$venv" | cut -f1)
 "$venv/bin/python" -m pip uninstall -y -q pip setuptools wheel >/dev/null 2>&1 || true
 rm -f "$site/distutils-precedence.pth"
 
-# Test suites and test data shipped inside wheels (numpy, scipy, pandas, sklearn, onnx, ...); not `testing`
+# Test suites and test data shipped inside wheels (numpy, scipy, onnxruntime, ...); not `testing`
 # packages, which some libraries import. Byte code is compiled later for what start-up imports (Dockerfile).
 find "$site" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
-rm -rf "$site/onnx/backend/test"
 # Type stubs and Cython sources: read by type checkers and compilers only.
 find "$site" -type f \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' \) -delete
 # onnxruntime's C-API library: the Python binding (onnxruntime_pybind11_state) carries its own copy of the runtime.
