@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# The service and the code paths `bentoml serve` takes to start it (supervisor, HTTP worker), and the MLflow client
-# the registry source uses. BentoML's internals move between releases: a missing one is reported, not fatal.
-REQUIRED = ["service.cli", "service.service", "cellmfg.contract", "onnxruntime"]
+# The service and the code paths `bentoml serve` takes to start it (supervisor, HTTP worker; the worker alone
+# imports service.answers, with numpy and onnxruntime), and the MLflow client the registry source uses. BentoML's
+# internals move between releases: a missing one is reported, not fatal.
+REQUIRED = ["service.cli", "service.service", "service.answers", "cellmfg.contract", "onnxruntime"]
 WARM = ["bentoml_cli.cli", "_bentoml_impl.server.serving", "_bentoml_impl.worker.service", "uvicorn",
         "mlflow.tracking", "mlflow.artifacts"]
 BUNDLE = Path("/opt/cellmfg/bundle")

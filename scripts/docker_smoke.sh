@@ -14,7 +14,7 @@
 #                  `cellmfg registry export-bundle`) or build/docker-smoke/bundle. Unset: a bundle of eight small
 #                  but real ONNX models with valid contracts (testkit/fakes.py) is written there.
 #   IMAGE          tag to build (default cellmfg:smoke); it is left in place for reuse.
-#   MAX_IMAGE_MB   fail above this image size (default 700).
+#   MAX_IMAGE_MB   fail above this image size (default 450; the image is ~399 MB on the local Debian base).
 #   READY_TIMEOUT  seconds to wait for /readyz (default 180).
 #   KEEP_DOCKER_ENGINE=1  leave running a Docker engine that the helper started for this run (default: stop it,
 #                  by the PID in /var/run/docker.pid, so that the machine is left as it was found).
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 IMAGE="${IMAGE:-cellmfg:smoke}"
-MAX_IMAGE_MB="${MAX_IMAGE_MB:-700}"
+MAX_IMAGE_MB="${MAX_IMAGE_MB:-450}"
 READY_TIMEOUT="${READY_TIMEOUT:-180}"
 log() { echo "docker-smoke: $*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }

@@ -11,7 +11,7 @@ predict) is checked by `service.design`, also with a 400 naming the field.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from bentoml import IODescriptor
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StrictBool, ValidationError, model_validator
@@ -19,8 +19,10 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cellmfg.domain import Kind, Quantity, all_quantities, features_for, targets_for
-from service.design import DesignProblem, TargetGoal
 from service.schemas import DatasetName, ElectrodePrediction, GdlPrediction, IntervalSummary, ModelRef
+
+if TYPE_CHECKING:
+    from service.design import DesignProblem
 
 DEFAULT_TOLERANCE_PCT = 5.0
 MIN_TOLERANCE_PCT = 0.01  # far above the float32 rounding of the nets' outputs (~1e-5 %)
@@ -312,6 +314,9 @@ class InfeasibleDesign(BaseModel):
 def design_problem(kind: Kind, dataset: str, targets: dict[str, DesignTarget], fixed: dict[str, float],
                    bounds: dict[str, DesignBound], k: int, explain: bool) -> DesignProblem:
     """The validated request as the search takes it."""
+    # Imported here: the request schemas are read by BentoML's supervisor process too, which loads no numpy.
+    from service.design import DesignProblem, TargetGoal
+
     return DesignProblem(
         kind=kind, dataset=dataset,
         targets=tuple(TargetGoal(column, t.value, t.tolerance_pct) for column, t in targets.items()),

@@ -56,6 +56,13 @@ class Explainers:
                 plan = self._plans.setdefault(model, built)
         return plan
 
+    def model_rows_per_row(self, model: ServedModel) -> int:
+        """Model rows one explained row costs: the plan's count once it is built, else its upper bound 2^M x B."""
+        plan = self._plans.get(model)
+        if plan is not None:
+            return plan.model_rows_per_row
+        return (1 << len(model.feature_names)) * len(model.background)
+
     def explain(self, model: ServedModel, x: np.ndarray) -> tuple[float, np.ndarray]:
         """(base value, Shapley values [n, n_features]) for float64 rows `x` exactly as the model sees them."""
         started = time.perf_counter()

@@ -128,6 +128,17 @@ class Predictor:
                                             f"{', '.join(served) if served else 'none yet'}")
         return [_Answering(model.target, model)]
 
+    def model_rows(self, n_rows: int, explain: bool, kind: Kind | None = None, dataset: str = "",
+                   model: str = "") -> int:
+        """How many model rows a request on `model` (or on the kind's `dataset`) evaluates: one per row and
+        answering model, plus the exact-Shapley rows when explained. 0 when it will be refused before any model
+        runs. Tells the service whether the request is small enough to answer on the event loop."""
+        try:
+            answering = self.model_answering(model) if kind is None else self.answering(kind, dataset)
+        except RequestRejectedError:
+            return 0
+        return n_rows * sum(1 + (self.explainers.model_rows_per_row(a.model) if explain else 0) for a in answering)
+
     def check_size(self, n: int) -> None:
         if n > self.settings.max_rows:
             raise RequestRejectedError(413, f"{n} rows in one request; the limit is {self.settings.max_rows} rows per "

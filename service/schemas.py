@@ -24,7 +24,7 @@ from cellmfg.domain import DATASETS, ELECTRODE_FEATURES, GDL_FEATURES, feature_c
 # Any dataset the catalogue serves: the paper's are the examples, a lab's own (e.g. lfp) are accepted once their
 # models are promoted; the prediction path answers an unknown one with 400 naming the served datasets.
 DatasetName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
-# Where the served datasets come from: the running service's catalogue (set by service.service). Without one the
+# Where the served datasets come from: the running service's catalogue (set by service.answers). Without one the
 # paper's datasets are named as examples and the predictor decides what is served.
 _DATASET_PROVIDER: Callable[[str], list[str]] | None = None
 

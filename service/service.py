@@ -17,33 +17,15 @@ re-read at each poll: promoted models appear and retired ones disappear without 
 
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 import bentoml
 from fastapi import FastAPI, Request
-from pydantic import ValidationError
-from pydantic_core import to_json
 from starlette.responses import Response
 
-from cellmfg.contract import contract_summary
-from cellmfg.domain import Kind, feature_columns
 from service.config import Settings
-from service.csvio import (
-    CSV_MEDIA_TYPE,
-    CSV_MEDIA_TYPES,
-    CsvInputError,
-    Scored,
-    media_type,
-    models_header,
-    score_csv,
-    scored_json,
-    wants_csv,
-)
-from service.design import Designer  # design
 from service.design_schemas import (  # design
     DesignBound,
     DesignTarget,
@@ -51,15 +33,11 @@ from service.design_schemas import (  # design
     ElectrodeDesignResponse,
     GdlDesignRequest,
     GdlDesignResponse,
-    design_problem,
 )
-from service.explain import Explainers
 from service.guards import CSV_ROUTES, RequestGuard
 from service.logs import quiet_client_errors, show_service_logs
-from service.model_store import ModelStore, ServedModel
 from service.openapi import OpenAPIErrorDocs
 from service.patches import patch_bentoml_timeout
-from service.predict import Predictor, RequestRejectedError
 from service.schemas import (
     ElectrodeRequest,
     ElectrodeResponse,
@@ -67,18 +45,14 @@ from service.schemas import (
     GdlResponse,
     ModelRequest,
     ModelsResponse,
-    use_dataset_provider,
-    use_model_provider,
 )
 from service.security import SecurityMiddleware
-from service.sources import open_source
 from service.ui import mount_ui  # page
 
-log = logging.getLogger("cellmfg.service")
+if TYPE_CHECKING:
+    from service.answers import Answers
 
-# Up to this many rows (without explain) are answered on the event loop: a thread hop would cost more than the
-# prediction. Larger batches and every explanation run in a worker thread so probes and small requests go on.
-INLINE_ROWS = 256
+log = logging.getLogger("cellmfg.service")
 
 models_app = FastAPI(title="cellmfg models", docs_url=None, redoc_url=None, openapi_url=None)
 _MODEL_ROUTE_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -88,10 +62,6 @@ _MODEL_ROUTE_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content"
 # --- page: the static page at /ui/ and /docs -> the API docs at / (service.ui) ---
 mount_ui(models_app)
 # --- end page ---
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(to_json(body), status_code=status, media_type="application/json")
 
 
 @bentoml.service(
@@ -115,47 +85,22 @@ class CellMfgService:
         show_service_logs()
         quiet_client_errors()
         patch_bentoml_timeout()  # BentoML's request timeout keeps every request's timer alive (service.patches)
+        # Imported here, in the worker: BentoML's supervisor imports this module only to read the service's
+        # definition, and needs neither numpy, onnxruntime nor the models (service.answers).
+        from service.answers import Answers
+
         self.settings = Settings.from_env()
-        # The open catalogue: every model the source offers (registry alias or bundle), re-read at each poll.
-        self.store = ModelStore(open_source(self.settings), None, self.settings.ort_threads,
-                                required=self.settings.required_models)
-        self.store.load_all()
-        # Validation messages name what is served now (the catalogue object is replaced on every change).
-        use_dataset_provider(lambda kind: self.store.catalogue.datasets(kind))
-        use_model_provider(lambda: {m.name: list(m.contract.features) for m in self.store.models()})
-        gc.freeze()  # start-up objects live forever: keep them out of every full collection
-        self.explainers = Explainers()
-        self.predictor = Predictor(self.store, self.explainers, self.settings)
-        self.designer = Designer(self.predictor)  # design
-        self.store.start_polling(self.settings.poll_seconds)
-        log.info("cellmfg service: %d/%d models from %s, polling every %g s", len(self.store.models()),
-                 len(self.store.names), self.store.source.description, self.settings.poll_seconds)
+        self.answers: Answers = Answers(self.settings)
+        store = self.answers.store
+        log.info("cellmfg service: %d/%d models from %s, polling every %g s", len(store.models()), len(store.names),
+                 store.source.description, self.settings.poll_seconds)
 
     def __is_ready__(self) -> bool:
-        return self.store.ready
+        return self.answers.store.ready
 
     @bentoml.on_shutdown
     def stop_polling(self) -> None:
-        self.store.stop()
-        # A stopped service names no served models or datasets any more (documents and messages built later in
-        # this process, e.g. by the next service instance of a test run, must not see its catalogue).
-        use_dataset_provider(None)
-        use_model_provider(None)
-
-    async def _answer(self, kind: Kind, dataset: str, rows: list[dict[str, float]], explain: bool,
-                      interval: bool, ctx: bentoml.Context | None = None) -> Response:
-        try:
-            if explain or len(rows) > INLINE_ROWS:
-                payload = await anyio.to_thread.run_sync(self.predictor.predict, kind, dataset, rows, explain,
-                                                         interval)
-            else:
-                payload = self.predictor.predict(kind, dataset, rows, explain, interval)
-        except RequestRejectedError as rejected:
-            return _with_status(_json(rejected.body(), rejected.status), ctx)
-        if ctx is not None and wants_csv(ctx.request.headers.get("accept")):
-            features = feature_columns(kind)
-            return _with_status(_csv(scored_json(payload, rows, features, interval, explain)), ctx)
-        return _with_status(_json(payload), ctx)
+        self.answers.stop()
 
     @bentoml.api(route="/predict/electrode", input_spec=ElectrodeRequest, output_spec=ElectrodeResponse)
     async def predict_electrode(self, chemistry: str, rows: list[dict[str, float]], explain: bool = False,
@@ -173,25 +118,17 @@ class CellMfgService:
         and/or `Accept: text/csv` to get the rows back with the predictions as columns. CSV errors name line and
         column.
         """
-        return await self._answer("electrode", chemistry, rows, explain, interval, ctx)
+        return _with_status(await self.answers.predict("electrode", chemistry, rows, explain, interval,
+                                                       ctx.request.headers.get("accept")), ctx)
 
     @bentoml.api(route="/predict/gdl", input_spec=GdlRequest, output_spec=GdlResponse)
     async def predict_gdl(self, dataset: str, rows: list[dict[str, float]], explain: bool = False,
                           interval: bool = False, *, ctx: bentoml.Context) -> Response:
         """Gas-diffusion-layer tortuosity per row, from the dataset's model; the same extras as the electrodes."""
-        return await self._answer("gdl", dataset, rows, explain, interval, ctx)
+        return _with_status(await self.answers.predict("gdl", dataset, rows, explain, interval,
+                                                       ctx.request.headers.get("accept")), ctx)
 
     # --- design: recipe design, the inverse of /predict (service.design) ---
-    async def _design(self, kind: Kind, dataset: str, targets: dict[str, DesignTarget], fixed: dict[str, float],
-                      bounds: dict[str, DesignBound], k: int, explain: bool) -> Response:
-        problem = design_problem(kind, dataset, targets, fixed, bounds, k, explain)
-        try:
-            # Tens of milliseconds of search: in a worker thread, so probes and predictions go on meanwhile.
-            payload = await anyio.to_thread.run_sync(self.designer.design, problem)
-        except RequestRejectedError as rejected:
-            return _json(rejected.body(), rejected.status)
-        return _json(payload)
-
     @bentoml.api(route="/design/electrode", input_spec=ElectrodeDesignRequest, output_spec=ElectrodeDesignResponse)
     async def design_electrode(self, chemistry: str, targets: dict[str, DesignTarget],
                                fixed: dict[str, float] | None = None, bounds: dict[str, DesignBound] | None = None,
@@ -205,40 +142,19 @@ class CellMfgService:
         check, SHAP), and the reachable range of every target. Bad input is answered 400 naming the field; a target
         nothing reaches 422 with the reachable range and the closest recipe found.
         """
-        return await self._design("electrode", chemistry, targets, fixed or {}, bounds or {}, k, explain)
+        return await self.answers.design("electrode", chemistry, targets, fixed or {}, bounds or {}, k, explain)
 
     @bentoml.api(route="/design/gdl", input_spec=GdlDesignRequest, output_spec=GdlDesignResponse)
     async def design_gdl(self, dataset: str, targets: dict[str, DesignTarget], fixed: dict[str, float] | None = None,
                          bounds: dict[str, DesignBound] | None = None, k: int = 5, explain: bool = True) -> Response:
         """GDL structures that give the wanted tortuosity; the same search and answer as /design/electrode."""
-        return await self._design("gdl", dataset, targets, fixed or {}, bounds or {}, k, explain)
+        return await self.answers.design("gdl", dataset, targets, fixed or {}, bounds or {}, k, explain)
     # --- end design ---
 
     @models_app.get("/models", response_model=ModelsResponse, tags=["Service APIs"],
                     summary="Loaded models: version, alias, test MAPE, lineage and feature ranges")
     def list_models(self) -> dict[str, Any]:
-        return self.describe_models()
-
-    def describe_models(self) -> dict[str, Any]:
-        models = []
-        catalogue = self.store.catalogue
-        for model in self.store.models():
-            summary = contract_summary(model.contract)
-            models.append({
-                "name": model.name, "version": model.version, "alias": model.alias, "source": model.source,
-                "loaded_at": model.loaded_at, "task": summary["task"], "dataset": summary["dataset"],
-                "role": summary["role"], "target": summary["target"],
-                "test_mape_pct": model.contract.metrics.test_mape_pct, "metrics": summary["metrics"],
-                "conformal": model.contract.conformal.model_dump(), "lineage": summary["lineage"],
-                "features": summary["features"], "endpoints": _endpoints(model),
-            })
-        return {
-            "ready": self.store.ready,
-            "datasets": {kind: catalogue.datasets(kind) for kind in ("electrode", "gdl")},
-            "source": self.store.source.description, "alias": self.settings.alias,
-            "poll_seconds": self.settings.poll_seconds, "models": models, "missing": self.store.problems(),
-        }
-
+        return self.answers.describe_models()
 
     # -- CSV bodies and single models: FastAPI routes on the mounted app, since they read the raw body
 
@@ -250,56 +166,19 @@ class CellMfgService:
         """One served model by name (GET /models lists them with their features), for targets and feature sets
         beyond the kind endpoints. JSON body {"rows": [...], "explain": false, "interval": false}, or a CSV body
         with `?explain=&interval=`; `Accept: text/csv` answers CSV."""
-        if media_type(request.headers.get("content-type")) in CSV_MEDIA_TYPES:
-            return await self._answer_csv(request, model=model_name, explain=explain, interval=interval)
-        try:
-            body = ModelRequest.model_validate_json(await request.body())
-        except ValidationError as error:
-            return _json({"error": "the body is not a valid request for one model",
-                          "detail": [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]}
-                                     for e in error.errors(include_url=False)[:20]]}, 400)
-        try:
-            payload = await anyio.to_thread.run_sync(self.predictor.predict_model, model_name, body.rows,
-                                                     body.explain, body.interval)
-        except RequestRejectedError as rejected:
-            return _json(rejected.body(), rejected.status)
-        if wants_csv(request.headers.get("accept")):
-            features = self.predictor.model_answering(model_name)[0].model.feature_names
-            rows = [{f: row[f] for f in features} for row in body.rows]
-            return _csv(scored_json(payload, rows, features, body.interval, body.explain))
-        return _json(payload)
+        return await self.answers.predict_model(model_name, request, explain, interval)
 
     @models_app.post(CSV_ROUTES["/predict/electrode"], include_in_schema=False)
     async def predict_electrode_csv(self, request: Request, chemistry: str = "", explain: bool = False,
                                     interval: bool = False) -> Response:
-        return await self._answer_csv(request, kind="electrode", dataset=chemistry, field="chemistry",
+        return await self.answers.answer_csv(request, kind="electrode", dataset=chemistry, field="chemistry",
                                       explain=explain, interval=interval)
 
     @models_app.post(CSV_ROUTES["/predict/gdl"], include_in_schema=False)
     async def predict_gdl_csv(self, request: Request, dataset: str = "", explain: bool = False,
                               interval: bool = False) -> Response:
-        return await self._answer_csv(request, kind="gdl", dataset=dataset, field="dataset", explain=explain,
+        return await self.answers.answer_csv(request, kind="gdl", dataset=dataset, field="dataset", explain=explain,
                                       interval=interval)
-
-    async def _answer_csv(self, request: Request, *, kind: Kind | None = None, dataset: str = "", field: str = "",
-                          model: str | None = None, explain: bool = False, interval: bool = False) -> Response:
-        if kind is not None and not dataset:
-            served = ", ".join(self.store.catalogue.datasets(kind))
-            return _json({"error": f"a CSV body needs ?{field}=NAME in the URL; served: {served}",
-                          "detail": [{"type": "missing", "loc": ["query", field],
-                                      "msg": f"query parameter {field} is missing; served: {served}"}]}, 400)
-        data = await request.body()
-        try:
-            scored = await anyio.to_thread.run_sync(
-                lambda: score_csv(self.predictor, data, kind=kind, dataset=dataset or None, model=model,
-                                  explain=explain, interval=interval))
-        except CsvInputError as error:
-            return _json({"error": error.message, "detail": error.detail}, error.status)
-        except RequestRejectedError as rejected:
-            return _json(rejected.body(), rejected.status)
-        if wants_csv(request.headers.get("accept")):
-            return _csv(scored)
-        return _json(scored.answer)
 
 
 def _with_status(response: Response, ctx: bentoml.Context | None) -> Response:
@@ -308,19 +187,6 @@ def _with_status(response: Response, ctx: bentoml.Context | None) -> Response:
     if ctx is not None:
         ctx.response.status_code = response.status_code
     return response
-
-
-def _csv(scored: Scored) -> Response:
-    return Response(scored.to_csv(), media_type=CSV_MEDIA_TYPE,
-                    headers={"X-Cellmfg-Models": models_header(scored.answer)})
-
-
-def _endpoints(model: ServedModel) -> list[str]:
-    routes = [f"POST /predict/{model.name}"]
-    if model.slot is not None:
-        field = "chemistry" if model.slot.kind == "electrode" else "dataset"
-        routes.insert(0, f"POST /predict/{model.slot.kind} ({field}={model.slot.dataset})")
-    return routes
 
 
 _service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class

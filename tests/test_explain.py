@@ -7,6 +7,7 @@ model, for every served model kind.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -233,10 +234,21 @@ def test_explanations_are_counted_and_timed_per_model(store: ModelStore) -> None
 
 def test_the_service_does_not_import_shap() -> None:
     # shap (with numba and llvmlite) is not in the serving lock: the service must start without it.
-    code = "import sys, service.service, service.explain; sys.exit(1 if 'shap' in sys.modules else 0)"
+    code = "import sys, service.service, service.answers; sys.exit(1 if 'shap' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_service_definition_loads_no_runtime_library() -> None:
+    """`bentoml serve` imports service.service twice: in its supervisor, only to read the definition, and in the
+    worker. Only the worker, in the service's __init__ (service.answers), loads numpy, onnxruntime and MLflow."""
+    code = ("import json, sys, service.service; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'numpy', 'onnxruntime', 'mlflow', 'scipy'} or m in {'service.answers', 'service.predict'})))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -90,6 +90,55 @@ def test_explanations_over_http_add_up(client: TestClient) -> None:
             assert abs(total - row[column]) <= 1e-4 * abs(row[column])
 
 
+def test_small_explained_requests_run_on_the_event_loop_large_ones_in_a_thread(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One explained row is ~0.2 ms of work, less than a thread hop: it is answered inline, with the same values
+    the threaded path gives that row inside a larger batch."""
+    import anyio.to_thread
+
+    import service.answers as module
+    from service.config import Settings
+    from service.explain import Explainers
+    from service.model_store import ModelStore
+    from service.predict import Predictor
+    from service.sources import BundleSource
+
+    hops: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(function: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(getattr(function, "__self__", None), Predictor):  # BentoML and Starlette hop for their own
+            hops.append(function.__name__)
+        return await real_run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    # How many explained NMC rows the threshold admits, from the same estimate the service uses (the fake bundle
+    # is the client's: the same models).
+    bundle = write_fake_bundle(tmp_path)
+    predictor = Predictor(ModelStore(BundleSource(bundle)), Explainers(), Settings(bundle=bundle))
+    predictor.store.load_all()
+    per_row = predictor.model_rows(1, True, kind="electrode", dataset="nmc")
+    assert 0 < per_row <= module.INLINE_MODEL_ROWS
+    n_large = module.INLINE_MODEL_ROWS // per_row + 1
+    rows = example_rows("electrode", "nmc", n_large, seed=11)
+    assert predictor.model_rows(2 * n_large, True, model="density_nmc_onnx") > module.INLINE_MODEL_ROWS
+
+    single = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows[:1], "explain": True})
+    assert hops == []
+    batch = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows, "explain": True})
+    assert hops == ["predict"]
+    plain = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows})
+    assert hops == ["predict"] and len(plain["predictions"]) == n_large  # plain rows this few stay inline
+    _post(client, "/predict/density_nmc_onnx", {"rows": rows[:1], "explain": True})
+    _post(client, "/predict/density_nmc_onnx", {"rows": rows * 2, "explain": True})
+    assert hops == ["predict", "predict_model"]
+    for column in ("density_g_cm3", "mass_loading_mg_cm2"):
+        inline, threaded = (answer["predictions"][0]["explanation"][column] for answer in (single, batch))
+        assert inline["base_value"] == threaded["base_value"]
+        np.testing.assert_allclose(list(inline["contributions"].values()),
+                                   list(threaded["contributions"].values()), rtol=1e-12, atol=1e-15)
+
+
 def test_models_lists_versions_metrics_lineage_and_ranges(client: TestClient) -> None:
     answer = client.get("/models").json()
     assert answer["ready"] is True and answer["missing"] == {}
