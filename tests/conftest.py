@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,3 +32,20 @@ def session_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake bundle (testkit.fakes: eight small ONNX models with valid contracts), one per test module."""
+    from testkit.fakes import write_fake_bundle
+
+    return write_fake_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def client(bundle: Path) -> Iterator[Any]:
+    """The service in process (BentoML's ASGI app with its lifespan, a Starlette TestClient) on `bundle`."""
+    from testkit.fakes import service_client
+
+    with service_client(bundle) as test_client:
+        yield test_client

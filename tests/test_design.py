@@ -7,7 +7,6 @@ range is checked against an independent random sample of the same box through on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from service.design_schemas import (
     GdlDesignResponse,
     InfeasibleDesign,
 )
-from testkit.fakes import fake_models, onnx_predict, service_client, write_fake_bundle
+from testkit.fakes import fake_models, onnx_predict
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 
@@ -38,17 +37,6 @@ ELECTRODE_COLUMNS = feature_columns("electrode")
 SLURRY = {"am_wt_pct": 94.0, "solid_content_pct": 60.0}
 TWO_TARGETS = {"mass_loading_mg_cm2": {"value": 14.0, "tolerance_pct": 3.0},
                "density_g_cm3": {"value": 2.1, "tolerance_pct": 3.0}}
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fake_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def client(bundle: Path) -> Iterator[TestClient]:
-    with service_client(bundle) as client:
-        yield client
 
 
 def _design(client: TestClient, body: dict[str, Any], kind: str = "electrode") -> Any:

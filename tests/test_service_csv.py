@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,12 @@ from typer.testing import CliRunner
 from cellmfg.domain import feature_columns
 from service.cli import predict
 from service.csvio import wants_csv
-from testkit.fakes import example_rows, service_client, write_fake_bundle
+from testkit.fakes import example_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
 
 ELECTRODE = feature_columns("electrode")
 CSV_HEADERS = {"Content-Type": "text/csv", "Accept": "text/csv"}
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fake_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def client(bundle: Path) -> Iterator[TestClient]:
-    with service_client(bundle) as test_client:
-        yield test_client
 
 
 def _csv_text(rows: list[dict[str, float]], extra: dict[str, list[str]] | None = None) -> str:

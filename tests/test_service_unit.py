@@ -28,11 +28,6 @@ TASK_BY_NAME = {f"{t.model_name}_onnx": t for t in TASKS}
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fake_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
 def store(bundle: Path) -> ModelStore:
     store = ModelStore(BundleSource(bundle), SERVED_MODEL_NAMES)
     store.load_all()

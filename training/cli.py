@@ -25,6 +25,13 @@ SeedOption = Annotated[int | None, typer.Option(help="Random seed (default: the 
 # cellmfg train
 
 PresetOption = Annotated[str, typer.Option(help="Config preset: paper (250 epochs) or quick (tests).")]
+# The options `train pretrain` and `train transfer` share.
+TargetColumnOption = Annotated[str, typer.Option("--target", help="Target column, e.g. density_g_cm3 (or the task "
+                                                                  "name).")]
+ModelNameOption = Annotated[str | None, typer.Option("--name", help="Registered model name (default: {task}_{csv "
+                                                                    "stem}).")]
+TestFractionOption = Annotated[float | None, typer.Option("--test-fraction", help="Test share of the rows (default "
+                                                                                   "0.3).")]
 
 
 def _config(preset: str, seed: int | None, test_fraction: float | None = None) -> Any:
@@ -120,11 +127,11 @@ def _print_result(summary: Any, as_json: bool) -> None:
 @train_app.command("pretrain")
 def train_pretrain(
     dataset: Annotated[Path, typer.Option(help="Source dataset CSV (the large one).")],
-    target: Annotated[str, typer.Option(help="Target column, e.g. density_g_cm3 (or the task name).")],
-    name: Annotated[str | None, typer.Option(help="Registered model name (default: {task}_{csv stem}).")] = None,
+    target: TargetColumnOption,
+    name: ModelNameOption = None,
     preset: PresetOption = "paper",
     seed: SeedOption = None,
-    test_fraction: Annotated[float | None, typer.Option(help="Test share of the rows (default 0.3).")] = None,
+    test_fraction: TestFractionOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Pretrain a net on a lab's large dataset and register it."""
@@ -146,11 +153,11 @@ def train_pretrain(
 def train_transfer(
     base: Annotated[str, typer.Option(help="Pretrained model URI, e.g. models:/density_graphite@champion.")],
     data_csv: Annotated[Path, typer.Option("--data", help="Small target dataset CSV.")],
-    target: Annotated[str, typer.Option(help="Target column, e.g. density_g_cm3 (or the task name).")],
-    name: Annotated[str | None, typer.Option(help="Registered model name (default: {task}_{csv stem}).")] = None,
+    target: TargetColumnOption,
+    name: ModelNameOption = None,
     preset: PresetOption = "paper",
     seed: SeedOption = None,
-    test_fraction: Annotated[float | None, typer.Option(help="Test share of the rows (default 0.3).")] = None,
+    test_fraction: TestFractionOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Adapt a pretrained net to a lab's small dataset and compare it, on grouped splits, with every alternative."""
