@@ -83,10 +83,13 @@ class Answers:
                       accept: str | None = None) -> Response:
         """The answer of /predict/electrode or /predict/gdl: JSON, or CSV when `accept` asks for it."""
         try:
-            if _inline(len(rows), self.predictor.model_rows(len(rows), explain, kind=kind, dataset=dataset)):
-                payload = self.predictor.predict(kind, dataset, rows, explain, interval)
+            # Resolved once: the size and the models decide where the request runs, and those models answer it.
+            self.predictor.check_size(len(rows))
+            answering = self.predictor.answering(kind, dataset)
+            if _inline(len(rows), self.predictor.model_rows(answering, len(rows), explain)):
+                payload = self.predictor.predict_rows(answering, rows, explain, interval)
             else:
-                payload = await anyio.to_thread.run_sync(self.predictor.predict, kind, dataset, rows, explain,
+                payload = await anyio.to_thread.run_sync(self.predictor.predict_rows, answering, rows, explain,
                                                          interval)
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
@@ -140,15 +143,17 @@ class Answers:
                           "detail": [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]}
                                      for e in error.errors(include_url=False)[:20]]}, 400)
         try:
-            if _inline(len(body.rows), self.predictor.model_rows(len(body.rows), body.explain, model=model_name)):
-                payload = self.predictor.predict_model(model_name, body.rows, body.explain, body.interval)
+            self.predictor.check_size(len(body.rows))
+            answering = self.predictor.model_answering(model_name)
+            if _inline(len(body.rows), self.predictor.model_rows(answering, len(body.rows), body.explain)):
+                payload = self.predictor.predict_model_rows(answering, body.rows, body.explain, body.interval)
             else:
-                payload = await anyio.to_thread.run_sync(self.predictor.predict_model, model_name, body.rows,
+                payload = await anyio.to_thread.run_sync(self.predictor.predict_model_rows, answering, body.rows,
                                                          body.explain, body.interval)
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
         if wants_csv(request.headers.get("accept")):
-            features = self.predictor.model_answering(model_name)[0].model.feature_names
+            features = answering[0].model.feature_names
             rows = [{f: row[f] for f in features} for row in body.rows]
             return _csv(scored_json(payload, rows, features, body.interval, body.explain))
         return _json(payload)

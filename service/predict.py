@@ -128,15 +128,9 @@ class Predictor:
                                             f"{', '.join(served) if served else 'none yet'}")
         return [_Answering(model.target, model)]
 
-    def model_rows(self, n_rows: int, explain: bool, kind: Kind | None = None, dataset: str = "",
-                   model: str = "") -> int:
-        """How many model rows a request on `model` (or on the kind's `dataset`) evaluates: one per row and
-        answering model, plus the exact-Shapley rows when explained. 0 when it will be refused before any model
-        runs. Tells the service whether the request is small enough to answer on the event loop."""
-        try:
-            answering = self.model_answering(model) if kind is None else self.answering(kind, dataset)
-        except RequestRejectedError:
-            return 0
+    def model_rows(self, answering: list[_Answering], n_rows: int, explain: bool) -> int:
+        """How many model rows a request of `n_rows` on these models evaluates: one per row and model, plus the
+        exact-Shapley rows when explained. Tells the service whether it is small enough for the event loop."""
         return n_rows * sum(1 + (self.explainers.model_rows_per_row(a.model) if explain else 0) for a in answering)
 
     def check_size(self, n: int) -> None:
@@ -150,14 +144,17 @@ class Predictor:
                 interval: bool = False) -> dict[str, Any]:
         """Rows already validated against the kind's features (the request schema did) -> the JSON answer."""
         self.check_size(len(rows))
-        answering = self.answering(kind, dataset)
+        return self.predict_rows(self.answering(kind, dataset), rows, explain, interval)
+
+    def predict_rows(self, answering: list[_Answering], rows: list[dict[str, float]], explain: bool = False,
+                     interval: bool = False) -> dict[str, Any]:
+        """`predict` on models already resolved by `answering`."""
         return self.predict_array(answering, _to_array(rows, answering[0].model.feature_names), explain, interval)
 
-    def predict_model(self, name: str, rows: list[Any], explain: bool = False,
-                      interval: bool = False) -> dict[str, Any]:
-        """`POST /predict/{name}`: rows checked here against the model's own contract (features, physical bounds)."""
-        self.check_size(len(rows))
-        answering = self.model_answering(name)
+    def predict_model_rows(self, answering: list[_Answering], rows: list[Any], explain: bool = False,
+                           interval: bool = False) -> dict[str, Any]:
+        """`POST /predict/{name}` on the model `model_answering` resolved: rows checked here against the model's
+        own contract (features, physical bounds)."""
         return self.predict_array(answering, rows_to_array(rows, answering[0].model), explain, interval)
 
     def predict_array(self, answering: list[_Answering], x: np.ndarray, explain: bool = False,

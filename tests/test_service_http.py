@@ -117,21 +117,22 @@ def test_small_explained_requests_run_on_the_event_loop_large_ones_in_a_thread(
     bundle = write_fake_bundle(tmp_path)
     predictor = Predictor(ModelStore(BundleSource(bundle)), Explainers(), Settings(bundle=bundle))
     predictor.store.load_all()
-    per_row = predictor.model_rows(1, True, kind="electrode", dataset="nmc")
+    per_row = predictor.model_rows(predictor.answering("electrode", "nmc"), 1, True)
     assert 0 < per_row <= module.INLINE_MODEL_ROWS
     n_large = module.INLINE_MODEL_ROWS // per_row + 1
     rows = example_rows("electrode", "nmc", n_large, seed=11)
-    assert predictor.model_rows(2 * n_large, True, model="density_nmc_onnx") > module.INLINE_MODEL_ROWS
+    assert predictor.model_rows(predictor.model_answering("density_nmc_onnx"), 2 * n_large,
+                                True) > module.INLINE_MODEL_ROWS
 
     single = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows[:1], "explain": True})
     assert hops == []
     batch = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows, "explain": True})
-    assert hops == ["predict"]
+    assert hops == ["predict_rows"]
     plain = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows})
-    assert hops == ["predict"] and len(plain["predictions"]) == n_large  # plain rows this few stay inline
+    assert hops == ["predict_rows"] and len(plain["predictions"]) == n_large  # plain rows this few stay inline
     _post(client, "/predict/density_nmc_onnx", {"rows": rows[:1], "explain": True})
     _post(client, "/predict/density_nmc_onnx", {"rows": rows * 2, "explain": True})
-    assert hops == ["predict", "predict_model"]
+    assert hops == ["predict_rows", "predict_model_rows"]
     for column in ("density_g_cm3", "mass_loading_mg_cm2"):
         inline, threaded = (answer["predictions"][0]["explanation"][column] for answer in (single, batch))
         assert inline["base_value"] == threaded["base_value"]
