@@ -272,25 +272,28 @@ def load_bundle(directory: str | Path) -> list[LoadedModel]:
         manifest = Manifest.model_validate_json(manifest_path.read_bytes())
     except ValidationError as error:
         raise ContractError(f"{manifest_path}: not a valid bundle manifest: {error.errors()[0]['msg']}") from error
-    models = []
-    for entry in manifest.models:
-        onnx_path, contract_path = directory / entry.onnx, directory / entry.contract
-        for path in (onnx_path, contract_path):
-            if not path.is_file():
-                raise ContractError(f"{path}: listed in the manifest but missing from the bundle")
-        contract_bytes = contract_path.read_bytes()
-        if sha256_bytes(contract_bytes) != entry.contract_sha256:
-            raise ContractError(f"{contract_path}: checksum does not match the manifest; the file was changed")
-        onnx_bytes = onnx_path.read_bytes()
-        if sha256_bytes(onnx_bytes) != entry.onnx_sha256:
-            raise ContractError(f"{onnx_path}: checksum does not match the manifest; the file was changed")
-        contract = parse_contract(contract_bytes, str(contract_path))
-        verify_model(contract, onnx_bytes, str(onnx_path))
-        models.append(LoadedModel(name=entry.name, version=entry.version, alias=entry.alias, contract=contract,
-                                  onnx_bytes=onnx_bytes))
+    models = [load_bundle_entry(directory, entry) for entry in manifest.models]
     if not models:
         raise ContractError(f"{manifest_path}: the bundle lists no models")
     return models
+
+
+def load_bundle_entry(directory: Path, entry: ManifestEntry) -> LoadedModel:
+    """One model of a bundle, verified on its own: both files present, both checksums, the contract, the model."""
+    onnx_path, contract_path = directory / entry.onnx, directory / entry.contract
+    for path in (onnx_path, contract_path):
+        if not path.is_file():
+            raise ContractError(f"{path}: listed in the manifest but missing from the bundle")
+    contract_bytes = contract_path.read_bytes()
+    if sha256_bytes(contract_bytes) != entry.contract_sha256:
+        raise ContractError(f"{contract_path}: checksum does not match the manifest; the file was changed")
+    onnx_bytes = onnx_path.read_bytes()
+    if sha256_bytes(onnx_bytes) != entry.onnx_sha256:
+        raise ContractError(f"{onnx_path}: checksum does not match the manifest; the file was changed")
+    contract = parse_contract(contract_bytes, str(contract_path))
+    verify_model(contract, onnx_bytes, str(onnx_path))
+    return LoadedModel(name=entry.name, version=entry.version, alias=entry.alias, contract=contract,
+                       onnx_bytes=onnx_bytes)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -234,20 +234,19 @@ class Designer:
         chosen = _diverse(space, candidates, order, problem.k)
         if not chosen:
             closest = int(np.argmin(distance))
-            answer = self.predictor.predict(problem.kind, problem.dataset, [_settings(space, candidates[closest])],
-                                            explain=False, interval=True)
+            answer = self.predictor.predict_rows(answering, [_settings(space, candidates[closest])], explain=False,
+                                                 interval=True)
             nearest = _recipe(problem, space, candidates[closest], answer["predictions"][0], 0)
             del nearest["rank"]  # not a recipe that meets the targets, so it has no rank among them
             raise _infeasible(problem, reachable, nearest)
 
-        # 5. The answer rows come from the /predict code path.
+        # 5. The answer rows come from the /predict code path, on the models the search used.
         settings = [_settings(space, candidates[i]) for i in chosen]
-        answer = self.predictor.predict(problem.kind, problem.dataset, settings, explain=problem.explain,
-                                        interval=True)
+        answer = self.predictor.predict_rows(answering, settings, explain=problem.explain, interval=True)
         recipes = [_recipe(problem, space, candidates[i], row, rank)
                    for rank, (i, row) in enumerate(zip(chosen, answer["predictions"], strict=True), start=1)]
-        # The same float32 inputs through the same sessions give the same numbers; a model swapped in between
-        # could not, so a recipe is only returned if /predict's own prediction meets the targets.
+        # The same float32 inputs through the same sessions give the same numbers; a recipe is only returned if
+        # /predict's own prediction meets the targets, so the answer never depends on that holding.
         recipes = [rec for rec in recipes if rec["distance"] <= 1.0]
         for rank, rec in enumerate(recipes, start=1):
             rec["rank"] = rank

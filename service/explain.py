@@ -64,7 +64,7 @@ class Explainers:
         return (1 << len(model.feature_names)) * len(model.background)
 
     def explain(self, model: ServedModel, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """(base value, Shapley values [n, n_features]) for float64 rows `x` exactly as the model sees them."""
+        """(base value, Shapley values [n, n_features]) for rows `x`, rounded to float32 as the model sees them."""
         started = time.perf_counter()
         plan = self.plan(model)
         values = shapley_values(model.predict, plan, x, self.chunk_model_rows, self.threads)

@@ -24,8 +24,9 @@ import numpy as np
 import onnxruntime as ort
 
 from cellmfg.contract import Contract, ContractError, LoadedModel, now_iso
-from cellmfg.domain import DATASETS, TARGETS, Kind, Quantity, Target, feature_columns, model_name, targets_for
+from cellmfg.domain import DATASETS, TARGETS, Kind, Quantity, Target, feature_columns, targets_for
 from service import metrics
+from service.config import served_name
 from service.sources import ModelSource
 
 log = logging.getLogger("cellmfg.service")
@@ -51,7 +52,7 @@ def endpoint_slot(contract: Contract) -> Slot | None:
     tasks = {t.task: t for t in targets_for(kind)}
     target = tasks.get(contract.task)
     if (target is None or contract.target.column != target.column or contract.feature_names != feature_columns(kind)
-            or contract.name != f"{model_name(contract.task, contract.dataset)}_onnx"):
+            or contract.name != served_name(contract.task, contract.dataset)):
         return None
     return Slot(kind, contract.dataset, contract.task)
 
@@ -116,8 +117,6 @@ class ServedModel:
     train_min: np.ndarray = field(repr=False)
     train_max: np.ndarray = field(repr=False)
     background: np.ndarray = field(repr=False)
-    physical_min: np.ndarray = field(repr=False)
-    physical_max: np.ndarray = field(repr=False)
     target: Target = field(repr=False)  # with the physical range its intervals are clipped to
     # (kind, dataset, task) when /predict/electrode or /predict/gdl can answer with it, else None (generic only)
     slot: Slot | None = None
@@ -182,8 +181,6 @@ def build_served(model: LoadedModel, expected_name: str, threads: int, source: s
         train_min=np.array([f.train_min for f in contract.features]),
         train_max=np.array([f.train_max for f in contract.features]),
         background=background,
-        physical_min=np.array([f.physical_min for f in contract.features]),
-        physical_max=np.array([f.physical_max for f in contract.features]),
         slot=endpoint_slot(contract), target=target_of(contract))
     try:
         smoke = served.predict(background.astype(np.float32))

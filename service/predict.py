@@ -20,7 +20,7 @@ from service import metrics
 from service.config import Settings
 from service.explain import Explainers
 from service.model_store import ModelStore, ServedModel
-from service.schemas import MAX_ERRORS_REPORTED
+from service.schemas import MAX_ERRORS_REPORTED, short_repr
 
 
 class RequestRejectedError(Exception):
@@ -187,9 +187,8 @@ class Predictor:
                     row.setdefault("interval", {})[a.target.column] = [lo, hi]
 
         if explain:
-            x_seen = x32.astype(np.float64)  # explain what the model saw: the float32-rounded inputs
             for a in answering:
-                base, values = self.explainers.explain(a.model, x_seen)
+                base, values = self.explainers.explain(a.model, x32)  # what the model saw: the float32 rows
                 for row, contributions in zip(result_rows, values.tolist(), strict=True):
                     row.setdefault("explanation", {})[a.target.column] = {
                         "base_value": base, "contributions": dict(zip(columns, contributions, strict=True))}
@@ -240,7 +239,7 @@ def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:
             break
         if not isinstance(row, dict):
             problems.append(_problem("model_type", ["rows", i], f"row {i}: expected an object with the features "
-                                     f"{', '.join(columns)}, got {_short(row)}"))
+                                     f"{', '.join(columns)}, got {short_repr(row)}"))
             continue
         for j, column in enumerate(columns):
             spec = specs[column]
@@ -253,7 +252,7 @@ def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or not spec.physical_min <= value <= spec.physical_max:
                 problems.append(_problem("value_error", ["rows", i, column],
-                                         f"row {i}, {column} = {_short(value)}: allowed: {allowed}"))
+                                         f"row {i}, {column} = {short_repr(value)}: allowed: {allowed}"))
                 continue
             x[i, j] = value
         for extra in row:
@@ -271,11 +270,6 @@ def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:
 
 def _problem(kind: str, loc: list[Any], message: str) -> dict[str, Any]:
     return {"type": kind, "loc": loc, "msg": message}
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _rows(predictions: dict[str, np.ndarray], flags: list[bool]) -> list[dict[str, Any]]:

@@ -127,7 +127,8 @@ _EXPLAIN_DESCRIPTION = ("add per row the exact SHAP base value and one contribut
 _INTERVAL_DESCRIPTION = "add per row a 90 % split-conformal prediction interval per target"
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """repr() cut to 80 characters, for error messages that quote a bad value."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -140,32 +141,33 @@ def _describe(error: Any, columns: list[str], top_fields: list[str], choice_fiel
     if loc and loc[0] == "rows" and len(loc) >= 2 and isinstance(loc[1], int):
         where = f"row {loc[1]}"
         if len(loc) == 2:
-            return f"{where}: {msg}; each row is an object with the features {', '.join(columns)}, got {_short(value)}"
+            return (f"{where}: {msg}; each row is an object with the features {', '.join(columns)}, "
+                    f"got {short_repr(value)}")
         field = str(loc[2])
         if kind == "missing":
             return f"{where}: feature {field!r} is missing; every row needs {', '.join(columns)}"
         if kind == "extra_forbidden":
-            return f"{where}: unknown feature {field!r} = {_short(value)}; allowed features: {', '.join(columns)}"
+            return f"{where}: unknown feature {field!r} = {short_repr(value)}; allowed features: {', '.join(columns)}"
         q = _QUANTITIES.get(field)
         allowed = f"; allowed: a number in {q.physical_range_text()}" if q else ""
-        return f"{where}, {field} = {_short(value)}: {msg}{allowed}"
+        return f"{where}, {field} = {short_repr(value)}: {msg}{allowed}"
     if loc == ("rows",):
         if kind == "too_short":
             return "rows: at least one row is required, got an empty list"
-        return f"rows: {msg}; expected a list of row objects, got {_short(value)}"
+        return f"rows: {msg}; expected a list of row objects, got {short_repr(value)}"
     if loc == (choice_field,):
         if kind == "missing":
             return (f"{choice_field} is missing; a served dataset name, e.g. {', '.join(choices)} "
                     "(GET /models lists them)")
-        return f"{choice_field} = {_short(value)}: {msg}; a served dataset name, e.g. {', '.join(choices)}"
+        return f"{choice_field} = {short_repr(value)}: {msg}; a served dataset name, e.g. {', '.join(choices)}"
     if len(loc) == 1 and kind == "extra_forbidden":
         return f"unknown field {loc[0]!r}; allowed fields: {', '.join(top_fields)}"
     if loc:
         field = ".".join(str(part) for part in loc)
         if kind == "missing":
             return f"{field} is missing"
-        return f"{field} = {_short(value)}: {msg}"
-    return f"{msg}; expected a JSON object with the fields {', '.join(top_fields)}, got {_short(value)}"
+        return f"{field} = {short_repr(value)}: {msg}"
+    return f"{msg}; expected a JSON object with the fields {', '.join(top_fields)}, got {short_repr(value)}"
 
 
 def _explained(title: str, model: type[BaseModel], exc: ValidationError, columns: list[str], choice_field: str,
@@ -177,7 +179,8 @@ def _explained(title: str, model: type[BaseModel], exc: ValidationError, columns
     if isinstance(chosen, str) and _DATASET_PROVIDER is not None and chosen not in choices and \
             not any(tuple(e["loc"]) == (choice_field,) for e in errors):
         # Reported with the other problems: an unknown dataset is otherwise caught only after validation passes.
-        message = f"{choice_field} = {_short(chosen)} is not served; served datasets: {', '.join(choices) or 'none'}"
+        message = (f"{choice_field} = {short_repr(chosen)} is not served; served datasets: "
+                   f"{', '.join(choices) or 'none'}")
         details.append(InitErrorDetails(type=PydanticCustomError("unknown_dataset", "{message}", {"message": message}),
                                         loc=(choice_field,), input=chosen))
     for error in errors[:MAX_ERRORS_REPORTED]:

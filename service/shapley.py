@@ -81,8 +81,8 @@ class ShapleyPlan:
 
     background: np.ndarray  # float32 [B, M]
     base_value: float  # v(∅): mean prediction over the background
-    n_inner: int  # K = 2^M - 2: the coalitions evaluated per row, every one but ∅ and the full set
-    weights_inner: np.ndarray  # float64 [K, M]: their rows of W
+    # float64 [K, M]: W's rows for the K = 2^M - 2 coalitions evaluated per row (every one but ∅ and the full set)
+    weights_inner: np.ndarray
     weight_full: np.ndarray  # float64 [M]: W's row for the full coalition (1/M each)
     weight_empty: np.ndarray  # float64 [M]: W's row for ∅ (-1/M each)
     # The masked rows of one request row x, coalition after coalition, are x * take + fill: `take` is 1 where the
@@ -136,7 +136,7 @@ def make_plan(predict: PredictFn, background: np.ndarray) -> ShapleyPlan:
     base = float(np.asarray(predict(bg), dtype=np.float64).reshape(b).mean())
     for array in (bg, take, fill, share, start):
         array.setflags(write=False)
-    return ShapleyPlan(background=bg, base_value=base, n_inner=len(inner), weights_inner=weights[1:-1],
+    return ShapleyPlan(background=bg, base_value=base, weights_inner=weights[1:-1],
                        weight_full=weights[-1], weight_empty=weights[0], take=take, fill=fill, share=share,
                        starts=start)
 

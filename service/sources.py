@@ -39,9 +39,6 @@ class ModelSource(Protocol):
     def catalogue(self) -> dict[str, str]:
         """Cheap: every model the source offers now, name -> an identifier of what `fetch` would return."""
 
-    def revision(self, name: str) -> str:
-        """Cheap: an identifier of what `fetch` would return now."""
-
     def revision_of(self, model: LoadedModel) -> str: ...
 
     def fetch(self, name: str) -> LoadedModel: ...
@@ -87,9 +84,6 @@ class RegistrySource:
             if not token:
                 return found
 
-    def revision(self, name: str) -> str:
-        return str(self._client().get_model_version_by_alias(name, self.alias).version)
-
     def revision_of(self, model: LoadedModel) -> str:
         return model.version
 
@@ -122,27 +116,13 @@ class BundleSource:
     def catalogue(self) -> dict[str, str]:
         return {name: _bundle_revision(entry) for name, entry in self._manifest().items()}
 
-    def revision(self, name: str) -> str:
-        entry = self._manifest().get(name)
-        if entry is None:
-            raise KeyError(f"{name} is not in {self.directory / 'manifest.json'}")
-        return _bundle_revision(entry)
-
     def revision_of(self, model: LoadedModel) -> str:
         return f"{model.version}@{(model.contract.onnx_sha256 or '')[:16]}"
 
     def fetch(self, name: str) -> LoadedModel:
         """The one model `name`, verified on its own: a broken entry beside it (a lab's new model with a bad
         contract) must not stop the others from loading."""
-        from cellmfg.contract import (
-            MANIFEST_NAME,
-            ContractError,
-            LoadedModel,
-            Manifest,
-            parse_contract,
-            sha256_bytes,
-            verify_model,
-        )
+        from cellmfg.contract import MANIFEST_NAME, ContractError, Manifest, load_bundle_entry
 
         manifest_path = self.directory / MANIFEST_NAME
         try:
@@ -152,19 +132,7 @@ class BundleSource:
         entry = next((e for e in manifest.models if e.name == name), None)
         if entry is None:
             raise ContractError(f"{manifest_path}: no model {name!r} in the bundle")
-        onnx_path, contract_path = self.directory / entry.onnx, self.directory / entry.contract
-        for path in (onnx_path, contract_path):
-            if not path.is_file():
-                raise ContractError(f"{path}: listed in the manifest but missing from the bundle")
-        contract_bytes, onnx_bytes = contract_path.read_bytes(), onnx_path.read_bytes()
-        if sha256_bytes(contract_bytes) != entry.contract_sha256:
-            raise ContractError(f"{contract_path}: checksum does not match the manifest; the file was changed")
-        if sha256_bytes(onnx_bytes) != entry.onnx_sha256:
-            raise ContractError(f"{onnx_path}: checksum does not match the manifest; the file was changed")
-        contract = parse_contract(contract_bytes, str(contract_path))
-        verify_model(contract, onnx_bytes, str(onnx_path))
-        return LoadedModel(name=entry.name, version=entry.version, alias=entry.alias, contract=contract,
-                           onnx_bytes=onnx_bytes)
+        return load_bundle_entry(self.directory, entry)
 
     def origin(self, model: LoadedModel) -> str:
         return f"{self.directory}/{model.name}.onnx"
