@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ from cellmfg.console import JsonOption, err, fail
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     """Registry commands exit 1 when a step is refused or fails, 2 on bad input."""
     fail(message, code)
 
@@ -105,7 +105,6 @@ def rollback_command(
         demoted, restored = promote.rollback(name, to_version)
     except promote.GateError as error:
         _fail(str(error))
-        return
     if as_json:
         print(json.dumps({"model": name, "champion": restored, "previous": demoted}))
     elif demoted is None:
@@ -134,7 +133,7 @@ def retire_command(
             failures.append({"model": text, "error": str(error)})
             err.print(f"[red]{escape(str(error))}[/]", highlight=False, soft_wrap=True)
             continue
-        retired.append({"model": promote.onnx_name(promote.keras_name(name)), "version": version, "alias": alias})
+        retired.append({"model": name, "version": version, "alias": alias})
         if not as_json:
             print(f"{retired[-1]['model']}: v{version} no longer holds @{alias} (rollback serves it again)")
     if as_json:
@@ -162,7 +161,6 @@ def _keras_target(text: str) -> tuple[str, str | None]:
             name, version = resolved.name, resolved.version
     except ModelReferenceError as error:
         _fail(str(error), 2)
-        raise
     if name.endswith("_onnx"):
         _fail(f"{text!r} is an ONNX export; promote takes the Keras model it came from, e.g. "
               f"{name.removesuffix('_onnx')}", 2)
@@ -183,10 +181,8 @@ def _onnx_target(text: str, promote: Any, with_version: bool = True) -> tuple[st
         resolved = resolve_reference(reference, MlflowClient())
     except ModelReferenceError as error:
         _fail(str(error), 2)
-        raise
     if resolved.name is None or resolved.version is None:
         _fail(f"{text!r} names no registered model version", 2)
-        raise AssertionError("unreachable")
     onnx = promote.onnx_name(promote.keras_name(resolved.name))
     if resolved.name == onnx:
         return onnx, resolved.version

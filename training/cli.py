@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from cellmfg.console import JsonOption, fail, progress
+from cellmfg.domain import model_name
 
 train_app = typer.Typer(no_args_is_help=True, add_completion=False)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -90,8 +91,9 @@ def train_all(
     with progress(jobs.work_units(config), quiet=False) as advance:
         results = jobs.train_all(config, advance, watch)
     summaries = [r.summary for r in results]
-    markdown = report.markdown(summaries, config.coverage, report.protocol(config))
-    if docs if docs is not None else preset == "paper":
+    written = docs if docs is not None else preset == "paper"
+    if written:
+        markdown = report.markdown(summaries, config.coverage, report.protocol(config))
         docs_dir = PROJECT_ROOT / "docs"
         docs_dir.mkdir(exist_ok=True)
         header = (f"# Results: `cellmfg train all --preset {config.preset}` (seed {config.seed})\n\n"
@@ -107,7 +109,6 @@ def train_all(
         # The verdicts only: the full tables (every method, paired intervals, coverage) are in the report.
         for summary in summaries:
             print("- " + report.verdict_sentence(summary).replace("**", ""))
-        written = docs if docs is not None else preset == "paper"
         print(f"Full tables: {'docs/results.md' if written else 'results/results.md on each parent MLflow run'}")
         print(f"{len(results)} models registered in {seconds:.0f} s; MLflow: {tracking.tracking_uri()}")
         for name, value in stages.items():
@@ -142,7 +143,7 @@ def train_pretrain(
 
     tracking.configure()
     data = _prepare(loaded, target_spec, dataset.stem)
-    registered = name or f"{target_spec.task}_{dataset.stem}"
+    registered = name or model_name(target_spec.task, dataset.stem)
     tracking.use_experiment(target_spec.task)
     with tracking.run(f"pretrain-{registered}", tags={"task": target_spec.task}), progress(2) as bar:
         result = jobs.run_source(data, config, registered, bar)
@@ -172,7 +173,7 @@ def train_transfer(
     base_ref = _load_base(base, loaded, data_csv)
     base_ref = dataclasses.replace(base_ref, source=_base_source(base_ref, target_spec))
     data = _prepare(loaded, target_spec, data_csv.stem)
-    registered = name or f"{target_spec.task}_{data_csv.stem}"
+    registered = name or model_name(target_spec.task, data_csv.stem)
     tracking.use_experiment(target_spec.task)
     with tracking.run(f"transfer-{registered}", tags={"task": target_spec.task}), progress(2) as bar:
         result = jobs.run_target(data, base_ref, config, registered, bar)
@@ -226,7 +227,6 @@ def _load_base(uri: str, loaded: Any, source: Path) -> Any:
         resolved = resolve_reference(uri, client)
     except ModelReferenceError as error:
         fail(f"base model: {error}")
-        raise  # unreachable: _fail exits; keeps the type checker sure `resolved` is bound
     expected = resolved.tags.get("features")
     columns = ",".join(feature_columns(loaded.kind))
     if expected and expected != columns:

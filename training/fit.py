@@ -32,7 +32,6 @@ TRANSFER_METHODS = ("transfer", "transfer_paper", "transfer_residual")
 TARGET_METHODS = (*TRANSFER_METHODS, "zero_shot", "zero_shot_recalibrated", "pooled", "scratch",
                   *evaluate.BASELINES)
 SOURCE_METHODS = ("pretrained", *evaluate.BASELINES)
-INDICATOR_SCALE = (0.5, 0.5)  # the pooled net's dataset indicator (0 source, 1 target) scaled to ±1
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,6 @@ class TaskOutcome:
     model: keras.Model
     input_mask: np.ndarray  # the registered net's (its base's, for transfer) input use: False = ignored
     learning_curve: list[tuple[int, float]] = field(default_factory=list)
-    base_constant: np.ndarray | None = None
 
     @property
     def first(self) -> evaluate.Split:
@@ -345,8 +343,7 @@ def target_task(data: Dataset, base: keras.Model, source: Dataset | None, base_i
     design: nets.Adapter = "residual" if choice.method == "transfer_residual" else "paper"
     model = nets.transfer_model(base, design, main.layers, main.skip_weight, name)
     return TaskOutcome(data, "transfer", "transfer", splits, runs, measured,
-                       _paired(measured, "transfer", splits, config), model, base_input_mask,
-                       base_constant=~base_input_mask)
+                       _paired(measured, "transfer", splits, config), model, base_input_mask)
 
 
 def pooled(data: Dataset, source: Dataset, splits: list[evaluate.Split], config: TrainConfig) -> MethodRun:
@@ -357,7 +354,7 @@ def pooled(data: Dataset, source: Dataset, splits: list[evaluate.Split], config:
     which would cost a stack of ~300-row nets per candidate.
     """
     net = config.net(data.target.task)
-    low, high = -1.0, 1.0  # indicator 0 (source) and 1 (target), scaled by INDICATOR_SCALE
+    low, high = -1.0, 1.0  # the pooled net's dataset indicator: 0 (source) and 1 (target), scaled to ±1
     inputs = np.vstack([np.column_stack([source.scaled, np.full(len(source.y), low)]),
                         np.column_stack([data.scaled, np.full(len(data.y), high)])])
     y = np.concatenate([source.y, data.y])

@@ -16,6 +16,7 @@ import keras
 import mlflow
 import numpy as np
 
+from cellmfg.domain import model_name
 from training import fit, mlflow_log, nets, report, tracking
 from training.config import TrainConfig
 from training.fit import Dataset, prepare
@@ -49,10 +50,6 @@ class TaskResult:
     model: keras.Model
 
     @property
-    def registered_name(self) -> str | None:
-        return self.summary.registered_model
-
-    @property
     def registered_version(self) -> str | None:
         return self.summary.registered_version
 
@@ -71,7 +68,7 @@ def run_source(data: Dataset, config: TrainConfig, registered_name: str | None, 
                ) -> TaskResult:
     """Pretrain on a source dataset and log it (nested under the active run)."""
     nets.single_threaded()
-    name = registered_name or f"{data.target.task}_{data.name}"
+    name = registered_name or model_name(data.target.task, data.name)
     outcome = fit.source_task(data, config, name)
     advance(f"{name}: trained")
     run_id, uri, version = mlflow_log.log_task(outcome, config, name, registered_name, {})
@@ -83,7 +80,7 @@ def run_target(data: Dataset, base: BaseRef, config: TrainConfig, registered_nam
                advance: Advance = _no_progress) -> TaskResult:
     """Transfer a pretrained net to a target dataset against every comparison, and log it."""
     nets.single_threaded()
-    name = registered_name or f"{data.target.task}_{data.name}"
+    name = registered_name or model_name(data.target.task, data.name)
     outcome = fit.target_task(data, base.model, base.source, input_mask_of(base.model), config, name)
     advance(f"{name}: trained")
     run_id, uri, version = mlflow_log.log_task(outcome, config, name, registered_name, _base_tags(base))

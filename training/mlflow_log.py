@@ -80,12 +80,14 @@ def _metrics_model(outcome: TaskOutcome, method: str) -> contracts.Metrics:
         else float(zero_shot.validation_mape[0]))
 
 
-def promotion_inputs(outcome: TaskOutcome, config: TrainConfig) -> contracts.PromotionInputs:
-    """What the registry needs to gate this net and write its contract; typed, no test rows in it."""
+def promotion_inputs(outcome: TaskOutcome, config: TrainConfig,
+                     background: np.ndarray) -> contracts.PromotionInputs:
+    """What the registry needs to gate this net and write its contract; typed, no test rows in it. `background` is
+    the SHAP background drawn from the training rows (`shap_background`)."""
     data, split = outcome.data, outcome.first
     quantities = all_quantities(data.kind)
     x_train = data.x[split.train]
-    constant = outcome.base_constant if outcome.base_constant is not None else ~outcome.input_mask
+    constant = ~outcome.input_mask  # features the source net ignores (constant in its training rows)
     features = [contracts.FeatureSpec(
         name=name, unit=quantities[name].unit, train_min=float(x_train[:, i].min()),
         train_max=float(x_train[:, i].max()), train_median=float(np.median(x_train[:, i])),
@@ -105,8 +107,7 @@ def promotion_inputs(outcome: TaskOutcome, config: TrainConfig) -> contracts.Pro
         target=contracts.TargetSpec(task=data.target.task, column=data.target.column, unit=data.target.unit,
                                     physical_min=quantity.physical_min, physical_max=quantity.physical_max),
         features=features,
-        shap_background=explain.representative_background(x_train, config.shap_background_rows,
-                                                           config.seed).tolist(),
+        shap_background=background.tolist(),
         probe_x=probe.tolist(), metrics=_metrics_model(outcome, outcome.main),
         conformal=conformal(outcome, outcome.main, config.coverage),
         selection=contracts.Selection(method=choice.method, learning_rate=choice.learning_rate, width=choice.width,
@@ -118,7 +119,10 @@ def log_task(outcome: TaskOutcome, config: TrainConfig, name: str, registered_na
              base_tags: dict[str, str]) -> tuple[str, str, str | None]:
     """The registered net's nested run and the comparison runs; returns run id, model URI, registered version."""
     data = outcome.data
-    inputs = promotion_inputs(outcome, config)
+    # One background (k-means centres of the training rows) for the contract and the SHAP artefacts.
+    background = explain.representative_background(data.x[outcome.first.train], config.shap_background_rows,
+                                                   config.seed)
+    inputs = promotion_inputs(outcome, config, background)
     constant = [f.name for f in inputs.features if f.constant_in_source]
     if constant:
         log.warning("%s: %s constant in the source training rows; the source net ignores %s", name,
@@ -147,7 +151,7 @@ def log_task(outcome: TaskOutcome, config: TrainConfig, name: str, registered_na
                                      folder / "loss_curves.png")
             mlflow.log_artifact(str(path), "plots")
         _log_figures(folder, name, outcome, main)
-        _log_shap(folder, name, outcome, config)
+        _log_shap(folder, name, outcome, background, config)
         if outcome.learning_curve:
             for rows, mape in outcome.learning_curve:
                 mlflow.log_metric("learning_curve_test_mape_pct", mape, step=rows)
@@ -181,10 +185,9 @@ def _log_figures(folder: Path, name: str, outcome: TaskOutcome, run: MethodRun) 
         mlflow.log_artifact(str(path), "plots")
 
 
-def _log_shap(folder: Path, name: str, outcome: TaskOutcome, config: TrainConfig) -> None:
+def _log_shap(folder: Path, name: str, outcome: TaskOutcome, background: np.ndarray, config: TrainConfig) -> None:
     """The paper's Figs 6–7: a waterfall for one random test sample, a beeswarm over the test set, values as CSV."""
     data, split, model = outcome.data, outcome.first, outcome.model
-    background = explain.representative_background(data.x[split.train], config.shap_background_rows, config.seed)
     explanation = explain.explain(nets.compiled_predictor(model), background, data.x[split.test],
                                   data.feature_names)
     sample = int(np.random.default_rng(config.seed).integers(len(split.test)))

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from cellmfg.domain import DATASETS
 from training import evaluate
 from training.config import TrainConfig
 from training.fit import TaskOutcome
@@ -112,7 +111,7 @@ def summarize(outcome: TaskOutcome, run_id: str, model_uri: str, registered: str
             chosen=dict(chosen.most_common()),
             vs_main=None if paired is None else Paired(mean=round(paired.mean, 4), low=_finite(paired.low),
                                                        high=_finite(paired.high), verdict=paired.verdict))
-    constant = outcome.base_constant if outcome.base_constant is not None else ~outcome.input_mask
+    constant = ~outcome.input_mask
     return TaskSummary(
         task=outcome.data.target.task, dataset=outcome.data.name, role=outcome.role, main=outcome.main,
         rows=len(outcome.data.y), groups=len(np.unique(outcome.data.groups)), n_splits=len(outcome.splits),
@@ -276,7 +275,6 @@ def markdown(results: list[TaskSummary], coverage: float = 0.9, protocol_note: s
     if protocol_note:
         parts.append(protocol_note)
     for family, kind in (("Electrodes (paper Table 1)", "electrode"), ("GDL tortuosity (paper Table 2)", "gdl")):
-        selected = [r for r in results if DATASETS.get(r.dataset) is None or DATASETS[r.dataset].kind == kind]
         if kind == "gdl":
             selected = [r for r in results if r.task == "tortuosity"]
         else:

@@ -44,10 +44,6 @@ def configure() -> str:
     return mlflow_setup.configure()
 
 
-def experiment_name(task: str) -> str:
-    return mlflow_setup.experiment_name(task)
-
-
 def use_experiment(task: str) -> str:
     """The task's experiment, active and tagged as model development (so MLflow 3 opens its training view)."""
     return mlflow_setup.use_experiment(task)
