@@ -24,10 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import beta as beta_distribution
 
+from cellmfg.dataio import GROUP_ID, SAMPLE_ID
 from cellmfg.domain import DATASETS, DENSITY, MASS_LOADING, feature_columns
 
-SAMPLE_ID = "sample_id"
-GROUP_ID = "group_id"
 FEATURES: tuple[str, ...] = tuple(feature_columns("electrode"))
 TARGET_COLUMNS: tuple[str, ...] = (DENSITY.column, MASS_LOADING.column)
 COLUMNS: tuple[str, ...] = (SAMPLE_ID, GROUP_ID, *FEATURES, *TARGET_COLUMNS)

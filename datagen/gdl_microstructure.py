@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from skimage.graph import MCP_Geometric
 
+from cellmfg.dataio import SAMPLE_ID
 from cellmfg.domain import DATASETS, GDL_FEATURES, TORTUOSITY
 
 __all__ = [
@@ -88,7 +89,7 @@ INPUT_DECIMALS: int = 3
 OUTPUT_DECIMALS: int = 6
 POROSITY_COLUMN = "porosity"
 
-COLUMNS: tuple[str, ...] = ("sample_id", *(q.column for q in GDL_FEATURES), TORTUOSITY.column, POROSITY_COLUMN)
+COLUMNS: tuple[str, ...] = (SAMPLE_ID, *(q.column for q in GDL_FEATURES), TORTUOSITY.column, POROSITY_COLUMN)
 
 # Fixed integers rather than hash(name): Python salts str hashes per process, which would break reproducibility.
 _DATASET_KEYS: dict[str, int] = {"gdl200": 200, "gdl1000": 1000}
@@ -374,6 +375,11 @@ def measure_row(params: GDLParams, lateral_um: tuple[float, float], rng_factory:
     raise RuntimeError(f"no connected pore path in {MAX_ATTEMPTS} structures for {params}")
 
 
+def structure_rng(dataset: str, seed: int, row: int) -> Callable[[int], np.random.Generator]:
+    """The random generator of row `row`'s structure, per attempt (a structure without a pore path is redrawn)."""
+    return lambda attempt: _rng(dataset, seed, row, _STRUCTURE_STREAM, attempt)
+
+
 def generate_row(dataset: str, seed: int, row: int) -> dict[str, float | str]:
     """One dataset row: inputs, a microstructure built from them and its tortuosity, reproducible from its indices.
 
@@ -382,11 +388,10 @@ def generate_row(dataset: str, seed: int, row: int) -> dict[str, float | str]:
     """
     params = sample_params(dataset, seed, row)
     try:
-        tortuosity, porosity = measure_row(
-            params, DOMAINS[dataset], lambda attempt: _rng(dataset, seed, row, _STRUCTURE_STREAM, attempt))
+        tortuosity, porosity = measure_row(params, DOMAINS[dataset], structure_rng(dataset, seed, row))
     except RuntimeError as error:
         raise RuntimeError(f"{dataset} row {row} (seed {seed}): {error}") from error
-    record: dict[str, float | str] = {"sample_id": f"{dataset}-{row:04d}"}
+    record: dict[str, float | str] = {SAMPLE_ID: f"{dataset}-{row:04d}"}
     record.update({f.name: getattr(params, f.name) for f in fields(GDLParams)})
     record[TORTUOSITY.column] = round(tortuosity, OUTPUT_DECIMALS)
     record[POROSITY_COLUMN] = round(porosity, OUTPUT_DECIMALS)

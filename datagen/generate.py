@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellmfg.dataio import DATA_DIR
+from cellmfg.dataio import DATA_DIR, GROUP_ID, SAMPLE_ID
 from cellmfg.domain import DATASETS, DENSITY, TORTUOSITY
 
 DEFAULT_SEED = 20250214
@@ -31,7 +31,7 @@ QUICK_GDL_ROWS = 3
 CARD_NAME = "DATA_CARD.md"
 TIMES_NAME = "generation_times.json"  # seconds per dataset of the last full generation, and the machine's load
 CONVERGENCE_NAME = "gdl_convergence.json"  # written by scripts/gdl_convergence.py
-ID_COLUMNS = ("sample_id", "group_id")
+ID_COLUMNS = (SAMPLE_ID, GROUP_ID)
 
 Progress = Callable[[str, int], None]  # (dataset, rows done since last call)
 
@@ -174,8 +174,8 @@ def _groups_table(frames: dict[str, pd.DataFrame], seconds: dict[str, float]) ->
     for name, frame in frames.items():
         features = [q.column for q in DATASETS[name].features]
         distinct = len(frame[features].drop_duplicates())
-        if "group_id" in frame.columns:
-            sizes = frame.groupby("group_id").size()
+        if GROUP_ID in frame.columns:
+            sizes = frame.groupby(GROUP_ID).size()
             groups, per = str(sizes.size), f"{sizes.min()} / {sizes.median():g} / {sizes.max()}"
         else:
             groups, per = f"{distinct} (one per structure)", "1 / 1 / 1"

@@ -4,7 +4,7 @@
    writes byte code for exactly those modules; the rest of the virtualenv ships without any (image size).
 2. shap, numba and llvmlite are not installed: the service computes its SHAP values itself (service.shapley).
 3. When a bundle is baked in, verifies it (manifest, checksums, contracts), runs every model once through
-   onnxruntime on its contract's own background rows, as the service does before serving a model, and explains
+   onnxruntime on its contract's own background rows with the service's own checks (`build_served`), and explains
    two of those rows: base value + contributions must equal the prediction.
 """
 
@@ -14,9 +14,7 @@ import importlib
 import importlib.util
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 # The service and the code paths `bentoml serve` takes to start it (supervisor, HTTP worker; the worker alone
 # imports service.answers, with numpy and onnxruntime), and the MLflow client the registry source uses. BentoML's
@@ -26,15 +24,6 @@ WARM = ["bentoml_cli.cli", "_bentoml_impl.server.serving", "_bentoml_impl.worker
         "mlflow.tracking", "mlflow.artifacts"]
 BUNDLE = Path("/opt/cellmfg/bundle")
 NOT_SHIPPED = ["shap", "numba", "llvmlite"]
-
-
-def _predictor(session: Any, input_name: str, output_name: str) -> Callable[[Any], Any]:
-    import numpy as np
-
-    def predict(x: Any) -> Any:
-        return np.asarray(session.run([output_name], {input_name: x})[0], dtype=np.float64).reshape(len(x))
-
-    return predict
 
 
 def main() -> int:
@@ -57,27 +46,24 @@ def main() -> int:
               file=sys.stderr)
         return 0
     import numpy as np
-    import onnxruntime as ort
 
     from cellmfg.contract import load_bundle
+    from service.model_store import ModelLoadError, build_served
     from service.shapley import MAX_FEATURES, make_plan, shapley_values
 
     models = load_bundle(BUNDLE)
     for model in models:
-        contract = model.contract
-        session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
-        predict = _predictor(session, contract.input_name, contract.output_name)
-        rows = np.asarray(contract.shap_background, dtype=np.float32)
-        out = predict(rows)
-        if out.shape[0] != len(rows) or not np.all(np.isfinite(out)):
-            print(f"image-check: {model.name} v{model.version}: bad predictions on its background rows",
-                  file=sys.stderr)
+        try:  # the service's own checks: graph against contract, finite predictions on the background rows
+            served = build_served(model, model.name, 1, "the baked-in bundle", revision="")
+        except ModelLoadError as error:
+            print(f"image-check: {error}", file=sys.stderr)
             return 1
+        rows = served.background.astype(np.float32)
         if rows.shape[1] > MAX_FEATURES:
             continue  # the service refuses to explain this model; nothing to check
-        plan = make_plan(predict, rows)
-        values = shapley_values(predict, plan, rows[:2])
-        if not np.allclose(plan.base_value + values.sum(axis=1), out[:2], rtol=1e-5, atol=0):
+        plan = make_plan(served.predict, rows)
+        values = shapley_values(served.predict, plan, rows[:2])
+        if not np.allclose(plan.base_value + values.sum(axis=1), served.predict(rows[:2]), rtol=1e-5, atol=0):
             print(f"image-check: {model.name} v{model.version}: explanations do not add up to the predictions",
                   file=sys.stderr)
             return 1

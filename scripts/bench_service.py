@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from testkit.fakes import example_rows, write_fake_bundle
-from testkit.processes import ServerProcess, cellmfg_server, clean_env, free_port
+from testkit.processes import ServerProcess, cellmfg_server, clean_env, docker_container, free_port, wait_for
 
 DATASET = "nmc"
 MODELS = ("density_nmc_onnx", "mass_loading_nmc_onnx")
@@ -240,27 +240,17 @@ def image_cold_start(image: str, bundle: Path) -> tuple[float, float]:
     name = f"cellmfg-bench-{os.getpid()}-{port}"
     body = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1), "explain": True}
     started = time.monotonic()
-    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "-e", "BENTOML_HOST=127.0.0.1",
-                    "-e", f"BENTOML_PORT={port}", "-e", "CELLMFG_BUNDLE=/bundle", "-e", "CELLMFG_POLL_SECONDS=0",
-                    "-v", f"{bundle}:/bundle:ro", image], check=True, capture_output=True, timeout=120)
-    try:
+    with docker_container(name, ["-e", "BENTOML_HOST=127.0.0.1", "-e", f"BENTOML_PORT={port}",
+                                 "-e", "CELLMFG_BUNDLE=/bundle", "-e", "CELLMFG_POLL_SECONDS=0",
+                                 "-v", f"{bundle}:/bundle:ro", image]):
         url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > 180:
-                raise RuntimeError(f"{image} not ready after 180 s")
-            time.sleep(0.05)
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, timeout=180,
+                 what=f"{image} to be ready", interval=0.05)
         ready = time.monotonic() - started
         response = httpx.post(f"{url}/predict/electrode", json=body, timeout=60)
         if response.status_code != 200:
             raise RuntimeError(f"explain right after /readyz answered {response.status_code}: {response.text[:300]}")
         return ready, time.monotonic() - started
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120)
 
 
 def image_figures(image: str, bundle: Path, cold_starts: int) -> dict[str, Any]:

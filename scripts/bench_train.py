@@ -28,10 +28,8 @@ def main() -> None:
 
     quiet_libraries()
     started = time.perf_counter()
-    from training import jobs, nets, tracking
+    from training import jobs, tracking
     from training.config import load_config
-
-    nets.single_threaded()
 
     tracking.configure()
     imported = time.perf_counter() - started

@@ -28,7 +28,7 @@ def _measure(params: gdl.GDLParams, row: int, seed: int, domain: tuple[float, fl
              margin: float) -> tuple[float, float, float]:
     started = time.perf_counter()
     tau, porosity = gdl.measure_row(
-        params, domain, lambda attempt: gdl._rng(DATASET, seed, row, gdl._STRUCTURE_STREAM, attempt),
+        params, domain, gdl.structure_rng(DATASET, seed, row),
         voxels_per_diameter=per_diameter, margin_diameters=margin)
     return tau, porosity, time.perf_counter() - started
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,18 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
             last_error = error
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r}) {on_timeout()}")
+
+
+@contextlib.contextmanager
+def docker_container(name: str, run_args: list[str]) -> Iterator[str]:
+    """`docker run -d --name NAME --network host RUN_ARGS` (image and command in RUN_ARGS), yielding the name; the
+    container is removed (`docker rm -f`) on leaving, whatever happened."""
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", *run_args], check=True,
+                   capture_output=True, timeout=120)
+    try:
+        yield name
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
 
 
 def metric(url: str, name: str, **labels: str) -> float:

@@ -25,7 +25,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,9 +41,12 @@ from cellmfg.domain import TASKS
 from service.config import SERVED_MODEL_NAMES
 from testkit.fakes import example_rows, onnx_predict, write_fake_bundle
 from testkit.processes import (
+    PROJECT_ROOT,
+    VENV_BIN,
     ServerProcess,
     cellmfg_server,
     clean_env,
+    docker_container,
     free_port,
     metric,
     mlflow_server,
@@ -55,8 +57,6 @@ from testkit.processes import (
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 DEPS_SCRIPT = PROJECT_ROOT / "scripts" / "integration_deps.sh"
 SMOKE_IMAGE = "cellmfg:deploy-test"
 POLL_SECONDS = 1.0
@@ -461,10 +461,9 @@ def test_the_image_serves_the_registry_over_http(registry_stack: dict[str, Any],
     expected = _served_versions(url)
     port = free_port()
     name = f"cellmfg-deploy-test-{os.getpid()}"
-    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "-e", "BENTOML_HOST=127.0.0.1",
-                    "-e", f"BENTOML_PORT={port}", "-e", f"MLFLOW_TRACKING_URI={uri}", "-e", "CELLMFG_POLL_SECONDS=2",
-                    smoke_image["image"]], check=True, capture_output=True, timeout=120)
-    try:
+    with docker_container(name, ["-e", "BENTOML_HOST=127.0.0.1", "-e", f"BENTOML_PORT={port}",
+                                 "-e", f"MLFLOW_TRACKING_URI={uri}", "-e", "CELLMFG_POLL_SECONDS=2",
+                                 smoke_image["image"]]):
         container = f"http://127.0.0.1:{port}"
 
         def logs() -> str:
@@ -478,8 +477,6 @@ def test_the_image_serves_the_registry_over_http(registry_stack: dict[str, Any],
         body = httpx.post(f"{container}/predict/gdl", json={"dataset": "gdl200", "rows": rows}, timeout=60).json()
         _, expected_values = _onnx_predictions(uri, "tortuosity_gdl200_onnx", rows)
         np.testing.assert_allclose([p["tortuosity"] for p in body["predictions"]], expected_values, rtol=1e-6)
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
 
 
 @pytest.mark.timeout(1200)
@@ -505,11 +502,10 @@ def test_the_compose_mlflow_image_runs_on_postgres_with_proxied_artefacts(postgr
                          autocommit=True) as connection:
         connection.execute("CREATE DATABASE mlflow_image")
     port, name = free_port(), f"cellmfg-mlflow-test-{os.getpid()}"
-    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", image, "--host", "127.0.0.1",
-                    "--port", str(port), "--workers", "1", "--backend-store-uri",
-                    f"postgresql+psycopg://cellmfg@127.0.0.1:{postgres['port']}/mlflow_image", "--serve-artifacts",
-                    "--artifacts-destination", "/mlflow/artifacts"], check=True, capture_output=True, timeout=120)
-    try:
+    with docker_container(name, [image, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                 "--backend-store-uri",
+                                 f"postgresql+psycopg://cellmfg@127.0.0.1:{postgres['port']}/mlflow_image",
+                                 "--serve-artifacts", "--artifacts-destination", "/mlflow/artifacts"]):
         url = f"http://127.0.0.1:{port}"
 
         def logs() -> str:
@@ -532,8 +528,6 @@ def test_the_compose_mlflow_image_runs_on_postgres_with_proxied_artefacts(postgr
         assert run.info.run_id in stored, stored
         assert subprocess.run(["docker", "exec", name, "id", "-u"], capture_output=True, text=True,
                               check=True, timeout=60).stdout.strip() != "0"
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120, check=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
