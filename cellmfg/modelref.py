@@ -135,7 +135,7 @@ def _resolve_run(ref: ModelReference, client: Any) -> ResolvedModel:
     except MlflowException as error:
         raise ModelReferenceError(f"{ref.text!r}: no run {ref.run_id!r} in this tracking store") from error
     registered = [v for v in client.search_model_versions(f"run_id='{ref.run_id}'")
-                  if str(v.source or "").rstrip("/").endswith(ref.path) or ref.path in str(v.source or "")]
+                  if ref.path in str(v.source or "")]  # covers a source that ends with the path
     if registered:
         found = max(registered, key=lambda v: int(v.version))
         return ResolvedModel(ref, ref.run_id, ref.text, str(found.name), str(found.version),

@@ -20,20 +20,11 @@ from starlette.responses import Response
 from cellmfg.contract import contract_summary
 from cellmfg.domain import Kind, feature_columns
 from service.config import Settings
-from service.csvio import (
-    CSV_MEDIA_TYPE,
-    CSV_MEDIA_TYPES,
-    CsvInputError,
-    Scored,
-    media_type,
-    models_header,
-    score_csv,
-    scored_json,
-    wants_csv,
-)
+from service.csvio import CSV_MEDIA_TYPE, CsvInputError, Scored, models_header, score_csv, scored_json, wants_csv
 from service.design import Designer  # design
 from service.design_schemas import DesignBound, DesignTarget, design_problem  # design
 from service.explain import Explainers
+from service.guards import CSV_MEDIA_TYPES, media_type
 from service.model_store import ModelStore, ServedModel
 from service.predict import Predictor, RequestRejectedError
 from service.schemas import ModelRequest, use_dataset_provider, use_model_provider

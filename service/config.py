@@ -109,8 +109,10 @@ class EnvironmentVariables(BaseSettings):
             key = str(first["loc"][0])
             text = given.get(key, "")
             kind = first["type"]
-            if kind in ("greater_than_equal", "greater_than"):
+            if kind == "greater_than_equal":
                 problem = f"must be at least {first['ctx']['ge']}"
+            elif kind == "greater_than":
+                problem = f"must be more than {first['ctx']['gt']}"
             elif kind.startswith("int"):
                 problem = "not a valid int"
             elif kind.startswith("float") or kind == "finite_number":

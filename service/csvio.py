@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from cellmfg.domain import Kind, features_for
+from service.guards import CSV_MEDIA_TYPES
 from service.predict import Predictor
 from service.schemas import MAX_ERRORS_REPORTED
 
 CSV_MEDIA_TYPE = "text/csv"
-CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv"})
 BOM = "\ufeff"
 
 
@@ -291,10 +291,6 @@ def wants_csv(accept: str | None) -> bool:
         elif media in ("application/json", "application/*", "*/*"):
             best_json = max(best_json, q)
     return best_csv > 0 and best_csv > best_json
-
-
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";")[0].strip().lower()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,12 @@ JSON_ROUTES = frozenset({"/predict/electrode", "/predict/gdl"})
 # CSV bodies for the kind endpoints go to FastAPI routes that read the raw body (service.service): BentoML's API
 # would parse any body as JSON first.
 CSV_ROUTES = {"/predict/electrode": "/_csv/predict/electrode", "/predict/gdl": "/_csv/predict/gdl"}
-_CSV_MEDIA_TYPES = ("text/csv", "application/csv")
+CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv"})
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type header value, lower case, without parameters ("" when absent)."""
+    return (content_type or "").split(";")[0].strip().lower()
 
 
 async def send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -54,25 +59,23 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and path.startswith("/predict/") and scope["method"] == "POST":
+        if scope["type"] == "http" and scope["method"] == "POST":
             content_types = header_values(scope, b"content-type")
-            media_type = content_types[0].decode("latin-1").split(";")[0].strip().lower() if content_types else ""
-            if media_type in _CSV_MEDIA_TYPES:
-                if path in CSV_ROUTES:
-                    target = CSV_ROUTES[path]
-                    scope = {**scope, "path": target, "raw_path": target.encode()}
-            # No Content-Type is read as JSON, as BentoML does.
-            elif media_type not in ("", "application/json"):
-                await send_error(send, 415, f"Content-Type {media_type!r} is not accepted: send the request body "
-                                            "as application/json (or text/csv: a header line, then one row per "
-                                            "line)")
-                return
-        # --- design: the recipe-design routes take JSON only, refused here like the others (service.design) ---
-        elif scope["type"] == "http" and path.startswith("/design/") and scope["method"] == "POST":
-            content_types = header_values(scope, b"content-type")
-            media_type = content_types[0].decode("latin-1").split(";")[0].strip().lower() if content_types else ""
-            if media_type not in ("", "application/json"):
-                await send_error(send, 415, f"Content-Type {media_type!r} is not accepted: send the design request "
+            body_type = media_type(content_types[0].decode("latin-1") if content_types else None)
+            if path.startswith("/predict/"):
+                if body_type in CSV_MEDIA_TYPES:
+                    if path in CSV_ROUTES:
+                        target = CSV_ROUTES[path]
+                        scope = {**scope, "path": target, "raw_path": target.encode()}
+                # No Content-Type is read as JSON, as BentoML does.
+                elif body_type not in ("", "application/json"):
+                    await send_error(send, 415, f"Content-Type {body_type!r} is not accepted: send the request "
+                                                "body as application/json (or text/csv: a header line, then one "
+                                                "row per line)")
+                    return
+            # --- design: the recipe-design routes take JSON only, refused here like the others (service.design) ---
+            elif path.startswith("/design/") and body_type not in ("", "application/json"):
+                await send_error(send, 415, f"Content-Type {body_type!r} is not accepted: send the design request "
                                             "as application/json")
                 return
         # --- end design ---
