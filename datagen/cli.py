@@ -128,5 +128,42 @@ def data_calibrate(
         print(calibration.markdown(scores))
 
 
+@data_app.command("realism")
+def data_realism(
+    data: Annotated[Path | None, typer.Option(help="Folder of dataset CSVs (default: the project's data/).")] = None,
+    results: Annotated[Path | None, typer.Option(
+        help="A `cellmfg train all` results CSV for the source nets' in-domain and zero-shot errors "
+             "(default: docs/results.csv when it exists).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the Markdown report here (e.g. docs/realism.md).")] = None,
+    repeats: Annotated[int, typer.Option(min=2, help="Grouped 70/30 splits to average over.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """How hard each dataset is: spread, mean/linear/forest scores on grouped splits, noise-free R², the paper."""
+    from dataclasses import asdict
+
+    from cellmfg.dataio import DATA_DIR
+    from datagen import realism
+
+    directory = data or DATA_DIR
+    results_csv = results or (DATA_DIR.parent / "docs" / "results.csv")
+    measured = realism.measure_all(directory, repeats=repeats)
+    if not measured:
+        fail(f"{directory}: no dataset CSVs found")
+    difficulty = realism.difficulty_rows(results_csv) if results_csv.exists() else []
+    text = realism.markdown(measured, difficulty, str(results_csv) if difficulty else None, repeats=repeats)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    if as_json:
+        print(json.dumps({"targets": [asdict(item) for item in measured],
+                          "source_nets": [asdict(row) for row in difficulty],
+                          "goals": [asdict(goal) for goal in realism.goals(measured, difficulty)],
+                          "written": str(out) if out else None}))
+    elif out is None:
+        print(text, end="")
+    else:
+        print(f"wrote {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(data_app())
