@@ -6,6 +6,8 @@
 #   docker-compose              Debian's `docker-compose` (for `docker-compose config` on docker-compose.yml)
 #   chromium                    Debian's `chromium` (tests/test_ui_browser.py drives it with Playwright; Playwright's
 #                               own browser download is never used)
+#   haproxy, wrk                Debian's `haproxy` and `wrk` (tests/test_scale.py: replicas behind the load balancer,
+#                               under load; the system service is never started)
 # The Docker engine and the base image of the smoke test come from ../shared/tools/local-base-image.sh, which
 # scripts/docker_smoke.sh calls itself.
 set -euo pipefail
@@ -31,6 +33,8 @@ have_postgres || packages+=(postgresql)
 command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || packages+=(haproxy)
+command -v wrk >/dev/null 2>&1 || packages+=(wrk)
 
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "${sudo[*]}" = false ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -66,6 +70,8 @@ report() { command -v "$1" >/dev/null 2>&1 && echo "$1: $("$@" 2>&1 | head -1)" 
   fi
   report prometheus --version
   report docker-compose version --short
+  report haproxy -v
+  report wrk --version
   # Debian's launcher script prints a harmless shell warning on stderr on some machines.
   command -v chromium >/dev/null 2>&1 && echo "chromium: $(chromium --version 2>/dev/null | head -1)" \
     || echo "chromium: missing"
