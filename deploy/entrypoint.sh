@@ -1,7 +1,7 @@
 #!/bin/sh
 # Entry point of the cellmfg image. `serve` (the default) starts the prediction service exactly as `cellmfg serve`
-# does (service.cli: checks the model source, then execs `bentoml serve`); any other command is run as given,
-# e.g. `docker run --rm IMAGE python -c 'import service.service'`.
+# does (service.cli: checks the model source, then execs BentoML's `serve` with a metrics directory of its own);
+# any other command is run as given, e.g. `docker run --rm IMAGE python -c 'import service.service'`.
 #
 # Models: MLFLOW_TRACKING_URI (the registry, by CELLMFG_ALIAS) when set, else the bundle baked in at build time
 # (/opt/cellmfg/bundle) unless CELLMFG_BUNDLE names another one, e.g. a mounted volume. With both, the registry is

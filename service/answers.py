@@ -28,7 +28,7 @@ from service.guards import CSV_MEDIA_TYPES, media_type
 from service.model_store import ModelStore, ServedModel
 from service.predict import Predictor, RequestRejectedError
 from service.schemas import ModelRequest, use_dataset_provider, use_model_provider
-from service.sources import open_source
+from service.sources import open_source, redact_strings
 
 # Requests up to this many rows and this many model rows (explanations included) are answered on the event loop:
 # a thread hop (~0.5-1.5 ms with a busy loop) would cost more than the work, which stays under ~0.5 ms (one row
@@ -115,12 +115,13 @@ class Answers:
                 "conformal": model.contract.conformal.model_dump(), "lineage": summary["lineage"],
                 "features": summary["features"], "endpoints": _endpoints(model),
             })
-        return {
+        # Redacted: anyone with the token reads this; server file paths and credentials stay in the log (sources).
+        return redact_strings({
             "ready": self.store.ready,
             "datasets": {kind: catalogue.datasets(kind) for kind in ("electrode", "gdl")},
-            "source": self.store.source.description, "alias": self.settings.alias,
+            "source": self.store.source.public_description, "alias": self.settings.alias,
             "poll_seconds": self.settings.poll_seconds, "models": models, "missing": self.store.problems(),
-        }
+        }, self.store.source.redact)
 
     async def predict_model(self, model_name: str, request: Request, explain: bool = False,
                             interval: bool = False) -> Response:

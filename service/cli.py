@@ -32,16 +32,43 @@ def server_environment(bundle: Path | None = None, workers: int = 1, alias: str 
     overrides = json.loads(env.get("BENTOML_CONFIG_OVERRIDES") or "{}")
     overrides.setdefault("services", {}).setdefault(SERVICE_NAME, {})["workers"] = workers
     env["BENTOML_CONFIG_OVERRIDES"] = json.dumps(overrides)
+    # BentoML reports usage to its makers unless told not to; an offline lab server should not call out (the image
+    # sets it too). An operator's explicit choice is kept.
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     return env
 
 
 def server_command(port: int, host: str | None = None) -> list[str]:
-    """argv that starts the service with this interpreter's BentoML, from the project root."""
-    command = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(port),
+    """argv that starts the service with this interpreter's BentoML, from the project root, with a Prometheus
+    multiprocess directory of its own (`bentoml_serve`)."""
+    command = [sys.executable, "-m", "service.cli", "serve", SERVICE_TARGET, "--port", str(port),
                "--working-dir", str(PROJECT_ROOT)]
     if host is not None:
         command += ["--host", host]
     return command
+
+
+def bentoml_serve(argv: list[str]) -> None:
+    """Run `bentoml <argv>` (BentoML's own command line) in this process with a fresh Prometheus multiprocess
+    directory, removed when the server stops.
+
+    BentoML 1.4 always uses $BENTOML_HOME/prometheus_multiproc_dir and empties it when a server starts: a second
+    server on the same host deleted the first one's metric files, whose /metrics then showed a dead process's
+    numbers. The directory is BentoML's `prometheus_multiproc_dir` setting, which only code can change; the
+    supervisor hands it to every worker as PROMETHEUS_MULTIPROC_DIR. A server killed with SIGKILL leaves its
+    (small) directory under the temp dir behind."""
+    import shutil
+    import tempfile
+
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml_cli.cli import cli
+
+    directory = tempfile.mkdtemp(prefix="cellmfg-metrics-")
+    BentoMLContainer.prometheus_multiproc_dir.set(directory)
+    try:
+        cli.main(args=argv, prog_name="bentoml")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def check_source(env: Mapping[str, str]) -> str:
@@ -84,7 +111,8 @@ def serve(
     typer.echo(f"cellmfg serve: models from {source}; {workers} worker(s) on port {port}", err=True)
     command = server_command(port)
     os.chdir(PROJECT_ROOT)
-    # exec, not a child: signals (Ctrl-C, SIGTERM from an orchestrator) reach BentoML's supervisor directly.
+    # exec, not a child: signals (Ctrl-C, SIGTERM from an orchestrator) reach BentoML's supervisor directly (it runs
+    # in the exec'd process, `bentoml_serve`).
     os.execve(command[0], command, env)
 
 
@@ -340,3 +368,7 @@ def predict(
 
 
 # --- end serve ---
+
+
+if __name__ == "__main__":
+    bentoml_serve(sys.argv[1:])  # server_command's entry point: `python -m service.cli serve ...`

@@ -17,6 +17,10 @@ DEFAULT_ALIAS = "champion"
 DEFAULT_POLL_SECONDS = 30.0
 DEFAULT_ORT_THREADS = 1
 DEFAULT_MAX_ROWS = 10_000
+# A connection must send a whole request's headers this soon after opening (or after its last answer), and a worker
+# keeps at most this many connections open (service.patches.patch_uvicorn_connection_limits): uvicorn has neither.
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_MAX_CONNECTIONS = 256
 
 # The paper's eight nets, exported to ONNX. The service serves whatever its source's catalogue offers (these and a
 # lab's own); this list is for tests, benchmarks and scripts that deal with the paper's set.
@@ -45,6 +49,9 @@ class Settings:
       CELLMFG_MAX_ROWS      largest batch accepted in one request (default 10000)
       CELLMFG_REQUIRED_MODELS  comma-separated model names that must be served before /readyz says ready
                             (default none: ready once every model in the catalogue at start is loaded)
+      CELLMFG_HEADER_TIMEOUT_SECONDS  seconds a connection may take to send a request's headers, from opening or
+                            from its last answer, before it is closed (default 10)
+      CELLMFG_MAX_CONNECTIONS  open connections per worker; more are closed at once (default 256)
     Security (read by service.security): CELLMFG_API_TOKEN, CELLMFG_API_TOKEN_FILE, CELLMFG_OPEN_PATHS,
     CELLMFG_MAX_BODY_BYTES.
     """
@@ -56,6 +63,8 @@ class Settings:
     ort_threads: int = DEFAULT_ORT_THREADS
     max_rows: int = DEFAULT_MAX_ROWS
     required_models: tuple[str, ...] = ()
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +87,8 @@ class Settings:
             max_rows=variables.CELLMFG_MAX_ROWS,
             required_models=tuple(name.strip() for name in variables.CELLMFG_REQUIRED_MODELS.split(",")
                                   if name.strip()),
+            header_timeout_seconds=variables.CELLMFG_HEADER_TIMEOUT_SECONDS,
+            max_connections=variables.CELLMFG_MAX_CONNECTIONS,
         )
 
 
@@ -132,3 +143,5 @@ class _Variables(EnvironmentVariables):
     CELLMFG_ORT_THREADS: int = Field(DEFAULT_ORT_THREADS, ge=1)
     CELLMFG_MAX_ROWS: int = Field(DEFAULT_MAX_ROWS, ge=1)
     CELLMFG_REQUIRED_MODELS: str = ""
+    CELLMFG_HEADER_TIMEOUT_SECONDS: float = Field(DEFAULT_HEADER_TIMEOUT_SECONDS, gt=0, allow_inf_nan=False)
+    CELLMFG_MAX_CONNECTIONS: int = Field(DEFAULT_MAX_CONNECTIONS, ge=1)

@@ -1,7 +1,8 @@
 """CSV in and out for the predict endpoints and `cellmfg predict`: the lab's spreadsheet, scored.
 
 Reading: UTF-8 text (a leading byte-order mark, as Excel's "CSV UTF-8" writes, is skipped), comma-separated, `.` as
-the decimal mark, one header line naming the columns as in `data/*.csv` (units in the names, e.g. `roll_gap_um`).
+the decimal mark (digits 0-9 only: Python would read Arabic-Indic or full-width digits as numbers too), one header
+line naming the columns as in `data/*.csv` (units in the names, e.g. `roll_gap_um`).
 Every feature column the model needs must be there; any other column (`sample_id`, a measured `density_g_cm3`, a
 note) is carried through untouched. Files separated by `;` or tabs are refused rather than guessed: such files
 usually come from a locale that writes `0,5` for one half, and a guess would read numbers wrong without a word. Each
@@ -11,7 +12,13 @@ Writing: every input column as sent, then per target `{column}_predicted` (and `
 intervals), `in_domain`, `out_of_domain` (the features outside the training range, `;`-separated), and with
 explanations `{column}_shap_base` and `{column}_shap_{feature}` per feature. Numbers are written with Python's
 shortest round-trip repr, so reading the CSV back gives the same float64 values as the JSON answer. An input column
-with the name of an output column is replaced by the fresh value.
+with the name of an output column is replaced by the fresh value. A cell holding a line break or a bare carriage return
+is quoted, so it reads back as one cell.
+
+Spreadsheets run a cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return as a formula, so a sample id
+such as `=HYPERLINK(...)` would run when an operator opens the scored file. Every text cell passed through (and every
+header name) that starts with one of them gets a leading `'` (OWASP's rule for CSV injection); numbers, negative ones
+included, are written as they are. The JSON answer carries no input text, so it needs no such change.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +40,9 @@ from service.schemas import MAX_ERRORS_REPORTED
 
 CSV_MEDIA_TYPE = "text/csv"
 BOM = "\ufeff"
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class CsvInputError(ValueError):
@@ -180,15 +191,16 @@ def _column_values(cells: list[str]) -> np.ndarray:
     except ValueError:
         values = np.array([_number(cell) for cell in cells], dtype=np.float64)
     else:
-        # numpy accepts what float() does, including "1_000" and "infinity": look again at anything unusual.
-        odd = [i for i, cell in enumerate(cells) if "_" in cell]
+        # numpy accepts what float() does, including "1_000", "infinity" and Arabic-Indic or full-width digits
+        # ("٩٤" is 94 to float()): look again at anything unusual.
+        odd = [i for i, cell in enumerate(cells) if "_" in cell or not cell.isascii()]
         for i in odd:
             values[i] = math.nan
     return values
 
 
 def _number(cell: str) -> float:
-    if "_" in cell:
+    if "_" in cell or not cell.isascii():
         return math.nan
     try:
         return float(cell)
@@ -202,7 +214,8 @@ def _cell_problem(cell: str, column: FeatureColumn) -> str:
         return f"empty; {column.allowed()}"
     value = _number(text)
     if math.isnan(value) and text.lower() not in {"nan", "+nan", "-nan"}:
-        hint = " (use '.' as the decimal mark)" if "," in text else ""
+        hint = (" (write digits as 0-9)" if not text.isascii() else
+                " (use '.' as the decimal mark)" if "," in text else "")
         return f"{text[:40]!r} is not a number{hint}; {column.allowed()}"
     if not math.isfinite(value):
         return f"{text!r} is not finite; {column.allowed()}"
@@ -240,10 +253,10 @@ def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], featu
     added_set = set(added)
     keep = [i for i, name in enumerate(table.header) if name not in added_set]
     out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([table.header[i] for i in keep] + added)
+    writer = _CsvWriter(out)
+    writer.writerow([neutralised(table.header[i]) for i in keep] + added)
     for cells, row in zip(table.cells, answer["predictions"], strict=True):
-        values: list[Any] = [cells[i] for i in keep]
+        values: list[Any] = [neutralised(cells[i]) for i in keep]
         for target in targets:
             values.append(_num(row.get(target)))
             if interval:
@@ -261,6 +274,32 @@ def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], featu
                 values += [_num(explanation["contributions"][feature]) for feature in features]
         writer.writerow(values)
     return out.getvalue()
+
+
+class _CsvWriter:
+    """csv.writer with "\n" line ends that also quotes a cell holding a bare "\r": Python 3.11's csv module quotes
+    only the characters of its line terminator, and an unquoted "\r" ends the row for every CSV reader. Such a row
+    (rare: only echoed input text can hold one) is written with "\r\n", which quotes it, and ends with "\n"."""
+
+    def __init__(self, out: io.StringIO) -> None:
+        self.out = out
+        self.plain = csv.writer(out, lineterminator="\n")
+
+    def writerow(self, values: list[Any]) -> None:
+        if not any(isinstance(v, str) and "\r" in v for v in values):
+            self.plain.writerow(values)
+            return
+        row = io.StringIO(newline="")
+        csv.writer(row, lineterminator="\r\n").writerow(values)
+        self.out.write(row.getvalue()[:-2] + "\n")
+
+
+def neutralised(cell: str) -> str:
+    """`cell` as a spreadsheet shows it rather than runs it: a leading `'` when it starts like a formula and is not a
+    plain number (`-0.5` stays a number)."""
+    if cell.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell.strip()):
+        return "'" + cell
+    return cell
 
 
 def _num(value: Any) -> str:

@@ -18,8 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StrictB
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from cellmfg.domain import Kind, Quantity, all_quantities, features_for, targets_for
-from service.schemas import DatasetName, ElectrodePrediction, GdlPrediction, IntervalSummary, ModelRef
+from cellmfg.domain import DATASETS, Kind, Quantity, all_quantities, features_for, targets_for
+from service.schemas import (
+    MAX_ERRORS_REPORTED,
+    DatasetName,
+    ElectrodePrediction,
+    GdlPrediction,
+    IntervalSummary,
+    ModelRef,
+    short_repr,
+)
 
 if TYPE_CHECKING:
     from service.design import DesignProblem
@@ -29,6 +37,10 @@ MIN_TOLERANCE_PCT = 0.01  # far above the float32 rounding of the nets' outputs 
 MAX_TOLERANCE_PCT = 50.0
 DEFAULT_K = 5
 MAX_K = 20
+# More entries than any kind has parameters (electrode 6, GDL 5): a longer `targets`, `fixed` or `bounds` is refused
+# with one error before its entries are validated, so the answer and its cost stay small whatever the body holds.
+MAX_DESIGN_ENTRIES = 16
+_MAPPINGS = ("targets", "fixed", "bounds")
 # A number as JSON sends it: no strings, booleans, NaN or infinities.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -124,15 +136,37 @@ def _check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str,
     return problems
 
 
+def _capped(problems: list[InitErrorDetails]) -> list[InitErrorDetails]:
+    """At most MAX_ERRORS_REPORTED problems, then one entry saying how many more there are (as /predict does)."""
+    if len(problems) <= MAX_ERRORS_REPORTED:
+        return problems
+    more = len(problems) - MAX_ERRORS_REPORTED
+    return [*problems[:MAX_ERRORS_REPORTED],
+            _problem("too_many_errors", (), f"{more} more problems not listed; fix the ones above first", None)]
+
+
+def _oversized(data: Any) -> list[InitErrorDetails]:
+    """A `targets`, `fixed` or `bounds` with more entries than a design request can have, before anything else."""
+    if not isinstance(data, dict):
+        return []
+    return [_problem("too_long", (name,), f"{name}: {len(value)} entries; at most {MAX_DESIGN_ENTRIES} (one per "
+                                          f"target or parameter)", None)
+            for name in _MAPPINGS if isinstance(value := data.get(name), dict) and len(value) > MAX_DESIGN_ENTRIES]
+
+
 def _reworded(title: str, error: ValidationError) -> ValidationError:
     """pydantic's own errors (a string for a number, a missing field) with the field path in the message."""
     details = []
-    for e in error.errors(include_url=False):
+    errors = error.errors(include_url=False)
+    for e in errors[:MAX_ERRORS_REPORTED]:
         loc = tuple(e["loc"])
         where = ".".join(str(part) for part in loc) or "request"
         value = e.get("input")
-        sent = "" if e["type"] == "missing" else f" (got {value!r:.80})"
+        sent = "" if e["type"] == "missing" else f" (got {short_repr(value)})"
         details.append(_problem(e["type"], loc, f"{where}: {e['msg']}{sent}", value))
+    if len(errors) > MAX_ERRORS_REPORTED:
+        details.append(_problem("too_many_errors", (), f"{len(errors) - MAX_ERRORS_REPORTED} more problems not "
+                                                       "listed; fix the ones above first", None))
     return ValidationError.from_exception_data(title, details)
 
 
@@ -140,9 +174,12 @@ class _DesignRequest(IODescriptor):
     """Shared fields and checks; the subclasses add the dataset field and say their kind."""
 
     model_config = ConfigDict(extra="forbid")
-    targets: dict[str, DesignTarget] = Field(min_length=1, description=_TARGETS_DESCRIPTION)
-    fixed: dict[str, Number] = Field(default_factory=dict, description=_FIXED_DESCRIPTION)
-    bounds: dict[str, DesignBound] = Field(default_factory=dict, description=_BOUNDS_DESCRIPTION)
+    targets: dict[str, DesignTarget] = Field(min_length=1, max_length=MAX_DESIGN_ENTRIES,
+                                             description=_TARGETS_DESCRIPTION)
+    fixed: dict[str, Number] = Field(default_factory=dict, max_length=MAX_DESIGN_ENTRIES,
+                                     description=_FIXED_DESCRIPTION)
+    bounds: dict[str, DesignBound] = Field(default_factory=dict, max_length=MAX_DESIGN_ENTRIES,
+                                           description=_BOUNDS_DESCRIPTION)
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, strict=True, description=_K_DESCRIPTION)
     explain: StrictBool = Field(True, description=_EXPLAIN_DESCRIPTION)
 
@@ -173,13 +210,16 @@ class _DesignRequest(IODescriptor):
     @model_validator(mode="wrap")
     @classmethod
     def _name_the_field(cls, data: Any, handler: Any) -> Any:
+        oversized = _oversized(data)
+        if oversized:
+            raise ValidationError.from_exception_data(cls.__name__, oversized)
         try:
             parsed = handler(data)
         except ValidationError as error:
             raise _reworded(cls.__name__, error) from None
         problems = _check_design(cls.design_kind(), parsed.targets, parsed.fixed, parsed.bounds)
         if problems:
-            raise ValidationError.from_exception_data(cls.__name__, problems)
+            raise ValidationError.from_exception_data(cls.__name__, _capped(problems))
         return parsed
 
 
@@ -192,11 +232,21 @@ ELECTRODE_DESIGN_EXAMPLE: dict[str, Any] = {
     "k": 5,
     "explain": True,
 }
+_GDL_COMPRESSION = DATASETS["gdl1000"].ranges["compression_factor"]
+
+
+def _inside(span: tuple[float, float], fraction: float) -> float:
+    """A value `fraction` of the way through a dataset's nominal range: the data sampled from it reaches neither end
+    (gdl1000's compression factors span 0.002-0.495 of the nominal 0-0.5)."""
+    return round(span[0] + fraction * (span[1] - span[0]), 3)
+
+
 GDL_DESIGN_EXAMPLE: dict[str, Any] = {
     "dataset": "gdl1000",
     "targets": {"tortuosity": {"value": 1.06, "tolerance_pct": 1.0}},
     "fixed": {"fiber_diameter_um": 9.0, "thickness_um": 300.0},
-    "bounds": {"compression_factor": {"min": 0.0, "max": 0.3}},
+    # Well inside gdl1000's range (a bound outside the served models' training range is refused with 400).
+    "bounds": {"compression_factor": {"min": _inside(_GDL_COMPRESSION, 0.1), "max": _inside(_GDL_COMPRESSION, 0.6)}},
     "k": 5,
     "explain": True,
 }

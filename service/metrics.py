@@ -3,10 +3,16 @@
 They use `prometheus_client` directly (BentoML 1.4 deprecates `bentoml.metrics`). With more than one worker
 BentoML starts each worker with PROMETHEUS_MULTIPROC_DIR already in its environment, so `prometheus_client` is
 first imported in multiprocess mode and every sample below lands in the shared directory that BentoML's /metrics
-aggregates. The integration tests check this with two workers.
+aggregates. The integration tests check this with two workers. That directory is one per `cellmfg serve`
+(service.cli.bentoml_serve), so two servers on one host keep their own numbers.
+
+`RouteLabels` bounds the `endpoint` label of BentoML's own request metrics to the service's routes
+(service.patches.patch_bentoml_metric_labels).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -76,3 +82,35 @@ def declare(model: str, version: str | None = None, features: list[str] | tuple[
         PREDICTED_ROWS.labels(model=model, version=version)
     for feature in features:
         OUT_OF_DOMAIN_ROWS.labels(model=model, feature=feature)
+
+
+# -- the `endpoint` label of BentoML's request metrics (service.patches.patch_bentoml_metric_labels)
+
+OTHER_ENDPOINT = "other"  # every path that is not one of the service's routes: 404s, probes of random paths
+
+
+class RouteLabels:
+    """The `endpoint` label of a request path: the route template it matches (`/predict/{model_name}`), else
+    `OTHER_ENDPOINT`. BentoML labels its request metrics with the raw path, so any client could add series to the
+    open /metrics without bound and publish whatever it put in a path (a token, say); with this mapping the label
+    set is fixed by the service's routes. Templates use Starlette's `{name}` syntax; exact routes win over templates
+    (`/predict/electrode` is its own label, not `/predict/{model_name}`)."""
+
+    def __init__(self, templates: Iterable[str]) -> None:
+        from starlette.routing import compile_path
+
+        self.exact = frozenset(t for t in templates if "{" not in t)
+        self.patterns = tuple((compile_path(t)[0], t) for t in sorted({t for t in templates if "{" in t}))
+
+    def __call__(self, path: str) -> str:
+        if path in self.exact:
+            return path
+        for pattern, template in self.patterns:
+            if pattern.match(path):
+                return template
+        return OTHER_ENDPOINT
+
+    @property
+    def labels(self) -> frozenset[str]:
+        """Every label this mapping can give."""
+        return self.exact | {t for _, t in self.patterns} | {OTHER_ENDPOINT}

@@ -172,8 +172,13 @@ class Predictor:
         in_domain = np.logical_not(outside.any(axis=1))
         all_in = bool(in_domain.all())
 
-        predictions = {a.target.column: a.model.predict(x32) for a in answering}
+        predictions: dict[str, np.ndarray] = {}
+        clipped: dict[int, dict[str, float]] = {}  # row -> target -> the model's raw, impossible output
+        for a in answering:
+            predictions[a.target.column] = physical(a.model.predict(x32), a.target, clipped)
         result_rows = _rows(predictions, in_domain.tolist())
+        for i, raw in clipped.items():
+            result_rows[i]["clipped"] = raw
         if not all_in:
             for i in np.flatnonzero(~in_domain).tolist():
                 result_rows[i]["out_of_domain"] = [
@@ -209,6 +214,21 @@ class Predictor:
         if interval:  # what the intervals are worth, as the contract measured it
             answer["intervals"] = {a.target.column: interval_summary(a.model) for a in answering}
         return answer
+
+
+def physical(p: np.ndarray, target: Target, clipped: dict[int, dict[str, float]]) -> np.ndarray:
+    """`p` clipped to the target's physical range, each clipped row's raw value recorded in `clipped`.
+
+    Far outside the training range a net can answer the impossible (a density of -2.66 g/cm³ for 0 wt% active
+    material); the answer then says the physical limit, and `clipped` says the model's own value. The interval is
+    built around the clipped value, so it always contains the prediction."""
+    q = target.quantity
+    impossible = (p < q.physical_min) | (p > q.physical_max)  # NaN is neither: it stays NaN
+    if not impossible.any():
+        return p
+    for i in np.flatnonzero(impossible).tolist():
+        clipped.setdefault(i, {})[target.column] = float(p[i])
+    return np.where(impossible, np.clip(p, q.physical_min, q.physical_max), p)
 
 
 def conformal_interval(model: ServedModel, target: Target, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -258,6 +258,8 @@ class Explanation(BaseModel):
                                                         "sum is the prediction")
 
 
+_CLIPPED = ("only when a model's output was physically impossible (far out of domain): target -> the model's raw "
+            "output; the prediction is then the nearest physical limit, and the explanation adds up to the raw output")
 _IN_DOMAIN = ("every feature lies inside the training range of the answering models; outside it the paper's nets "
               "were off by 50-80 %")
 
@@ -273,6 +275,7 @@ class ElectrodePrediction(BaseModel):
         None, description="only with interval=true: target -> [low, high], a split-conformal prediction interval "
                           "(coverage in GET /models), clipped to the target's physical range")
     explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
+    clipped: dict[str, float] | None = Field(None, description=_CLIPPED)
 
 
 class GdlPrediction(BaseModel):
@@ -283,6 +286,7 @@ class GdlPrediction(BaseModel):
         None, description="only with interval=true: target -> [low, high], a split-conformal prediction interval "
                           "(coverage in GET /models), clipped to the target's physical range")
     explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
+    clipped: dict[str, float] | None = Field(None, description=_CLIPPED)
 
 
 _ELECTRODE_RESPONSE_EXAMPLE: dict[str, Any] = {

@@ -11,7 +11,8 @@ Environment variables (read when a worker starts, i.e. at each ASGI lifespan sta
   CELLMFG_API_TOKEN_FILE  a file holding the token (a Docker or Kubernetes secret), used when CELLMFG_API_TOKEN is
                           unset: the token then never appears in the container's environment or `docker inspect`.
   CELLMFG_OPEN_PATHS      comma-separated paths answered without a token (default `/livez,/readyz,/metrics`, so
-                          probes and Prometheus need no secret); set it empty to protect every path.
+                          probes and Prometheus need no secret, plus the page's files and the API docs,
+                          `service.ui`); set it empty to protect every path.
   CELLMFG_MAX_BODY_BYTES  the largest request body accepted, in bytes (default 16 MiB; a 10,000-row request is
                           ~1.5 MB); larger bodies are answered 413 before they are parsed, whether they announce their
                           size with Content-Length or arrive chunked.
@@ -38,12 +39,12 @@ from pydantic import Field, SecretStr
 from service.config import ConfigError, EnvironmentVariables
 from service.guards import ASGIApp, Message, Receive, Scope, Send, header_values, send_error
 from service.logs import show_service_logs
-from service.ui import UI_PATHS  # page
+from service.ui import DOCS_PATHS, UI_PATHS  # page
 
 log = logging.getLogger("cellmfg.service")
 
-# --- page: its static files hold no data, and a browser cannot send a token for them (service.ui) ---
-DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics", *UI_PATHS)
+# --- page: its static files and the API docs hold no data, and a browser cannot send a token for them (service.ui) ---
+DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics", *UI_PATHS, *DOCS_PATHS)
 # --- end page ---
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 MIN_TOKEN_LENGTH = 16

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import bentoml
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from service.config import Settings
@@ -34,10 +35,11 @@ from service.design_schemas import (  # design
     GdlDesignRequest,
     GdlDesignResponse,
 )
-from service.guards import CSV_ROUTES, RequestGuard
+from service.guards import CSV_ROUTES, RequestGuard, invalid_parameters
 from service.logs import quiet_client_errors, show_service_logs
+from service.metrics import RouteLabels
 from service.openapi import OpenAPIErrorDocs
-from service.patches import patch_bentoml_timeout
+from service.patches import patch_bentoml_metric_labels, patch_bentoml_timeout, patch_uvicorn_connection_limits
 from service.schemas import (
     ElectrodeRequest,
     ElectrodeResponse,
@@ -47,7 +49,7 @@ from service.schemas import (
     ModelsResponse,
 )
 from service.security import SecurityMiddleware
-from service.ui import mount_ui  # page
+from service.ui import DocsPage, mount_ui  # page
 
 if TYPE_CHECKING:
     from service.answers import Answers
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cellmfg.service")
 
 models_app = FastAPI(title="cellmfg models", docs_url=None, redoc_url=None, openapi_url=None)
+# A bad query parameter (`?explain=maybe`) is answered 400 in the service's error shape, not FastAPI's 422.
+models_app.add_exception_handler(RequestValidationError, invalid_parameters)
 _MODEL_ROUTE_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ModelRequest.model_json_schema()}}},
     "responses": {"404": {"description": "No served model of that name; the answer lists the served ones",
@@ -85,11 +89,14 @@ class CellMfgService:
         show_service_logs()
         quiet_client_errors()
         patch_bentoml_timeout()  # BentoML's request timeout keeps every request's timer alive (service.patches)
+        patch_bentoml_metric_labels(RouteLabels(route_templates()))  # and its metrics label raw paths
         # Imported here, in the worker: BentoML's supervisor imports this module only to read the service's
         # definition, and needs neither numpy, onnxruntime nor the models (service.answers).
         from service.answers import Answers
 
         self.settings = Settings.from_env()
+        # uvicorn never times out a connection that has not sent a whole request, nor limits connections
+        patch_uvicorn_connection_limits(self.settings.header_timeout_seconds, self.settings.max_connections)
         self.answers: Answers = Answers(self.settings)
         store = self.answers.store
         log.info("cellmfg service: %d/%d models from %s, polling every %g s", len(store.models()), len(store.names),
@@ -181,6 +188,18 @@ class CellMfgService:
                                       interval=interval)
 
 
+# Routes BentoML itself serves (probes, metrics, the docs page and its assets) beside the service's APIs.
+BENTOML_ROUTES = ("/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz", "/metrics",
+                  "/static_content/{asset}")
+
+
+def route_templates() -> list[str]:
+    """Every route the service answers, as templates: the `endpoint` labels of BentoML's request metrics."""
+    mounted = [path for route in models_app.router.routes if isinstance(path := getattr(route, "path", None), str)]
+    return [*BENTOML_ROUTES, *(api.route for api in _service.apis.values()), *models_app.openapi()["paths"],
+            *mounted, *CSV_ROUTES.values()]
+
+
 def _with_status(response: Response, ctx: bentoml.Context | None) -> Response:
     """BentoML gives an API that takes a context the context's status code, whatever the returned response says:
     make them agree, or every error would go out as 200."""
@@ -191,9 +210,10 @@ def _with_status(response: Response, ctx: bentoml.Context | None) -> Response:
 
 _service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class
 # Checks that run before BentoML reads a body, outermost first (the first one added wraps the others): bearer-token
-# auth and the body-size limit (service.security), the completed OpenAPI document (service.openapi), then the
-# JSON-only guard.
+# auth and the body-size limit (service.security), the API docs page (service.ui), the completed OpenAPI document
+# (service.openapi), then the JSON-only guard.
 _service.add_asgi_middleware(SecurityMiddleware)
+_service.add_asgi_middleware(DocsPage)
 _service.add_asgi_middleware(OpenAPIErrorDocs)
 _service.add_asgi_middleware(RequestGuard)
 # BentoML shows the raw docstrings in the OpenAPI description; dedent them so Swagger renders paragraphs.

@@ -5,6 +5,11 @@ one manifest read; the poller asks every interval) and fetches a model as a veri
 `cellmfg.contract.LoadedModel`. The registry offers every `*_onnx` model holding the served alias; a bundle every
 model in its manifest. Importing this module costs almost nothing (MLflow and the contract
 code load on first use), so `cellmfg serve` can check the source before starting BentoML.
+
+What a source says about itself comes in two forms. `description` (log lines, start-up errors) never holds the
+credentials a tracking URI may carry (`https://user:password@host`, `?token=`). `public_description`, `origin` and
+`redact` (GET /models, which anyone with the token may read) hold no server file path either: a bundle is named by
+its directory's name, a file-based MLflow store (sqlite, file) by its scheme alone.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from service.config import Settings
 
@@ -30,8 +37,41 @@ class SourceUnavailableError(RuntimeError):
     """Neither the registry nor the bundle can provide models."""
 
 
+def without_credentials(uri: str) -> str:
+    """`uri` without user, password, query and fragment (where tokens are put): safe for logs."""
+    parts = urlsplit(uri)
+    if not parts.netloc:  # a file-based store (sqlite:////abs/path.db): no credentials, and rebuilding drops slashes
+        return uri.partition("?")[0].partition("#")[0]
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def public_uri(uri: str) -> str:
+    """`uri` as the API shows it: a server's address without credentials; a file-based store by its scheme only,
+    since its path is a server file path."""
+    parts = urlsplit(uri)
+    if not parts.netloc or parts.scheme in ("", "file", "sqlite"):
+        return f"{parts.scheme or 'file'} store"
+    return without_credentials(uri)
+
+
+def redact_strings(value: Any, redact: Callable[[str], str]) -> Any:
+    """`value` (JSON-like: dicts, lists, strings, numbers) with `redact` applied to every string in it."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_strings(item, redact) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_strings(item, redact) for item in value]
+    return value
+
+
 class ModelSource(Protocol):
     description: str
+    public_description: str
+
+    def redact(self, text: str) -> str:
+        """`text` (a problem, an error) without the server file paths and credentials this source knows of."""
 
     def check(self) -> None:
         """Raise SourceUnavailableError unless the source answers at all."""
@@ -52,7 +92,8 @@ class RegistrySource:
     def __init__(self, tracking_uri: str, alias: str) -> None:
         self.tracking_uri = tracking_uri
         self.alias = alias
-        self.description = f"MLflow registry {tracking_uri} (alias {alias!r})"
+        self.description = f"MLflow registry {without_credentials(tracking_uri)} (alias {alias!r})"
+        self.public_description = f"MLflow registry {public_uri(tracking_uri)} (alias {alias!r})"
         self._mlflow_client: Any = None
 
     def _client(self) -> Any:
@@ -68,7 +109,14 @@ class RegistrySource:
             self._client().search_registered_models(max_results=1)
         except Exception as error:
             raise SourceUnavailableError(
-                f"{self.description} is unreachable: {type(error).__name__}: {str(error)[:300]}") from error
+                f"{self.description} is unreachable: {type(error).__name__}: {self.redact(str(error))[:300]}"
+            ) from error
+
+    def redact(self, text: str) -> str:
+        public = public_uri(self.tracking_uri)
+        for secret in (self.tracking_uri, without_credentials(self.tracking_uri)):
+            text = text.replace(secret, public)
+        return text
 
     def catalogue(self) -> dict[str, str]:
         # Registered models carry their aliases, so one paged search answers for every model at once.
@@ -93,7 +141,7 @@ class RegistrySource:
         return fetch_registered(self.tracking_uri, name, self.alias)
 
     def origin(self, model: LoadedModel) -> str:
-        return f"models:/{model.name}/{model.version} (@{self.alias}) at {self.tracking_uri}"
+        return f"models:/{model.name}/{model.version} (@{self.alias}) at {public_uri(self.tracking_uri)}"
 
 
 class BundleSource:
@@ -102,6 +150,10 @@ class BundleSource:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.description = f"bundle {directory}"
+        self.public_description = f"bundle {directory.name}"
+
+    def redact(self, text: str) -> str:
+        return text.replace(str(self.directory), self.directory.name)
 
     def _manifest(self) -> dict[str, Any]:
         text = (self.directory / "manifest.json").read_text()
@@ -135,7 +187,7 @@ class BundleSource:
         return load_bundle_entry(self.directory, entry)
 
     def origin(self, model: LoadedModel) -> str:
-        return f"{self.directory}/{model.name}.onnx"
+        return f"{self.directory.name}/{model.name}.onnx"
 
 
 def _bundle_revision(entry: dict[str, Any]) -> str:

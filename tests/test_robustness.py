@@ -32,6 +32,7 @@ from service.config import ConfigError
 from service.openapi import OpenAPIErrorDocs, document_errors
 from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
 from service.security import DEFAULT_MAX_BODY_BYTES, SecurityMiddleware, SecuritySettings
+from service.ui import DOCS_PATHS
 from testkit.bad_inputs import MIB, BadInput, bad_inputs, electrode_row, refusal_problem
 from testkit.fakes import (
     example_rows,
@@ -86,8 +87,9 @@ def _run(coroutine: Any) -> Any:
 def test_settings_default_to_auth_off_open_probes_and_a_16_mib_limit() -> None:
     settings = SecuritySettings.from_env({})
     assert settings.token is None and not settings.auth_enabled
-    assert settings.open_paths == {"/livez", "/readyz", "/metrics",  # and the page's static files:
-                                   "/ui", "/ui/", "/ui/index.html", "/ui/app.js", "/ui/app.css"}
+    assert settings.open_paths == {"/livez", "/readyz", "/metrics",  # and the page's static files and the API docs:
+                                   "/ui", "/ui/", "/ui/index.html", "/ui/app.js", "/ui/app.css", "/ui/docs.js",
+                                   "/", "/docs", "/docs.json", *(p for p in DOCS_PATHS if p.startswith("/static_"))}
     assert settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 16 * MIB
     assert "authentication off" in settings.describe()
 
@@ -135,13 +137,13 @@ def test_a_token_is_required_except_on_the_open_paths() -> None:
     async def go() -> None:
         settings = SecuritySettings(token=TOKEN.encode())
         async with _client(settings) as client:
-            for path in ("/livez", "/readyz", "/metrics"):
+            for path in ("/livez", "/readyz", "/metrics", "/docs.json", "/"):  # probes, metrics, the API docs
                 assert (await client.get(path)).status_code == 200, path
             missing = await client.post("/predict/electrode", content=b"{}")
             assert missing.status_code == 401
             assert missing.headers["www-authenticate"] == 'Bearer realm="cellmfg"'
             assert "Authorization: Bearer" in missing.json()["error"] and missing.json()["detail"] == []
-            for path in ("/models", "/docs.json", "/", "/healthz", "/livez/", "/metrics/x"):
+            for path in ("/models", "/docs.json/", "/healthz", "/livez/", "/metrics/x", "/static_content/x.js"):
                 assert (await client.get(path)).status_code == 401, path
             wrong = await client.post("/predict/electrode", content=b"{}",
                                       headers={"Authorization": "Bearer wrong-token-but-long-enough"})
@@ -450,10 +452,10 @@ def _workers(server: ServerProcess) -> set[int]:
 @pytest.mark.integration
 def test_real_server_requires_the_token_except_on_probes_and_metrics(secured: dict[str, Any]) -> None:
     url, headers = secured["server"].url, secured["headers"]
-    for path in ("/livez", "/readyz", "/metrics"):
+    for path in ("/livez", "/readyz", "/metrics", "/docs.json", "/"):  # and the API docs (issue 22)
         assert httpx.get(url + path, timeout=30).status_code == 200, path
     for method, path in (("POST", "/predict/electrode"), ("POST", "/predict/gdl"), ("GET", "/models"),
-                         ("GET", "/docs.json"), ("GET", "/")):
+                         ("POST", "/design/gdl")):
         response = httpx.request(method, url + path, json=EXAMPLE_INPUT if method == "POST" else None, timeout=30)
         assert response.status_code == 401, (path, response.status_code, response.text[:300])
         assert response.headers["www-authenticate"].startswith("Bearer")

@@ -194,6 +194,11 @@ def _row(**changes: Any) -> dict[str, Any]:
     return {**EXAMPLE_INPUT["rows"][0], **changes}
 
 
+def _without(feature: str) -> dict[str, Any]:
+    """The example row without `feature`, to append it as a raw JSON token (a repeated key is refused on its own)."""
+    return {k: v for k, v in _row().items() if k != feature}
+
+
 BAD_INPUTS: list[tuple[str, str | dict[str, Any], list[str]]] = [
     ("unknown chemistry", {"chemistry": "lfp", "rows": [_row()]}, ["chemistry", "'lfp'", "graphite, si_gra, nmc"]),
     ("missing chemistry", {"rows": [_row()]}, ["chemistry is missing", "graphite, si_gra, nmc"]),
@@ -213,11 +218,13 @@ BAD_INPUTS: list[tuple[str, str | dict[str, Any], list[str]]] = [
      ["row 0", "roll_gap_um", "-5.0", "[0, 5000] µm"]),
     ("above physical bound", {"chemistry": "nmc", "rows": [_row(), _row(), _row(solid_content_pct=101)]},
      ["row 2", "solid_content_pct", "101", "[0, 100] %"]),
-    ("NaN", '{"chemistry": "nmc", "rows": [' + json.dumps(_row())[:-1] + ', "am_wt_pct": NaN}]}',
+    ("NaN", '{"chemistry": "nmc", "rows": [' + json.dumps(_without("am_wt_pct"))[:-1] + ', "am_wt_pct": NaN}]}',
      ["row 0", "am_wt_pct", "nan", "finite"]),
-    ("Infinity", '{"chemistry": "nmc", "rows": [' + json.dumps(_row())[:-1] + ', "comma_gap_um": Infinity}]}',
+    ("Infinity", '{"chemistry": "nmc", "rows": ['
+     + json.dumps(_without("comma_gap_um"))[:-1] + ', "comma_gap_um": Infinity}]}',
      ["row 0", "comma_gap_um", "inf", "finite"]),
-    ("overflowing number", '{"chemistry": "nmc", "rows": [' + json.dumps(_row())[:-1] + ', "comma_gap_um": 1e400}]}',
+    ("overflowing number", '{"chemistry": "nmc", "rows": ['
+     + json.dumps(_without("comma_gap_um"))[:-1] + ', "comma_gap_um": 1e400}]}',
      ["row 0", "comma_gap_um", "inf"]),
     ("explain not a boolean", {"chemistry": "nmc", "rows": [_row()], "explain": "maybe"}, ["explain", "'maybe'"]),
     ("unknown top-level field", {"chemistry": "nmc", "rows": [_row()], "model": "x"},

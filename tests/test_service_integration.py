@@ -129,7 +129,12 @@ def test_custom_metrics_are_aggregated_across_both_workers(server: ServerProcess
             "bentoml_service_request_total"} <= names
     assert _value(after, "cellmfg_model_info", model=model, version="1", alias="champion") == 1
     # Both workers wrote samples: the totals above are sums over two processes, not one worker's view.
-    directory = Path(server.env["BENTOML_HOME"]) / "prometheus_multiproc_dir"
+    import psutil
+
+    # The server's own metrics directory (service.cli.bentoml_serve), as its workers were told.
+    assert server.process is not None
+    told = {p.environ().get("PROMETHEUS_MULTIPROC_DIR") for p in psutil.Process(server.process.pid).children()}
+    directory = Path(next(d for d in told if d))
     writers = {p.stem.rsplit("_", 1)[-1] for p in directory.glob("counter_*.db")}
     assert len(writers) >= WORKERS, writers
 

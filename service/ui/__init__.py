@@ -5,13 +5,22 @@ since lab networks are often offline) and talks to the same HTTP API as every ot
 it opens, then one POST per user action. It holds no data, so its files may be answered without a token
 (`service.security.DEFAULT_OPEN_PATHS` lists `UI_PATHS`); every API call it makes carries the token the user
 entered.
+
+The API docs (Swagger UI, from BentoML's own copy of its assets under /static_content: no CDN) are served from
+`docs.html` here rather than BentoML's index page, which embeds Google Tag Manager: an offline lab server's docs
+should not call out. They describe the API and hold no data either, so they are open too (`DOCS_PATHS`): a browser
+cannot send a bearer token when following the page's "API docs" link. Trying a call from them needs the token
+(Swagger's Authorize button).
+
+Both pages are sent with a Content-Security-Policy (scripts, styles and calls from this server only; no framing),
+X-Frame-Options and X-Content-Type-Options: nosniff (`PAGE_HEADERS`, `DOCS_HEADERS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import FileResponse, RedirectResponse
 
@@ -25,15 +34,35 @@ UI_FILES: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "docs.js": "text/javascript; charset=utf-8",  # the API docs' Swagger UI settings (docs.html)
 }
 # Every path the page is answered at; the security middleware matches open paths exactly.
 UI_PATHS: tuple[str, ...] = (UI_PATH, f"{UI_PATH}/", *(f"{UI_PATH}/{name}" for name in UI_FILES))
+
+DOCS_PAGE = "docs.html"
+# BentoML's Swagger UI assets that docs.html loads (bentoml/_internal/server/static_content).
+DOCS_ASSETS = ("swagger-ui.css", "index.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js",
+               "favicon-light-32x32.png", "favicon-dark-32x32.png")
+DOCS_PATHS: tuple[str, ...] = ("/", "/docs", "/docs.json", *(f"/static_content/{name}" for name in DOCS_ASSETS))
+
+_COMMON_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# The page builds everything with DOM calls (no inline script or style), and talks only to this server.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    **_COMMON_HEADERS}
+# Swagger UI sets inline styles and shows data: images; nothing else is loosened.
+DOCS_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; connect-src 'self'; font-src 'self'; form-action 'self'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    **_COMMON_HEADERS}
 
 
 def _file_route(name: str, media_type: str) -> FileResponse:
     # no-cache: the browser asks again on every load (about 50 kB in all), so an upgraded service's page is never
     # shown stale from its cache.
-    return FileResponse(UI_DIR / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
+    return FileResponse(UI_DIR / name, media_type=media_type, headers={"Cache-Control": "no-cache", **PAGE_HEADERS})
 
 
 def mount_ui(app: FastAPI) -> None:
@@ -64,3 +93,24 @@ def _file_endpoint(name: str, media_type: str) -> Callable[[], FileResponse]:
 
     endpoint.__name__ = f"ui_{name.replace('.', '_')}"
     return endpoint
+
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class DocsPage:
+    """ASGI middleware answering GET / with `docs.html` instead of BentoML's index page (which cannot be replaced
+    by a route: BentoML's own route for / comes first)."""
+
+    def __init__(self, app: Callable[[_Scope, _Receive, _Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/" and scope.get("method") in ("GET", "HEAD"):
+            page = FileResponse(UI_DIR / DOCS_PAGE, media_type="text/html; charset=utf-8",
+                                headers={"Cache-Control": "no-cache", **DOCS_HEADERS})
+            await page(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
