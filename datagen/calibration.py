@@ -1,8 +1,10 @@
 """How hard the electrode data is: a random forest scored on grouped splits (no sheet on both sides).
 
 The calibration target is the paper's own source-net error on graphite (density 4.5 %, mass loading 13.9 % MAPE).
-The scatter constants were set from physically plausible magnitudes, not fitted to this number; this module only
-measures where a strong off-the-shelf model lands, for the data card and `scripts/calibrate_electrodes.py`.
+The scatter constants were set from documented magnitudes, not fitted to this number; this module only measures
+where a strong off-the-shelf model lands, for the data card and `scripts/calibrate_electrodes.py`. The project's own
+source net, in-domain and zero-shot on the targets, is measured by `scripts/electrode_difficulty.py` (it needs the
+training stack, which datagen does not import).
 """
 
 from __future__ import annotations

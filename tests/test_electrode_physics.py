@@ -1,8 +1,11 @@
 """Physics and design checks of the synthetic electrode datasets (datagen/electrode_process.py).
 
-The nominal `process_model` is probed directly for the laws; the generated campaigns are checked statistically, the
-way one would check a lab's data: sheets (`group_id`) exist in the asked numbers, within a coated sheet calendering
-must not move the mass loading, and no measured density passes what the recipe's minimum porosity allows.
+The nominal `process_model` is probed directly for the laws, including what makes the targets differ from the source
+(nano-Si thickens the slurry, takes binder and lowers density; NMC runs on its own coater and compacts differently;
+the carbon-binder domain keeps graphite porous); the generated campaigns are checked statistically, the way one
+would check a lab's data: sheets (`group_id`) exist in the asked numbers, within a coated sheet calendering must not
+move the mass loading, most pieces are really calendered, the nominal model explains most of the measured density
+(noise-free R² ≥ 0.6), and no measured density passes what the recipe's minimum porosity allows.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from datagen.electrode_process import (
     density_cap,
     design_of_experiments,
     generate_electrode,
+    nominal_r2,
     process_model,
+    process_terms,
 )
 
 CHEMS = ("graphite", "si_gra", "nmc")
@@ -39,9 +44,20 @@ SEEDS = (0, 42)
 SHEET = [GROUP_ID]
 # Sheets (slurry batches) per campaign the issue asks for: a lab's months of work, not a handful of recipes.
 SHEET_COUNTS = {"graphite": (40, 80), "si_gra": (12, 20), "nmc": (12, 20)}
-# "About" the realistic calendered densities of the brief; the lower anode bound leaves room for the few pieces
-# calendered with a gap at the coating's thickness (barely compacted).
-DENSITY_RANGE = {"graphite": (1.05, 1.7), "si_gra": (1.05, 1.7), "nmc": (2.4, 3.6)}
+# Literature densities from uncalendered to fully calendered: graphite ≈ 0.85 (uncalendered) – 1.7, Si-graphite
+# lower (nano-Si packs loosely and is calendered less), NMC111 ≈ 2.2 (uncalendered) – 3.6.
+DENSITY_RANGE = {"graphite": (0.85, 1.7), "si_gra": (0.7, 1.5), "nmc": (2.2, 3.6)}
+# Calendered porosity: the literature's 25–40 % for graphite and NMC; Si anodes are left more porous (≈ 40–55 %) to
+# buffer the Si volume change. Checked on the median piece; a few pieces per set are only lightly calendered.
+MEDIAN_POROSITY = {"graphite": (0.3, 0.45), "si_gra": (0.4, 0.56), "nmc": (0.25, 0.4)}
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict[str, pd.DataFrame]:
+    """The campaigns as shipped (the default seed; tests/test_datasets.py proves the CSVs are these bytes)."""
+    from datagen.generate import DEFAULT_SEED
+
+    return {chem: generate_electrode(chem, DEFAULT_SEED) for chem in CHEMS}
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +139,9 @@ def _solid_density(chemistry: str, am_wt_pct: float) -> float:
     else:
         w_am = am_wt_pct / 100.0
         am_volume = w_am / rho[c.active_materials[0]]
-    binder = c.binder_share_of_additives * (1.0 - w_am)
+    share_of_additives = c.binder_share_of_additives + c.binder_share_si_slope * (
+        am_wt_pct / 100.0 if c.fixed_am_wt_pct is not None else 0.0)
+    binder = share_of_additives * (1.0 - w_am)
     return 1.0 / (am_volume + binder / rho[c.binder] + (1.0 - w_am - binder) / rho["carbon_black"])
 
 
@@ -137,11 +155,15 @@ def test_calendered_electrode_springs_back_beyond_the_roll_gap(chemistry: str) -
     density = float(out["density_g_cm3"].to_numpy()[0])
     dry_loading = float(out["mass_loading_mg_cm2"].to_numpy()[0]) / am_fraction
     assert 10.0 * dry_loading / density > 20.0  # µm: a 1 µm gap does not make a 1 µm electrode
-    # Even with the rolls closed, spring-back leaves the porosity above the chemistry's minimum.
-    porosity = 1.0 - density / _solid_density(chemistry, am_wt_pct)
-    minimum = constants.min_porosity + constants.min_porosity_si_slope * (
-        am_wt_pct / 100.0 if constants.fixed_am_wt_pct is not None else 0.0)
-    assert minimum + 0.01 < porosity < constants.dry_porosity_ref - 0.1
+    # Even with the rolls closed, spring-back leaves the porosity above the electrode's minimum (the frame's
+    # tightest packing plus the carbon-binder nanopores), and far below the dried film's.
+    solid_density = _solid_density(chemistry, am_wt_pct)
+    terms = process_terms(frame, chemistry)
+    assert terms["solid_density"][0] == pytest.approx(solid_density, rel=1e-12)
+    porosity = 1.0 - density / solid_density
+    minimum = float(terms["min_porosity"][0])
+    assert minimum > constants.min_porosity  # the carbon-binder domain's pores add to the frame's
+    assert minimum + 0.005 < porosity < float(terms["dry_porosity"][0]) - 0.1
 
 
 @pytest.mark.parametrize("chemistry", CHEMS)
@@ -155,15 +177,63 @@ def test_roll_speed_effect_is_weak(chemistry: str) -> None:
     assert relative.max() > 0.0
 
 
-def test_chemistries_share_laws_but_not_constants() -> None:
-    graphite, si_gra, nmc = (CHEMISTRIES[c] for c in CHEMS)
-    for other in (si_gra, nmc):
-        for name in ("wet_film_factor_ref", "dry_porosity_ref", "compaction_strain_scale", "spring_back"):
-            assert getattr(graphite, name) != getattr(other, name), name
-    frame = _base("graphite", 1)
-    graphite_out = process_model(frame, "graphite").to_numpy()[0]
-    si_gra_out = process_model(frame.assign(am_wt_pct=10.0), "si_gra").to_numpy()[0]
-    assert np.max(np.abs(si_gra_out / graphite_out - 1.0)) > 0.02
+def test_nmc_runs_on_another_coater_and_compacts_differently() -> None:
+    graphite, nmc = CHEMISTRIES["graphite"], CHEMISTRIES["nmc"]
+    for name in ("wet_film_factor_ref", "wet_film_ref_speed_m_min", "dry_porosity_ref", "min_porosity",
+                 "compaction_strain_scale", "spring_back", "foil_thickness_um"):
+        assert getattr(graphite, name) != getattr(nmc, name), name
+    # The same nominal squeeze (roll gap set to 70 % of each coating) densifies NMC relatively less than graphite:
+    # its dried film starts denser and its hard particles spring back less but stop at a higher solid fraction.
+    def relative_gain(chemistry: str) -> float:
+        free = _base(chemistry, 1).assign(roll_gap_um=5000.0)
+        uncalendered = process_terms(free, chemistry)
+        gap = float(uncalendered["coated_foil_um"][0] - 0.3 * uncalendered["dry_thickness_um"][0])
+        pressed = process_terms(free.assign(roll_gap_um=gap), chemistry)
+        return float(pressed["density_g_cm3"][0] / uncalendered["density_g_cm3"][0])
+
+    assert relative_gain("graphite") > relative_gain("nmc") + 0.05
+    # NMC densities sit in the literature's calendered band, far above the anodes'.
+    closed = float(process_model(_thick("nmc", np.array([20.0])), "nmc")["density_g_cm3"].to_numpy()[0])
+    assert 2.6 <= closed <= 3.6
+
+
+def test_silicon_thickens_the_slurry_takes_binder_and_lowers_density() -> None:
+    shares = np.array([8.0, 11.5, 15.0])
+    frame = _base("si_gra", 3, am_wt_pct=shares, roll_gap_um=15.0)
+    terms = process_terms(frame, "si_gra")
+    assert np.all(np.diff(terms["relative_viscosity"]) > 0.0)  # nano-Si thickens the slurry...
+    assert np.all(np.diff(terms["wet_film_factor"]) < 0.0)  # ...so the comma transfers less of the gap
+    assert np.all(np.diff(terms["dry_porosity"]) > 0.0)  # loose packing of the dried film
+    assert np.all(np.diff(terms["min_porosity"]) > 0.0)  # hard Si resists compaction
+    density = process_model(frame, "si_gra")["density_g_cm3"].to_numpy()
+    assert np.all(np.diff(density) < 0.0)
+    assert density[0] / density[-1] > 1.04  # several percent over the paper's 8–15 % Si, not a rounding effect
+    # Binder demand: the binder share of the (fixed 9 wt%) additives rises with Si.
+    c = CHEMISTRIES["si_gra"]
+    assert c.binder_share_si_slope > 0.0
+    richest = c.binder_share_of_additives + c.binder_share_si_slope * 0.15
+    assert richest > CHEMISTRIES["graphite"].binder_share_of_additives
+
+
+def test_si_gra_loading_is_not_a_constant_multiple_of_graphite() -> None:
+    # The same coater settings at 91 wt% active material: a Si-Gra slurry is not a graphite slurry with a relabelled
+    # column, so the ratio of loadings moves with the Si share and the solid content.
+    shares = np.repeat([8.0, 15.0], 3)
+    solids = np.tile([24.0, 28.0, 32.0], 2)
+    si_gra = _base("si_gra", 6, am_wt_pct=shares, solid_content_pct=solids)
+    graphite = si_gra.assign(am_wt_pct=91.0)
+    ratio = (process_model(si_gra, "si_gra")["mass_loading_mg_cm2"]
+             / process_model(graphite, "graphite")["mass_loading_mg_cm2"]).to_numpy()
+    assert np.ptp(ratio) > 0.05
+    assert ratio.max() < 1.0  # a thicker slurry transfers less of the gap
+
+
+def test_carbon_binder_domain_keeps_graphite_porous() -> None:
+    # Less active material = more carbon-binder domain, whose nanopores survive calendering: a lower density floor.
+    frame = _thick("graphite", np.array([1.0, 1.0])).assign(am_wt_pct=[91.0, 95.5])
+    density = process_model(frame, "graphite")["density_g_cm3"].to_numpy()
+    assert density[1] > 1.02 * density[0]
+    assert 0.0 < CHEMISTRIES["graphite"].cbd_porosity < 1.0
 
 
 def test_unknown_chemistry_and_missing_column_are_rejected() -> None:
@@ -275,6 +345,28 @@ def test_densities_realistic(chemistry: str, generated: dict[tuple[str, int], pd
         assert noisy.min() >= 0.75 * low and noisy.max() <= 1.25 * high
 
 
+@pytest.mark.parametrize("chemistry", CHEMS)
+def test_most_pieces_are_really_calendered(chemistry: str, shipped: dict[str, pd.DataFrame]) -> None:
+    frame = shipped[chemistry]
+    terms = process_terms(frame, chemistry)
+    reduction = 1.0 - terms["thickness_um"] / terms["dry_thickness_um"]
+    assert (reduction >= 0.10).mean() >= 0.8  # at least a tenth of the coating squeezed out, on most rows
+    porosity = 1.0 - terms["density_g_cm3"] / terms["solid_density"]
+    low, high = MEDIAN_POROSITY[chemistry]
+    assert low <= float(np.median(porosity)) <= high
+    assert np.ptp(porosity) > 0.1  # a real compaction range, lightly to heavily calendered
+
+
+@pytest.mark.parametrize("chemistry", CHEMS)
+def test_noise_free_r2_of_density_reaches_the_issue_floor(chemistry: str, shipped: dict[str, pd.DataFrame]) -> None:
+    # The generator's own nominal model explains most of the measured density: what is left is documented scatter.
+    r2 = nominal_r2(shipped[chemistry], chemistry)
+    assert r2["density_g_cm3"] >= 0.6
+    assert r2["mass_loading_mg_cm2"] >= 0.6
+    # ...but not all of it: the sheet and disc effects are real.
+    assert r2["density_g_cm3"] < 0.97 and r2["mass_loading_mg_cm2"] < 0.99
+
+
 def test_nmc_loading_higher_and_broader_than_graphite(generated: dict[tuple[str, int], pd.DataFrame]) -> None:
     graphite = generated[("graphite", 42)]["mass_loading_mg_cm2"]
     nmc = generated[("nmc", 42)]["mass_loading_mg_cm2"]
@@ -301,7 +393,7 @@ def test_scatter_has_sheet_and_disc_levels_with_rare_outliers(
         chemistry: str, generated: dict[tuple[str, int], pd.DataFrame]) -> None:
     frame = generated[(chemistry, 42)]
     nominal = process_model(frame, chemistry)
-    error = np.log(frame["mass_loading_mg_cm2"] / nominal["mass_loading_mg_cm2"])
+    error = pd.Series(np.log(frame["mass_loading_mg_cm2"] / nominal["mass_loading_mg_cm2"]), index=frame.index)
     # Sheet level: the batch and coater effects move a whole sheet away from nominal by several percent...
     sheet_error = error.groupby(frame[GROUP_ID]).median()
     assert 0.04 < sheet_error.std() < 0.25
@@ -380,7 +472,14 @@ def test_measured_loading_follows_comma_gap_and_solid_content(
     covariance = residual @ residual / dof * np.linalg.pinv(design.T @ design)
     stderr = np.sqrt(np.diag(covariance))
     assert abs(coef[1] - 1.0) < 3.0 * stderr[1] and coef[1] > 0.5
-    assert coef[2] > 0.0
+    # Solid content: as the nominal model says (for Si-Gra its thicker slurries transfer less, so the effect is
+    # weak), within three standard errors of the same fit on the nominal loadings.
+    nominal_loading = process_model(frame, chemistry)["mass_loading_mg_cm2"].to_numpy()
+    nominal_log = pd.Series(np.log(nominal_loading), index=frame.index)
+    nominal = nominal_log.groupby(frame[GROUP_ID]).median()
+    nominal_coef, *_ = np.linalg.lstsq(design, nominal.loc[sheets.index].to_numpy(), rcond=None)
+    assert nominal_coef[2] > 0.0
+    assert abs(coef[2] - nominal_coef[2]) < 3.0 * stderr[2]
     assert np.corrcoef(np.log(sheets["gap"]), sheets["log_loading"])[0, 1] > 0.5
 
 
