@@ -78,6 +78,10 @@ class Metrics(_Strict):
     zero_shot_test_mape_pct: float | None = Field(default=None, description="the pretrained net as is, same split")
     zero_shot_validation_mape_pct: float | None = Field(
         default=None, description="the pretrained net as is, on the same training-part rows as validation_mape_pct")
+    out_of_fold_mape_pct: float | None = Field(
+        default=None, description="MAPE on the training part of out-of-fold predictions, each inner fold predicted "
+        "by the configuration chosen on the other folds (no choice read it, unlike validation_mape_pct, the minimum "
+        "over the candidates): what the zero-shot gate compares with zero_shot_validation_mape_pct, same rows")
 
 
 class Conformal(_Strict):
@@ -88,8 +92,8 @@ class Conformal(_Strict):
     n_calibration: int
     method: str = "split-conformal on relative residuals of held-out rows"
     measured_coverage: float | None = Field(
-        default=None, description="share of grouped held-out rows inside their interval, each interval calibrated "
-        "without the row's group, averaged over the repeated splits")
+        default=None, description="share of held-out test rows inside their interval, calibrated at group level "
+        "on the out-of-fold residuals of the split's training part, averaged over the repeated splits")
     mean_relative_width: float | None = Field(
         default=None, description="mean (upper - lower) / |prediction| of those clipped intervals: the width a "
         "user can expect")

@@ -11,7 +11,8 @@ scripts/setup.sh train
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
 cellmfg=.venv/bin/cellmfg
 
-echo "== 1/4 train ($PRESET preset): 3 pretrained nets, 5 transfers, comparisons and baselines"
+echo "== 1/4 train ($PRESET preset): 3 pretrained nets, 5 transfers, comparisons and baselines (report: runs/)"
+# The report goes to runs/train-all-*/ (printed); the committed docs/results.* change only with --write-docs.
 "$cellmfg" train all --preset "$PRESET"
 echo "== 2/4 promote: ONNX export, parity and metric gates, alias champion"
 "$cellmfg" registry promote --all || echo "(a gate refused some candidates; the former champions stay)"

@@ -114,10 +114,10 @@ def _with_validation(monkeypatch: pytest.MonkeyPatch, transfer: float, zero_shot
         inputs = real(model_version)
         if inputs.role != "transfer" or inputs.zero_shot is None:
             return inputs
-        metrics = inputs.metrics.model_copy(update={"validation_mape_pct": transfer,
+        metrics = inputs.metrics.model_copy(update={"validation_mape_pct": transfer, "out_of_fold_mape_pct": transfer,
                                                     "zero_shot_validation_mape_pct": zero_shot})
-        zero = inputs.zero_shot.model_copy(update={
-            "metrics": inputs.zero_shot.metrics.model_copy(update={"validation_mape_pct": zero_shot})})
+        zero = inputs.zero_shot.model_copy(update={"metrics": inputs.zero_shot.metrics.model_copy(
+            update={"validation_mape_pct": zero_shot, "out_of_fold_mape_pct": zero_shot})})
         return inputs.model_copy(update={"metrics": metrics, "zero_shot": zero})
 
     monkeypatch.setattr(promote, "promotion_inputs", fixed)

@@ -95,6 +95,9 @@ def test_promotion_inputs_are_typed_and_carry_the_scaling(pretrained: dict[str, 
     assert inputs.target.physical_min == 0.0
     assert inputs.metrics.validation_mape_pct is not None and inputs.conformal.measured_coverage is not None
     assert inputs.selection.method == "pretrained"
+    # The served quantile is calibrated on one score per group of the first split's training part (out of fold).
+    assert inputs.conformal.n_calibration < pretrained["groups"] and "group level" in inputs.conformal.method
+    assert inputs.conformal.relative_quantile > 0 and inputs.metrics.out_of_fold_mape_pct is not None
 
 
 def test_logged_model_reloads_with_same_predictions(pretrained: dict[str, Any]) -> None:
@@ -130,7 +133,7 @@ def test_transfer_on_a_lab_csv_without_groups(app: object, pretrained: dict[str,
     assert version.tags["base_model_name"] == "density_lab_graphite" and version.tags["base_model_version"] == "1"
     run = mlflow.tracking.MlflowClient().get_run(result["run_id"])
     assert run.data.params["test_fraction"] == "0.25" and run.data.params["seed"] == "5"
-    assert "zero_shot_validation_mape_pct" in run.data.metrics
+    assert "zero_shot_validation_mape_pct" in run.data.metrics and "out_of_fold_mape_pct" in run.data.metrics
 
 
 def _run_count() -> int:

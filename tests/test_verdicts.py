@@ -1,11 +1,16 @@
-"""Verdict words come from paired intervals only: constructed paired results with known answers."""
+"""Verdict words come from paired intervals only: constructed paired results with known answers; the intervals
+hold family-wise over a task's comparisons; `train all` writes its report to its own folder, not to docs/."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from training import evaluate, report
+from training import evaluate, fit, report
 
 
 @pytest.mark.parametrize(("low", "high", "word"), [
@@ -82,3 +87,74 @@ def test_markdown_marks_paper_figures_as_different_data() -> None:
     text = report.markdown([_summary("indistinguishable", "wins")])
     assert "paper, different data" in text and "| 56.1 |" in text  # the paper's NMC zero-shot density figure
     assert "coating_speed_m_min" in text
+
+
+def test_bonferroni_level_per_comparison() -> None:
+    assert evaluate.bonferroni_level(0.95, 10) == pytest.approx(0.995)
+    assert evaluate.bonferroni_level(0.95, 1) == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        evaluate.bonferroni_level(95.0, 9)
+
+
+def _measured(test_mape: np.ndarray) -> fit.Measured:
+    count = len(test_mape)
+    return fit.Measured(test_mape, np.full(count, 0.9), np.full(count, 0.1), 10, np.full(count, 0.05),
+                        np.full(count, 0.8), 5)
+
+
+def test_a_task_s_verdicts_are_family_wise() -> None:
+    """A difference a single 95 % interval calls a win is indistinguishable among nine comparisons."""
+    from training.config import load_config
+
+    rng = np.random.default_rng(4)
+    main = rng.uniform(8.0, 12.0, 20)
+    noise = rng.normal(0.0, 1.0, 20)
+    competitor = main + 0.5 + (noise - noise.mean()) / noise.std(ddof=1)  # t = 0.5 / (1 / √20) = 2.2
+    alone = evaluate.paired_difference(main, competitor, 42, 0.0, 4000)
+    assert alone.verdict == "wins"
+    others = {f"other{i}": _measured(main + 5.0 + rng.normal(0.0, 0.1, 20)) for i in range(8)}
+    measured = {"transfer": _measured(main), "competitor": _measured(competitor), **others}
+    splits = [evaluate.Split(np.arange(100), np.arange(100, 100), (np.arange(50), np.arange(50, 100)), 0)] * 20
+    paired = fit._paired(measured, "transfer", splits, load_config("paper"))
+    assert set(paired) == {"competitor", *others}
+    assert paired["competitor"].verdict == "indistinguishable"
+    assert paired["competitor"].high - paired["competitor"].low > alone.high - alone.low
+    assert all(paired[name].verdict == "wins" for name in others)  # a clear difference survives the correction
+
+
+def test_report_states_the_multiplicity_and_the_calibration() -> None:
+    text = report.markdown([_summary("indistinguishable", "wins")])
+    assert "95 % family-wise" in text and "Bonferroni" in text and "3 comparisons" in text
+    assert "group level on out-of-fold residuals" in text and "single row" not in text
+    single = _summary("indistinguishable", "wins").model_copy(update={"rows": 17, "groups": 17})
+    assert "Every group here is a single row" in report.markdown([single])
+
+
+def test_train_all_writes_its_report_to_its_run_folder_not_docs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """The default `train all` leaves the committed docs/results.* alone; only --write-docs rewrites them."""
+    from training import cli, jobs, tracking
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "results.md").write_text("committed\n")
+    (docs / "results.csv").write_text("committed\n")
+    summary = _summary("indistinguishable", "wins")
+
+    def trained(config: Any, advance: Any, watch: Any) -> list[jobs.TaskResult]:
+        return [jobs.TaskResult(summary, None)]
+
+    monkeypatch.setattr(cli, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(jobs, "train_all", trained)
+    monkeypatch.setattr(tracking, "configure", lambda: "sqlite:///unused.db")
+    runner = CliRunner()
+    result = runner.invoke(cli.train_app, ["all", "--preset", "quick"])
+    assert result.exit_code == 0, result.output
+    assert (docs / "results.md").read_text() == "committed\n" and (docs / "results.csv").read_text() == "committed\n"
+    written = list((tmp_path / "runs").glob("train-all-quick-*/results.md"))
+    assert len(written) == 1 and "family-wise" in written[0].read_text()
+    assert (written[0].parent / "results.csv").is_file() and str(written[0]) in result.output
+    result = runner.invoke(cli.train_app, ["all", "--preset", "quick", "--write-docs"])
+    assert result.exit_code == 0, result.output
+    assert (docs / "results.md").read_text().startswith("# Results: `cellmfg train all --preset quick`")
+    assert str(docs / "results.md") in result.output

@@ -47,6 +47,8 @@ class TrainConfig:
     repeats: int = 20  # grouped outer splits; the first one's model is registered
     coverage: float = 0.9  # nominal coverage of the conformal intervals
     bootstrap_resamples: int = 4000  # for the paired-difference intervals
+    # Family-wise confidence of a task's paired intervals: each of its m intervals is at 1 - (1 - this)/m
+    family_confidence: float = 0.95
     random_forest_trees: int = 200
     shap_background_rows: int = 50  # rows kept as SHAP background in the contract
     learning_curve_fractions: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)  # of the source training part

@@ -9,9 +9,24 @@ training rows, so split-to-split scatter understates the real uncertainty; the i
 Nadeau–Bengio factor sqrt(1 + J·n_test/n_train) (Nadeau & Bengio, Machine Learning 52, 2003). The words
 "wins", "loses" and "indistinguishable" come from that interval only.
 
-Intervals. Split-conformal on relative residuals |y - p| / |p| (the nets are trained on a relative loss), the
-finite-sample quantile, ends clipped to the target's physical range. Coverage is measured on grouped held-out rows:
-each held-out group's interval is calibrated on the other held-out groups only.
+Paired comparisons are many per task (the registered net against about nine alternatives), so the verdicts
+control the family-wise error per task: each of a task's m intervals is a Bonferroni interval at level
+1 − (1 − 0.95)/m (`bonferroni_level`), so the chance that any verdict of the task is a false "wins" or "loses" is at
+most 5 %, however the comparisons are correlated.
+
+Intervals. Conformal on relative residuals |y - p| / |p| (the nets are trained on a relative loss), calibrated per
+outer split on OUT-OF-FOLD residuals of its training part: each inner validation fold predicted by a model that
+never saw it (for the nets, the configuration chosen on the other folds, so no choice read those residuals), then
+used around the model refit on the whole training part (a cross-validation conformal scheme, conservative when
+the refit is better than the fold models). Calibration is at GROUP level: a group's replicates share a sheet or a
+structure, so they are not independent draws and a row-level quantile would count one sheet several times. Each
+group contributes one score, the largest relative residual of its rows, and the conformal quantile is taken over
+groups (rank ⌈(G + 1)·coverage⌉ of G). Groups are exchangeable, so under that assumption every row of a new group
+is inside its interval with probability ≥ the nominal coverage, whatever the correlation within the group; the
+price is an interval sized for a group's worst replicate. (A group's mean residual would be narrower but has no
+row-level guarantee; a row-level quantile has none when rows of a group are correlated.) Coverage and width are
+measured on the split's test groups, which no calibration or choice saw. Where every group is a single row (GDL
+structures) the group and the row calibration coincide, and the report says so.
 """
 
 from __future__ import annotations
@@ -157,6 +172,26 @@ def linear_recalibration(prediction: np.ndarray, y: np.ndarray) -> tuple[float, 
     return float(a), float(b)
 
 
+def cross_selected_out_of_fold(y: np.ndarray, folds: tuple[np.ndarray, ...], candidates: np.ndarray
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions untouched by the choice among candidates, and which candidate served each fold.
+
+    `candidates` [C, N]: each candidate's out-of-fold predictions (row r predicted by the candidate's model of the
+    fold holding r), in tie-break order. Fold f takes the candidate with the lowest MAPE on the OTHER folds, so no
+    fold's residuals chose the model that predicts it. (The chosen configuration's own out-of-fold MAPE is the
+    minimum over the candidates, hence optimistic; this one is not.) Rows outside the folds are NaN.
+    """
+    y, candidates = np.asarray(y, dtype=float), np.asarray(candidates, dtype=float)
+    out = np.full(len(y), np.nan)
+    picks = np.zeros(len(folds), dtype=int)
+    for index, fold in enumerate(folds):
+        others = np.concatenate([f for j, f in enumerate(folds) if j != index])
+        errors = [mape_pct(y[others], c[others]) for c in candidates]
+        picks[index] = int(np.argmin(errors))  # first of equals: the caller's tie-break order
+        out[fold] = candidates[picks[index], fold]
+    return out, picks
+
+
 def mean_std(values: list[float] | np.ndarray) -> tuple[float, float]:
     array = np.asarray(values, dtype=float)
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
@@ -189,6 +224,13 @@ def verdict(low: float, high: float) -> Verdict:
     if low > 0.0:
         return "loses"
     return "indistinguishable"
+
+
+def bonferroni_level(family_level: float, comparisons: int) -> float:
+    """Per-interval confidence so that `comparisons` intervals hold together with `family_level` (Bonferroni)."""
+    if not 0.0 < family_level < 1.0:
+        raise ValueError(f"family-wise confidence must be between 0 and 1 (exclusive), got {family_level}")
+    return 1.0 - (1.0 - family_level) / max(comparisons, 1)
 
 
 def nadeau_bengio_factor(n_splits: int, test_train_ratio: float) -> float:
@@ -247,29 +289,42 @@ def interval(prediction: np.ndarray, relative_quantile: float, lower_bound: floa
     return low, high
 
 
+def group_scores(residuals: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """One conformity score per group: the largest relative residual of its rows (see the module docstring)."""
+    residuals, groups = np.asarray(residuals, dtype=float), np.asarray(groups).astype(str)
+    _, index = np.unique(groups, return_inverse=True)
+    scores = np.full(int(index.max()) + 1 if len(index) else 0, -np.inf)
+    np.maximum.at(scores, index, residuals)
+    return scores
+
+
+def group_conformal_quantile(residuals: np.ndarray, groups: np.ndarray, coverage: float) -> float:
+    """The conformal quantile over groups of their largest relative residual (`group_scores`)."""
+    return conformal_quantile(group_scores(residuals, groups), coverage)
+
+
 @dataclass(frozen=True)
 class Coverage:
-    """Measured on held-out rows: share inside their interval and mean (upper − lower) / |prediction|."""
+    """Measured on held-out rows: share inside their interval (rows, and groups with every row inside) and mean
+    (upper − lower) / |prediction|."""
 
     coverage: float
     mean_relative_width: float
     rows: int
+    groups: int = 0
+    group_coverage: float = float("nan")
 
 
-def grouped_coverage(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, coverage: float,
-                     lower_bound: float | None, upper_bound: float | None) -> Coverage:
-    """Leave-one-group-out on held-out rows: each group's interval is calibrated on the other groups' rows."""
+def held_out_coverage(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, relative_quantile: float,
+                      lower_bound: float | None, upper_bound: float | None) -> Coverage:
+    """Coverage and width of the interval [p ± q|p|] (clipped) on held-out rows calibrated elsewhere."""
     y_true, y_pred, groups = np.asarray(y_true, float), np.asarray(y_pred, float), np.asarray(groups).astype(str)
-    residuals = relative_residuals(y_true, y_pred)
-    inside, widths = [], []
-    for group in np.unique(groups):
-        here = groups == group
-        if here.all():
-            continue  # one group only: nothing to calibrate on
-        quantile = conformal_quantile(residuals[~here], coverage)
-        low, high = interval(y_pred[here], quantile, lower_bound, upper_bound)
-        inside.extend(((y_true[here] >= low) & (y_true[here] <= high)).tolist())
-        widths.extend(((high - low) / np.maximum(np.abs(y_pred[here]), 1e-12)).tolist())
-    if not inside:
+    if len(y_true) == 0:
         return Coverage(float("nan"), float("nan"), 0)
-    return Coverage(float(np.mean(inside)), float(np.mean(widths)), len(inside))
+    low, high = interval(y_pred, relative_quantile, lower_bound, upper_bound)
+    inside = (y_true >= low) & (y_true <= high)
+    widths = (high - low) / np.maximum(np.abs(y_pred), 1e-12)
+    labels, index = np.unique(groups, return_inverse=True)
+    whole = np.ones(len(labels), dtype=bool)
+    np.logical_and.at(whole, index, inside)
+    return Coverage(float(np.mean(inside)), float(np.mean(widths)), len(y_true), len(labels), float(np.mean(whole)))

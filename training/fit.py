@@ -6,6 +6,9 @@ Per outer split (the first one's models are the registered ones):
   MAPE of grouped inner validation folds of the training part, then refit the chosen configuration on the whole
   training part;
 - the other methods fit on the whole training part (zero-shot fits nothing);
+- every method also predicts each inner validation fold from a model fitted without it (for the nets, the
+  configuration chosen on the other folds): these out-of-fold residuals calibrate the conformal interval of the
+  split at group level (`evaluate` explains the scheme) and give the zero-shot gate a figure no choice touched;
 - every method predicts the test part; its MAPE and its conformal coverage and width are measured there.
 
 Source tasks: the pretrained net (`pretrained`) against the baselines, plus a source-size learning curve.
@@ -17,6 +20,7 @@ Target tasks: `transfer` (the adapter design validation chose), `transfer_paper`
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
@@ -95,16 +99,29 @@ class MethodRun:
     skip_weight: float = 0.0
     input_mask: np.ndarray | None = None
     extra_predictions: np.ndarray | None = None  # see `nested_nets(extra_train=...)`
+    # [splits, rows]: each training row predicted by a model fitted without its inner fold (for the nets, the
+    # configuration chosen on the other folds: `evaluate.cross_selected_out_of_fold`); NaN outside the training part
+    out_of_fold: np.ndarray | None = None
+
+    def selection_free_mape(self, y: np.ndarray, splits: list[evaluate.Split]) -> np.ndarray:
+        """Per split: MAPE of the out-of-fold predictions on the training part (what the zero-shot gate compares)."""
+        if self.out_of_fold is None:
+            return np.full(len(splits), np.nan)
+        return np.asarray([evaluate.mape_pct(y[s.train], self.out_of_fold[i, s.train]) for i, s in enumerate(splits)])
 
 
 @dataclass
 class Measured:
-    """A method's held-out figures per split."""
+    """A method's held-out figures per split; `quantiles` are the conformal quantiles calibrated on each split's
+    out-of-fold training residuals (the first is the one served with the registered net)."""
 
     test_mape: np.ndarray
     coverage: np.ndarray
     relative_width: np.ndarray
     coverage_rows: int
+    quantiles: np.ndarray
+    group_coverage: np.ndarray  # share of test groups with every row inside its interval
+    calibration_groups: int  # groups the first split's quantile was calibrated on
 
 
 @dataclass
@@ -185,10 +202,11 @@ def nested_nets(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split],
     # Out-of-fold predictions of each (split, candidate) on its training part → validation MAPE.
     scores: dict[tuple[int, Choice], float] = {}
     curves: dict[tuple[int, Choice], np.ndarray] = {}
+    predicted: dict[tuple[int, Choice], np.ndarray] = {}
     position = 0
     for s, choice in candidates:
         split = splits[s]
-        out_of_fold = np.empty(len(y))
+        out_of_fold = np.full(len(y), np.nan)
         fold_curves = []
         for fold in split.folds:
             out_of_fold[fold] = first.predictions[position, fold]
@@ -196,6 +214,7 @@ def nested_nets(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split],
             position += 1
         scores[(s, choice)] = evaluate.mape_pct(y[split.train], out_of_fold[split.train])
         curves[(s, choice)] = np.mean(fold_curves, axis=0)
+        predicted[(s, choice)] = out_of_fold
     picks = {(s, family): min(cs, key=lambda c: (scores[(s, c)], c.learning_rate, c.width))
              for s in range(len(splits)) for family, cs in families.items()}
     refits = sorted({(s, pick) for (s, _), pick in picks.items()}, key=lambda item: (item[0], item[1].label()))
@@ -206,8 +225,12 @@ def nested_nets(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split],
                     hidden_layers, epochs, batch_size, seed + 1, skip, mask_constant)
     index_of = {item: i for i, item in enumerate(refits)}
     out: dict[str, MethodRun] = {}
-    for family in families:
+    for family, family_candidates in families.items():
         chosen = [picks[(s, family)] for s in range(len(splits))]
+        ordered = sorted(family_candidates, key=lambda c: (c.learning_rate, c.width))  # the picks' tie-break
+        selection_free = np.stack([
+            evaluate.cross_selected_out_of_fold(y, split.folds, np.stack([predicted[(s, c)] for c in ordered]))[0]
+            for s, split in enumerate(splits)])
         positions = [index_of[(s, c)] for s, c in enumerate(chosen)]
         first_job = positions[0]
         out[family] = MethodRun(
@@ -216,7 +239,8 @@ def nested_nets(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split],
             train_loss=second.train_loss[first_job], validation_loss=curves[(0, chosen[0])],
             layers=second.layer_weights(first_job), skip_weight=float(second.skip_weight[first_job]),
             input_mask=(~nets.constant_columns(inputs[splits[0].train])) if mask_constant else None,
-            extra_predictions=second.predictions[len(refits):] if family == first_family else None)
+            extra_predictions=second.predictions[len(refits):] if family == first_family else None,
+            out_of_fold=selection_free)
     return out
 
 
@@ -228,6 +252,17 @@ def _grid(method: str, widths: tuple[int, ...], learning_rates: tuple[float, ...
 # Baselines and measurement
 
 
+def out_of_fold(splits: list[evaluate.Split], rows: int, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray]
+                ) -> np.ndarray:
+    """[splits, rows]: each inner fold predicted by `fit_predict(train_rows, predict_rows)` fitted on the other
+    folds; NaN outside the training parts."""
+    out = np.full((len(splits), rows), np.nan)
+    for index, split in enumerate(splits):
+        for fold_index, fold in enumerate(split.folds):
+            out[index, fold] = fit_predict(split.fold_train(fold_index), fold)
+    return out
+
+
 def _baselines(data: Dataset, splits: list[evaluate.Split], config: TrainConfig) -> dict[str, MethodRun]:
     out = {}
     for name in evaluate.BASELINES:
@@ -235,30 +270,49 @@ def _baselines(data: Dataset, splits: list[evaluate.Split], config: TrainConfig)
             np.asarray(evaluate.fit_baseline(name, data.x[s.train], data.y[s.train], s.seed,
                                              config.random_forest_trees).predict(data.x), dtype=float)
             for s in splits])
-        out[name] = MethodRun(name, predictions, [None] * len(splits), np.full(len(splits), np.nan))
+
+        def fit_predict(train: np.ndarray, rows: np.ndarray, name: str = name) -> np.ndarray:
+            model = evaluate.fit_baseline(name, data.x[train], data.y[train], config.seed,
+                                          config.random_forest_trees)
+            return np.asarray(model.predict(data.x[rows]), dtype=float)
+
+        out[name] = MethodRun(name, predictions, [None] * len(splits), np.full(len(splits), np.nan),
+                              out_of_fold=out_of_fold(splits, len(data.y), fit_predict))
     return out
 
 
 def measure(data: Dataset, splits: list[evaluate.Split], run: MethodRun, coverage: float) -> Measured:
+    """Test MAPE per split, and the split's conformal interval (calibrated at group level on the out-of-fold
+    residuals of its training part) measured on its test groups."""
+    if run.out_of_fold is None:
+        raise ValueError(f"{run.method}: no out-of-fold predictions to calibrate its intervals on")
     quantity = data.target.quantity
-    mapes, covered, widths, rows = [], [], [], 0
+    mapes, covered, whole, widths, quantiles, rows = [], [], [], [], [], 0
     for index, split in enumerate(splits):
         prediction = run.predictions[index]
         mapes.append(evaluate.mape_pct(data.y[split.test], prediction[split.test]))
-        result = evaluate.grouped_coverage(data.y[split.test], prediction[split.test], data.groups[split.test],
-                                           coverage, quantity.physical_min, quantity.physical_max)
+        residuals = evaluate.relative_residuals(data.y[split.train], run.out_of_fold[index, split.train])
+        quantile = evaluate.group_conformal_quantile(residuals, data.groups[split.train], coverage)
+        result = evaluate.held_out_coverage(data.y[split.test], prediction[split.test], data.groups[split.test],
+                                            quantile, quantity.physical_min, quantity.physical_max)
+        quantiles.append(quantile)
         covered.append(result.coverage)
+        whole.append(result.group_coverage)
         widths.append(result.mean_relative_width)
         rows += result.rows
-    return Measured(np.asarray(mapes), np.asarray(covered), np.asarray(widths), rows)
+    return Measured(np.asarray(mapes), np.asarray(covered), np.asarray(widths), rows, np.asarray(quantiles),
+                    np.asarray(whole), len(np.unique(data.groups[splits[0].train])))
 
 
 def _paired(measured: dict[str, Measured], main: str, splits: list[evaluate.Split], config: TrainConfig
             ) -> dict[str, evaluate.PairedDifference]:
+    """The main method against every other, each interval Bonferroni-widened over the task's comparisons."""
     ratio = float(np.mean([len(s.test) / len(s.train) for s in splits]))
-    return {name: evaluate.paired_difference(measured[main].test_mape, m.test_mape, config.seed, ratio,
-                                             config.bootstrap_resamples)
-            for name, m in measured.items() if name != main}
+    competitors = [name for name in measured if name != main]
+    level = evaluate.bonferroni_level(config.family_confidence, len(competitors))
+    return {name: evaluate.paired_difference(measured[main].test_mape, measured[name].test_mape, config.seed,
+                                             ratio, config.bootstrap_resamples, level)
+            for name in competitors}
 
 
 def _splits(data: Dataset, config: TrainConfig) -> list[evaluate.Split]:
@@ -327,14 +381,22 @@ def target_task(data: Dataset, base: keras.Model, source: Dataset | None, base_i
     if source is not None:
         runs["pooled"] = pooled(data, source, splits, config)
     count = len(splits)
+    # Zero-shot fits nothing, so its predictions of the training rows are already out of fold.
     runs["zero_shot"] = MethodRun("zero_shot", np.tile(zero_shot, (count, 1)), [None] * count,
-                                  np.asarray([evaluate.mape_pct(data.y[s.train], zero_shot[s.train]) for s in splits]))
+                                  np.asarray([evaluate.mape_pct(data.y[s.train], zero_shot[s.train]) for s in splits]),
+                                  out_of_fold=out_of_fold(splits, len(data.y), lambda _, rows: zero_shot[rows]))
     recalibrated = []
     for split in splits:
         a, b = evaluate.linear_recalibration(zero_shot[split.train], data.y[split.train])
         recalibrated.append(a * zero_shot + b)
+
+    def recalibrate(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        a, b = evaluate.linear_recalibration(zero_shot[train], data.y[train])
+        return np.asarray(a * zero_shot[rows] + b)
+
     runs["zero_shot_recalibrated"] = MethodRun("zero_shot_recalibrated", np.stack(recalibrated), [None] * count,
-                                               np.full(count, np.nan))
+                                               np.full(count, np.nan),
+                                               out_of_fold=out_of_fold(splits, len(data.y), recalibrate))
     runs.update(_baselines(data, splits, config))
     measured = {m: measure(data, splits, runs[m], config.coverage) for m in TARGET_METHODS if m in runs}
     main = runs["transfer"]
@@ -360,9 +422,19 @@ def pooled(data: Dataset, source: Dataset, splits: list[evaluate.Split], config:
     y = np.concatenate([source.y, data.y])
     target_rows = len(source.y) + np.arange(len(data.y))
     choice = Choice("pooled", min(net.learning_rates), max(net.widths))
-    jobs = [_Job(np.concatenate([np.arange(len(source.y)), target_rows[s.train]]), target_rows[s.test[:0]], choice,
-                 False) for s in splits]
+    source_rows = np.arange(len(source.y))
+    none = np.asarray([], dtype=int)
+    jobs = [_Job(np.concatenate([source_rows, target_rows[s.train]]), none, choice, False) for s in splits]
+    # One more net per inner fold (all source rows + the other folds' target rows), for out-of-fold residuals.
+    folds = [(index, fold) for index, s in enumerate(splits) for fold in range(len(s.folds))]
+    jobs += [_Job(np.concatenate([source_rows, target_rows[splits[i].fold_train(f)]]), none, choice, False)
+             for i, f in folds]
     trained = _stack(inputs, y, jobs, net.hidden_layers, net.epochs, 2 * net.batch_size, config.seed + 3, None,
                      True)
-    return MethodRun("pooled", trained.predictions[:, target_rows], [choice] * len(splits),
-                     np.full(len(splits), np.nan), train_loss=trained.train_loss[0])
+    predictions = trained.predictions[:, target_rows]
+    held_out = np.full((len(splits), len(data.y)), np.nan)
+    for job, (index, fold) in enumerate(folds, start=len(splits)):
+        rows = splits[index].folds[fold]
+        held_out[index, rows] = predictions[job, rows]
+    return MethodRun("pooled", predictions[: len(splits)], [choice] * len(splits), np.full(len(splits), np.nan),
+                     train_loss=trained.train_loss[0], out_of_fold=held_out)

@@ -73,7 +73,8 @@ def run_source(data: Dataset, config: TrainConfig, registered_name: str | None, 
     advance(f"{name}: trained")
     run_id, uri, version = mlflow_log.log_task(outcome, config, name, registered_name, {})
     advance(f"{name}: logged")
-    return TaskResult(report.summarize(outcome, run_id, uri, registered_name, version), outcome.model)
+    return TaskResult(report.summarize(outcome, run_id, uri, registered_name, version,
+                                       config.family_confidence), outcome.model)
 
 
 def run_target(data: Dataset, base: BaseRef, config: TrainConfig, registered_name: str | None,
@@ -85,7 +86,8 @@ def run_target(data: Dataset, base: BaseRef, config: TrainConfig, registered_nam
     advance(f"{name}: trained")
     run_id, uri, version = mlflow_log.log_task(outcome, config, name, registered_name, _base_tags(base))
     advance(f"{name}: logged")
-    return TaskResult(report.summarize(outcome, run_id, uri, registered_name, version), outcome.model)
+    return TaskResult(report.summarize(outcome, run_id, uri, registered_name, version,
+                                       config.family_confidence), outcome.model)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -147,7 +149,8 @@ def train_all(config: TrainConfig, advance: Advance = _no_progress, stopwatch: S
                 with watch.lap("MLflow logging (runs, plots, SHAP, models)"):
                     run_id, uri, version = mlflow_log.log_task(outcome, config, task.model_name, task.model_name,
                                                                base_tags)
-                summary = report.summarize(outcome, run_id, uri, task.model_name, version)
+                summary = report.summarize(outcome, run_id, uri, task.model_name, version,
+                                            config.family_confidence)
                 results.append(TaskResult(summary, outcome.model))
                 if task.source is None:
                     bases[(task_name, task.dataset)] = BaseRef(outcome.model, task.model_name, version or "",

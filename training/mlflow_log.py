@@ -37,7 +37,9 @@ def _summary_metrics(outcome: TaskOutcome, method: str) -> dict[str, float]:
     mean, std = evaluate.mean_std(measured.test_mape)
     out = {"test_mape_pct_mean": mean, "test_mape_pct_std": std,
            "interval_coverage": float(np.nanmean(measured.coverage)),
-           "interval_mean_relative_width": float(np.nanmean(measured.relative_width))}
+           "interval_mean_relative_width": float(np.nanmean(measured.relative_width)),
+           "interval_group_coverage": float(np.nanmean(measured.group_coverage)),
+           "interval_relative_quantile_first_split": float(measured.quantiles[0])}
     if np.isfinite(run.validation_mape[0]):
         out["validation_mape_pct"] = float(run.validation_mape[0])
     paired = outcome.paired.get(method)
@@ -49,17 +51,17 @@ def _summary_metrics(outcome: TaskOutcome, method: str) -> dict[str, float]:
 
 
 def conformal(outcome: TaskOutcome, method: str, coverage: float) -> contracts.Conformal:
-    """The served quantile from the first split's held-out rows (no choice or gate reads them), with the
-    coverage and width measured over all splits."""
-    split, data = outcome.first, outcome.data
-    predictions = outcome.runs[method].predictions[0]
-    residuals = evaluate.relative_residuals(data.y[split.test], predictions[split.test])
+    """The served quantile: the first split's, calibrated at group level on the out-of-fold residuals of its
+    training part (the registered net is that split's refit), with the coverage and width the same scheme reached
+    on the test groups of every split (rows no calibration or choice saw)."""
     measured = outcome.measured[method]
+    single = len(np.unique(outcome.data.groups)) == len(outcome.data.y)
+    scheme = ("row level (every group is a single row)" if single
+              else "group level (one score per group: its largest relative residual)")
     return contracts.Conformal(
-        coverage=coverage, relative_quantile=evaluate.conformal_quantile(residuals, coverage),
-        n_calibration=len(split.test),
-        method="split-conformal on relative residuals of the first grouped split's held-out rows; ends clipped "
-               "to the target's physical range",
+        coverage=coverage, relative_quantile=float(measured.quantiles[0]), n_calibration=measured.calibration_groups,
+        method=f"conformal on relative residuals, {scheme}, calibrated on the out-of-fold residuals of the first "
+               "grouped split's training part (n_calibration groups); ends clipped to the target's physical range",
         measured_coverage=float(np.nanmean(measured.coverage)),
         mean_relative_width=float(np.nanmean(measured.relative_width)), n_evaluated=measured.coverage_rows)
 
@@ -70,6 +72,7 @@ def _metrics_model(outcome: TaskOutcome, method: str) -> contracts.Metrics:
     mean, std = evaluate.mean_std(measured.test_mape)
     test = evaluate.scores(data.y[split.test], run.predictions[0][split.test], "test")
     zero_shot = outcome.runs.get("zero_shot")
+    out_of_fold = float(run.selection_free_mape(data.y, outcome.splits[:1])[0])
     return contracts.Metrics(
         test_mape_pct=float(measured.test_mape[0]), test_mape_pct_mean=mean, test_mape_pct_std=std,
         n_splits=len(measured.test_mape), test_mae=test["test_mae"], test_r2=test["test_r2"],
@@ -77,7 +80,8 @@ def _metrics_model(outcome: TaskOutcome, method: str) -> contracts.Metrics:
         zero_shot_test_mape_pct=None if zero_shot is None or method == "zero_shot"
         else float(outcome.measured["zero_shot"].test_mape[0]),
         zero_shot_validation_mape_pct=None if zero_shot is None or method == "zero_shot"
-        else float(zero_shot.validation_mape[0]))
+        else float(zero_shot.validation_mape[0]),
+        out_of_fold_mape_pct=out_of_fold if np.isfinite(out_of_fold) else None)
 
 
 def promotion_inputs(outcome: TaskOutcome, config: TrainConfig,
@@ -144,6 +148,7 @@ def log_task(outcome: TaskOutcome, config: TrainConfig, name: str, registered_na
         if "zero_shot" in outcome.runs:
             metrics["zero_shot_test_mape_pct"] = float(outcome.measured["zero_shot"].test_mape[0])
             metrics["zero_shot_validation_mape_pct"] = float(outcome.runs["zero_shot"].validation_mape[0])
+        metrics["out_of_fold_mape_pct"] = float(main.selection_free_mape(data.y, outcome.splits[:1])[0])
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         if main.train_loss is not None and main.validation_loss is not None:
             tracking.log_curves(main.train_loss, main.validation_loss)
