@@ -12,20 +12,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from cellmfg.paper import PAPER_MAPE
 from training import evaluate
 from training.config import TrainConfig
 from training.fit import TaskOutcome
 
-# Test MAPE (%) reported by the paper (single random split, its own data); keys: (task, dataset, method).
-PAPER_MAPE: dict[tuple[str, str, str], float] = {
-    ("density", "graphite", "pretrained"): 4.5, ("density", "si_gra", "zero_shot"): 78.8,
-    ("density", "nmc", "zero_shot"): 56.1, ("density", "si_gra", "transfer_paper"): 14.5,
-    ("density", "nmc", "transfer_paper"): 8.1, ("mass_loading", "graphite", "pretrained"): 13.9,
-    ("mass_loading", "si_gra", "zero_shot"): 45.0, ("mass_loading", "nmc", "zero_shot"): 70.8,
-    ("mass_loading", "si_gra", "transfer_paper"): 3.7, ("mass_loading", "nmc", "transfer_paper"): 10.6,
-    ("tortuosity", "gdl200", "pretrained"): 2.1, ("tortuosity", "gdl1000", "zero_shot"): 2.6,
-    ("tortuosity", "gdl1000", "transfer_paper"): 2.0,
-}
 LABELS: dict[str, str] = {
     "pretrained": "pretrained net (source)",
     "transfer": "transfer, adapter chosen on validation",
