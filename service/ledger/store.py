@@ -1,0 +1,498 @@
+"""The prediction ledger: record answered rows (group commit), post outcomes (atomic, idempotent, with history),
+export measured rows in the dataset CSV schema, read joined rows for live accuracy, purge, count.
+
+Durability: `record` returns only after the transaction holding its rows has committed (on SQLite with
+synchronous=FULL: the WAL is fsynced). Concurrent callers' rows are batched by one writer thread into one
+transaction, so many small requests share a commit instead of each paying an fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, delete, func, insert, make_url, select, text, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cellmfg.dataio import GROUP_ID, SAMPLE_ID
+from cellmfg.domain import DATASETS, Kind, feature_columns, kind_of_columns, targets_for
+from service.ledger.live import (
+    DEFAULT_LAST_N,
+    FeatureReference,
+    LiveReport,
+    ScoredOutcomes,
+    input_drift,
+    live_accuracy,
+)
+from service.ledger.migrate import SqliteSync, create_ledger_engine, upgrade_to_head, write_engine
+from service.ledger.outcomes import KnownPrediction, ResolvedOutcome, check_outcomes
+from service.ledger.records import (
+    LedgerStats,
+    OutcomeItem,
+    OutcomeReceipt,
+    OutcomesRejectedError,
+    PredictionBatch,
+    PredictionRecord,
+    StoredOutcome,
+    TargetLimits,
+    domain_limits,
+)
+from service.ledger.tables import OutcomeRow, OutputRow, PredictionRow
+
+# Bound parameters per IN (...) list: well under SQLite's 32,766 and PostgreSQL's 65,535.
+_CHUNK = 500
+# A post that loses a race for the same (prediction, target, revision) is retried with fresh state.
+_POST_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A caller's rows as insert parameters (built in the caller's thread, so the writer only executes)."""
+
+    predictions: list[Any]
+    outputs: list[Any]
+    future: Future[None]
+
+
+@dataclass(frozen=True)
+class _Latest:
+    revision: int
+    value: float
+    unit: str
+    measured_at: datetime | None
+    note: str | None
+
+
+class LedgerClosedError(RuntimeError):
+    pass
+
+
+class Ledger:
+    """One ledger on one database. Open with `Ledger.open(url)`; close (or use as a context manager) to flush the
+    writer. Thread-safe; each process (service worker) opens its own."""
+
+    def __init__(self, engine: Engine, max_batch_rows: int = 20_000) -> None:
+        self._engine = engine
+        self._writer_engine = write_engine(engine)
+        self._predictions = _Inserter(PredictionRow.__table__, engine)
+        self._outputs = _Inserter(OutputRow.__table__, engine)
+        self._max_batch_rows = max_batch_rows
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._submit_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run_writer, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, url: str, max_batch_rows: int = 20_000, sqlite_synchronous: SqliteSync = "FULL") -> Ledger:
+        """Connect to `url` (sqlite:///file or postgresql[+psycopg]://...) and bring its schema to the newest
+        revision. `sqlite_synchronous`: see service.ledger.migrate.SqliteSync (ignored on PostgreSQL)."""
+        engine = create_ledger_engine(url, sqlite_synchronous)
+        upgrade_to_head(engine)
+        return cls(engine, max_batch_rows=max_batch_rows)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, release connections."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
+        self._engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Predictions
+
+    def submit(self, rows: PredictionBatch | Iterable[PredictionRecord]) -> Future[None]:
+        """Queue `rows` for the next group commit; the future completes when they are committed (or fails with
+        the database's error, for these rows only)."""
+        predictions, outputs = _batch_parameters(rows) if isinstance(rows, PredictionBatch) else \
+            _record_parameters(list(rows))
+        job = _Job(self._predictions.prepare(predictions), self._outputs.prepare(outputs), Future())
+        if not predictions:
+            job.future.set_result(None)
+            return job.future
+        with self._submit_lock:
+            if self._closed:
+                raise LedgerClosedError("the ledger is closed; nothing recorded")
+            self._queue.put(job)
+        return job.future
+
+    def record(self, rows: PredictionBatch | Iterable[PredictionRecord], timeout: float | None = None) -> None:
+        """Store `rows`; returns once they are committed."""
+        self.submit(rows).result(timeout)
+
+    async def record_async(self, rows: PredictionBatch | Iterable[PredictionRecord]) -> None:
+        """`record` for async handlers: awaits the commit without blocking the event loop."""
+        await asyncio.wrap_future(self.submit(rows))
+
+    def _run_writer(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, size = [first], len(first.predictions)
+            while size < self._max_batch_rows:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+                size += len(job.predictions)
+            # A caller that cancelled before its commit began (its request was dropped) is not recorded.
+            self._commit([job for job in batch if job.future.set_running_or_notify_cancel()])
+
+    def _commit(self, batch: list[_Job]) -> None:
+        if not batch:
+            return
+        try:
+            self._insert([p for job in batch for p in job.predictions], [o for job in batch for o in job.outputs])
+        except Exception as error:  # the futures carry it to the callers
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+                return
+            for job in batch:  # one caller's bad rows (a repeated id) must not fail the others
+                try:
+                    self._insert(job.predictions, job.outputs)
+                except Exception as job_error:
+                    job.future.set_exception(job_error)
+                else:
+                    job.future.set_result(None)
+            return
+        for job in batch:
+            job.future.set_result(None)
+
+    def _insert(self, predictions: list[Any], outputs: list[Any]) -> None:
+        with self._writer_engine.begin() as connection:
+            self._predictions.execute(connection, predictions)
+            self._outputs.execute(connection, outputs)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Outcomes
+
+    def post_outcomes(self, items: Sequence[OutcomeItem], limits: Mapping[str, TargetLimits] | None = None,
+                      now: datetime | None = None) -> OutcomeReceipt:
+        """Store measured values, all or nothing. Every item is checked first (unknown or ambiguous prediction,
+        unknown target or one the prediction lacks, NaN/inf, outside `limits` (default: cellmfg.domain's units
+        and physical bounds), wrong unit, the same prediction and target twice); any problem raises
+        OutcomesRejectedError listing all of them, and nothing is written. An item equal to the latest stored outcome
+        of its (prediction, target) adds nothing; a different value adds a correction (the latest counts)."""
+        limits = domain_limits() if limits is None else limits
+        recorded_at = now or datetime.now(UTC)
+        for attempt in range(_POST_ATTEMPTS):
+            try:
+                with self._writer_engine.begin() as connection:
+                    return self._post(connection, items, limits, recorded_at)
+            except IntegrityError:
+                if attempt == _POST_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _post(self, connection: Connection, items: Sequence[OutcomeItem], limits: Mapping[str, TargetLimits],
+              recorded_at: datetime) -> OutcomeReceipt:
+        by_id, by_sample = self._known(connection, items)
+        resolved, problems = check_outcomes(items, by_id, by_sample, limits)
+        if problems:
+            raise OutcomesRejectedError(problems)
+        latest = self._latest(connection, {r.prediction_id for r in resolved})
+        new_rows, unchanged = [], 0
+        for outcome in resolved:
+            previous = latest.get((outcome.prediction_id, outcome.target))
+            if previous is not None and _same(previous, outcome):
+                unchanged += 1
+                continue
+            new_rows.append({
+                "prediction_id": outcome.prediction_id, "target": outcome.target,
+                "revision": 1 if previous is None else previous.revision + 1, "value": outcome.value,
+                "unit": outcome.unit, "measured_at": outcome.measured_at, "note": outcome.note,
+                "recorded_at": recorded_at,
+            })
+        if new_rows:
+            connection.execute(insert(OutcomeRow), new_rows)
+        return OutcomeReceipt(written=len(new_rows), unchanged=unchanged)
+
+    def _known(self, connection: Connection, items: Sequence[OutcomeItem],
+               ) -> tuple[dict[uuid.UUID, KnownPrediction], dict[tuple[str, str], list[uuid.UUID]]]:
+        ids = sorted({item.prediction_id for item in items if item.prediction_id is not None})
+        samples = sorted({(item.dataset, item.sample_id) for item in items
+                          if item.prediction_id is None and item.dataset is not None and item.sample_id is not None})
+        base = (select(PredictionRow.prediction_id, PredictionRow.dataset, PredictionRow.sample_id,
+                       OutputRow.target)
+                .join(OutputRow, OutputRow.prediction_id == PredictionRow.prediction_id))
+        found: list[Any] = []
+        for chunk in _chunks(ids):
+            found += connection.execute(base.where(PredictionRow.prediction_id.in_(chunk))).all()
+        for sample_chunk in _chunks(samples):
+            found += connection.execute(
+                base.where(tuple_(PredictionRow.dataset, PredictionRow.sample_id).in_(sample_chunk))).all()
+        targets: dict[uuid.UUID, set[str]] = {}
+        facts: dict[uuid.UUID, tuple[str, str | None]] = {}
+        for prediction_id, dataset, sample_id, target in found:
+            targets.setdefault(prediction_id, set()).add(target)
+            facts[prediction_id] = (dataset, sample_id)
+        by_id = {pid: KnownPrediction(pid, dataset, sample_id, frozenset(targets[pid]))
+                 for pid, (dataset, sample_id) in facts.items()}
+        by_sample: dict[tuple[str, str], list[uuid.UUID]] = {}
+        for pid, (dataset, sample_id) in facts.items():
+            if sample_id is not None:
+                by_sample.setdefault((dataset, sample_id), []).append(pid)
+        return by_id, by_sample
+
+    def _latest(self, connection: Connection, prediction_ids: set[uuid.UUID]) -> dict[tuple[uuid.UUID, str], _Latest]:
+        latest: dict[tuple[uuid.UUID, str], _Latest] = {}
+        for chunk in _chunks(sorted(prediction_ids)):
+            rows = connection.execute(
+                select(OutcomeRow.prediction_id, OutcomeRow.target, OutcomeRow.revision, OutcomeRow.value,
+                       OutcomeRow.unit, OutcomeRow.measured_at, OutcomeRow.note)
+                .where(OutcomeRow.prediction_id.in_(chunk)).order_by(OutcomeRow.revision))
+            for pid, target, revision, value, unit, measured_at, note in rows:
+                latest[(pid, target)] = _Latest(revision, value, unit, measured_at, note)
+        return latest
+
+    def outcome_history(self, prediction_id: uuid.UUID) -> list[StoredOutcome]:
+        """Every stored outcome row of one prediction, by target, oldest revision first."""
+        with Session(self._engine) as session:
+            rows = session.scalars(select(OutcomeRow).where(OutcomeRow.prediction_id == prediction_id)
+                                   .order_by(OutcomeRow.target, OutcomeRow.revision)).all()
+            return [StoredOutcome(prediction_id=r.prediction_id, target=r.target, revision=r.revision, value=r.value,
+                                  unit=r.unit, measured_at=r.measured_at, note=r.note, recorded_at=r.recorded_at)
+                    for r in rows]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Reading
+
+    def outcomes(self, model: str, since: datetime | None = None) -> pd.DataFrame:
+        """Rows predicted by `model` (any version) whose target that model predicts has been measured, in the
+        dataset CSV schema: sample_id (the prediction_id), group_id (the client's group id, else its sample id,
+        else the prediction_id), the inputs, every target column of the kind (latest measured value, blank when
+        not measured). `since`: only rows whose latest outcome for the model's target was recorded at or after
+        it. Ready for `cellmfg train transfer --data`."""
+        with self._engine.connect() as connection:
+            answered = connection.execute(
+                select(PredictionRow.prediction_id, PredictionRow.dataset, PredictionRow.sample_id,
+                       PredictionRow.group_id, PredictionRow.inputs, OutputRow.target)
+                .join(OutputRow, OutputRow.prediction_id == PredictionRow.prediction_id)
+                .where(OutputRow.model_name == model).order_by(PredictionRow.prediction_id)).all()
+            latest = _latest_rows(connection, model)
+        measured: dict[tuple[uuid.UUID, str], tuple[float, datetime]] = {
+            (pid, target): (value, recorded) for pid, target, value, recorded in latest}
+        kept = [row for row in answered if (row.prediction_id, row.target) in measured
+                and (since is None or measured[(row.prediction_id, row.target)][1] >= since)]
+        kind = _kind(kept[0].dataset, kept[0].inputs) if kept else "electrode"
+        features = feature_columns(kind)
+        target_columns = [t.column for t in targets_for(kind)]
+        records = []
+        for row in kept:
+            pid = str(row.prediction_id)
+            record: dict[str, object] = {SAMPLE_ID: pid, GROUP_ID: row.group_id or row.sample_id or pid}
+            record.update({column: float(row.inputs[column]) for column in features})
+            record.update({column: measured[(row.prediction_id, column)][0]
+                           if (row.prediction_id, column) in measured else np.nan for column in target_columns})
+            records.append(record)
+        return pd.DataFrame(records, columns=[SAMPLE_ID, GROUP_ID, *features, *target_columns])
+
+    def scored(self, model: str, version: str | None = None) -> ScoredOutcomes:
+        """Each measured prediction of `model` (one version, or all), joined with its latest outcome, in order of
+        the outcome's recording."""
+        with self._engine.connect() as connection:
+            latest = _latest_subquery()
+            query = (select(OutputRow.value, OutputRow.interval_low, OutputRow.interval_high,
+                            PredictionRow.in_domain, PredictionRow.group_id, PredictionRow.created_at,
+                            OutcomeRow.value, OutcomeRow.recorded_at)
+                     .join(PredictionRow, PredictionRow.prediction_id == OutputRow.prediction_id)
+                     .join(latest, (latest.c.prediction_id == OutputRow.prediction_id)
+                           & (latest.c.target == OutputRow.target))
+                     .join(OutcomeRow, (OutcomeRow.prediction_id == latest.c.prediction_id)
+                           & (OutcomeRow.target == latest.c.target) & (OutcomeRow.revision == latest.c.revision))
+                     .where(OutputRow.model_name == model)
+                     .order_by(OutcomeRow.recorded_at, OutcomeRow.id))
+            if version is not None:
+                query = query.where(OutputRow.model_version == version)
+            rows = connection.execute(query).all()
+        return ScoredOutcomes(
+            predicted=np.array([r[0] for r in rows], dtype=float),
+            measured=np.array([r[6] for r in rows], dtype=float),
+            interval_low=np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float),
+            interval_high=np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=float),
+            in_domain=np.array([bool(r[3]) for r in rows], dtype=bool),
+            groups=np.array([r[4] for r in rows], dtype=object),
+            predicted_at=np.array([r[5] for r in rows], dtype=object),
+        )
+
+    def recent_inputs(self, model: str, version: str | None = None, limit: int = 500) -> dict[str, np.ndarray]:
+        """Feature column -> values of the last `limit` rows `model` answered (for input drift)."""
+        with self._engine.connect() as connection:
+            query = (select(PredictionRow.inputs)
+                     .join(OutputRow, OutputRow.prediction_id == PredictionRow.prediction_id)
+                     .where(OutputRow.model_name == model)
+                     .order_by(PredictionRow.prediction_id.desc()).limit(limit))
+            if version is not None:
+                query = query.where(OutputRow.model_version == version)
+            inputs = list(connection.execute(query).scalars())
+        columns = sorted({column for row in inputs for column in row})
+        return {column: np.array([row.get(column, np.nan) for row in reversed(inputs)], dtype=float)
+                for column in columns}
+
+    def live(self, model: str, version: str, references: Mapping[str, FeatureReference],
+             promoted_at: datetime | None = None, last_n: int = DEFAULT_LAST_N, drift_rows: int = 500) -> LiveReport:
+        """Live accuracy of one served model version (service.ledger.live.live_accuracy) and the drift of its last
+        `drift_rows` inputs against the training `references` (from the model's contract)."""
+        return LiveReport(
+            model_name=model, model_version=version,
+            accuracy=live_accuracy(self.scored(model, version), last_n=last_n, promoted_at=promoted_at),
+            drift=input_drift(self.recent_inputs(model, version, limit=drift_rows), references))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Housekeeping
+
+    def retention(self, days: float, now: datetime | None = None) -> int:
+        """Delete predictions older than `days` (with their outputs and outcomes); returns how many."""
+        if not days > 0:
+            raise ValueError(f"retention days: {days} (allowed: > 0)")
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+        old = select(PredictionRow.prediction_id).where(PredictionRow.created_at < cutoff)
+        with self._writer_engine.begin() as connection:
+            connection.execute(delete(OutcomeRow).where(OutcomeRow.prediction_id.in_(old)))
+            connection.execute(delete(OutputRow).where(OutputRow.prediction_id.in_(old)))
+            return connection.execute(delete(PredictionRow).where(PredictionRow.created_at < cutoff)).rowcount
+
+    def stats(self) -> LedgerStats:
+        with self._engine.connect() as connection:
+            counts = [connection.execute(select(func.count()).select_from(table)).scalar_one()
+                      for table in (PredictionRow, OutputRow, OutcomeRow)]
+            size = self._size_bytes(connection)
+        return LedgerStats(predictions=counts[0], outputs=counts[1], outcomes=counts[2], size_bytes=size)
+
+    def _size_bytes(self, connection: Connection) -> int:
+        if connection.dialect.name == "postgresql":
+            return int(connection.execute(text(
+                "SELECT pg_total_relation_size('predictions') + pg_total_relation_size('prediction_outputs') "
+                "+ pg_total_relation_size('outcomes')")).scalar_one())
+        database = make_url(str(self._engine.url)).database or ""
+        return sum(path.stat().st_size for path in (Path(database), Path(database + "-wal")) if path.exists())
+
+
+class _Inserter:
+    """Inserts rows of one table. On SQLite the rows are turned into the driver's tuples up front (in the caller's
+    thread, with SQLAlchemy's own bind processors, so the stored text is what the ORM reads back) and the writer
+    runs one plain executemany: for a 10,000-row request about half of Core's per-row cost. PostgreSQL keeps Core's
+    executemany (psycopg's own type adaptation)."""
+
+    def __init__(self, table: Any, engine: Engine) -> None:
+        self.table = table
+        self.raw = engine.dialect.name == "sqlite"
+        dialect = engine.dialect
+        compiled = insert(table).compile(dialect=dialect, column_keys=[c.key for c in table.columns])
+        self.sql = str(compiled)
+        self.keys: list[str] = list(compiled.positiontup or [])
+        columns = {c.key: c for c in table.columns}
+        self.processors = [columns[key].type.dialect_impl(dialect).bind_processor(dialect) for key in self.keys]
+
+    def prepare(self, rows: list[dict[str, Any]]) -> list[Any]:
+        if not self.raw:
+            return rows
+        pairs = list(zip(self.keys, self.processors, strict=True))
+        return [tuple(None if (value := row[key]) is None else value if process is None else process(value)
+                      for key, process in pairs) for row in rows]
+
+    def execute(self, connection: Connection, prepared: list[Any]) -> None:
+        if not prepared:
+            return
+        if self.raw:
+            connection.exec_driver_sql(self.sql, prepared)
+        else:
+            connection.execute(insert(self.table), prepared)
+
+
+def _record_parameters(rows: Sequence[PredictionRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    predictions = [{
+        "prediction_id": row.prediction_id, "created_at": row.created_at, "dataset": row.dataset,
+        "endpoint": row.endpoint, "sample_id": row.sample_id, "group_id": row.group_id,
+        "operator": row.operator, "inputs": row.inputs, "in_domain": row.in_domain,
+    } for row in rows]
+    outputs = [{
+        "prediction_id": row.prediction_id, "target": output.target, "unit": output.unit,
+        "model_name": output.model_name, "model_version": output.model_version,
+        "model_alias": output.model_alias, "value": output.value, "interval_low": output.interval_low,
+        "interval_high": output.interval_high,
+    } for row in rows for output in row.outputs]
+    return predictions, outputs
+
+
+def _batch_parameters(batch: PredictionBatch) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    n = len(batch)
+    samples = batch.sample_ids or [None] * n
+    groups = batch.group_ids or [None] * n
+    predictions = [{
+        "prediction_id": pid, "created_at": batch.created_at, "dataset": batch.dataset,
+        "endpoint": batch.endpoint, "sample_id": sample, "group_id": group, "operator": batch.operator,
+        "inputs": dict(zip(batch.feature_columns, row, strict=True)), "in_domain": in_domain,
+    } for pid, sample, group, row, in_domain in zip(batch.prediction_ids, samples, groups, batch.inputs,
+                                                     batch.in_domain, strict=True)]
+    outputs = []
+    for output in batch.outputs:
+        lows: Sequence[float | None] = output.interval_low or [None] * n
+        highs: Sequence[float | None] = output.interval_high or [None] * n
+        outputs += [{
+            "prediction_id": pid, "target": output.target, "unit": output.unit, "model_name": output.model_name,
+            "model_version": output.model_version, "model_alias": output.model_alias, "value": value,
+            "interval_low": low, "interval_high": high,
+        } for pid, value, low, high in zip(batch.prediction_ids, output.values, lows, highs, strict=True)]
+    return predictions, outputs
+
+
+def _same(previous: _Latest, outcome: ResolvedOutcome) -> bool:
+    return (previous.value == outcome.value and previous.unit == outcome.unit
+            and previous.measured_at == outcome.measured_at and previous.note == outcome.note)
+
+
+def _latest_subquery() -> Any:
+    return (select(OutcomeRow.prediction_id, OutcomeRow.target, func.max(OutcomeRow.revision).label("revision"))
+            .group_by(OutcomeRow.prediction_id, OutcomeRow.target).subquery())
+
+
+def _latest_rows(connection: Connection, model: str) -> list[Any]:
+    """(prediction_id, target, value, recorded_at) of the latest outcome of every target of `model`'s rows."""
+    latest = _latest_subquery()
+    of_model = select(OutputRow.prediction_id).where(OutputRow.model_name == model)
+    return list(connection.execute(
+        select(OutcomeRow.prediction_id, OutcomeRow.target, OutcomeRow.value, OutcomeRow.recorded_at)
+        .join(latest, (OutcomeRow.prediction_id == latest.c.prediction_id) & (OutcomeRow.target == latest.c.target)
+              & (OutcomeRow.revision == latest.c.revision))
+        .where(OutcomeRow.prediction_id.in_(of_model))).all())
+
+
+def _kind(dataset: str, inputs: Mapping[str, float]) -> Kind:
+    spec = DATASETS.get(dataset)
+    return spec.kind if spec is not None else kind_of_columns(list(inputs))
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start:start + _CHUNK]
