@@ -3,15 +3,15 @@
 The paper characterised GeoDict-generated GDLs; GeoDict is commercial and the data are "available on request", so
 the two GDL datasets are regenerated here from real voxel microstructures rather than from a fitted formula.
 
-Per row: five inputs drawn uniformly in the paper's ranges -> straight circular fibres laid into the uncompressed
-layer (isotropic in-plane, small out-of-plane inclination) -> the layup compressed along z (centre heights and
-inclinations scale by 1 - c) -> fibres added until the *final* structure holds the fibre volume fraction -> binder
-grown at fibre contacts to its share of the final solid -> geodesic shortest paths through the connected pore space
-along z, with periodic lateral boundaries.
+Per row: five inputs drawn uniformly in the paper's ranges -> straight circular fibres laid into the as-laid layer
+(isotropic in-plane, small out-of-plane inclination) -> the layup compressed along z, solid volume kept (centre
+heights and inclination tangents scale by 1 - c, so the layer thins to t(1 - c) and densifies to fibre fraction
+F/(1 - c)) -> binder webs at fibre contacts to its share of the solid -> fast-marching geodesic distances through the
+connected pore space from the outlet face, averaged over the inlet face, with periodic lateral boundaries.
 
 Lengths are in units of the fibre diameter where it matters: geometric tortuosity is scale free, so the voxel size is
-a fixed fraction of the fibre diameter (`VOXELS_PER_DIAMETER`), and the lateral domains keep the paper's widths in
-µm, hence in fibre diameters (the 200 µm slab is 17-33 diameters wide).
+a fixed fraction of the fibre diameter (`VOXELS_PER_DIAMETER`); the lateral domains are the paper's footprints scaled
+by `FOOTPRINT_SCALE`.
 
 Every row has its own random streams derived from (seed, dataset, row), so a single row can be regenerated alone and
 rows can be computed in any order or process without changing a byte of the result.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
-from skimage.graph import MCP_Geometric
+import skfmm
 
 from cellmfg.dataio import SAMPLE_ID
 from cellmfg.domain import DATASETS, GDL_FEATURES, TORTUOSITY
@@ -36,6 +36,7 @@ __all__ = [
     "COLUMNS",
     "DOMAINS",
     "FIBER",
+    "FOOTPRINT_SCALE",
     "MAX_ATTEMPTS",
     "MAX_TILT_DEG",
     "PAPER_DOMAINS",
@@ -47,6 +48,7 @@ __all__ = [
     "build_microstructure",
     "build_phases",
     "data_card_section",
+    "fiber_path_obstacle",
     "generate_gdl",
     "generate_row",
     "geometric_tortuosity",
@@ -56,16 +58,19 @@ __all__ = [
 ]
 
 # Voxels across one fibre diameter. Tortuosity is scale free, so resolving every diameter equally keeps the
-# discretisation error the same for thin and thick fibres; 3 is the coarsest grid on which a fibre is still a round
-# blob rather than a cross (convergence against 6 is measured by scripts/gdl_convergence.py and in the data card).
+# discretisation error the same for thin and thick fibres. With fast marching and walls centred on the true surfaces
+# (`build_phases`), halving d/3 to d/6 moves tau - 1 by +0.8 % on average over five structures spanning the inputs,
+# within 10 % on four, +14 % on the densest (scripts/gdl_convergence.py, data card); d/4 would cost 2.4x and does not
+# fit the 20-minute budget at these footprints.
 VOXELS_PER_DIAMETER: int = 3
 
 PAPER_DOMAINS: dict[str, tuple[float, float]] = {"gdl200": (2000.0, 200.0), "gdl1000": (1000.0, 1000.0)}
-# Lateral domain (x, y) in µm. GDL200 keeps the paper's 200 µm width (17-33 fibre diameters) and shortens the length
-# to the same 200 µm (with periodic sides a long slab is several such squares side by side: more paths in the average,
-# no new geometry); GDL1000 is a periodic square 1.5x wider, so a GDL200 row costs 44 % of a GDL1000 row (the paper:
-# 65 % cheaper). The convergence check doubles the domain to show what that changes.
-DOMAINS: dict[str, tuple[float, float]] = {"gdl200": (200.0, 200.0), "gdl1000": (300.0, 300.0)}
+# Lateral domain (x, y) in µm: the paper's footprints with both sides halved (a quarter of the area), so the two sets
+# keep the paper's shapes (a 10:1 strip and a square) and their 0.4 area ratio. The paper's full footprints cost four
+# times as much (about 35 minutes on 2 cores); scripts/gdl_convergence.py measures tau on them for a few structures.
+FOOTPRINT_SCALE: float = 0.5
+DOMAINS: dict[str, tuple[float, float]] = {
+    name: (FOOTPRINT_SCALE * x, FOOTPRINT_SCALE * y) for name, (x, y) in PAPER_DOMAINS.items()}
 
 # Carbon-paper fibres lie close to the plane. The as-laid (uncompressed) layup inclines them by up to this angle;
 # compression scales every inclination's tangent by (1 - c), flattening the layup (assumption: a few to ~10 degrees
@@ -75,10 +80,6 @@ MAX_TILT_DEG: float = 10.0
 # Binder is grown where a voxel is close to two fibre axes; distances are only tracked within this many fibre radii of
 # an axis. Anything still missing is filled next to single fibres (see `build_phases`).
 BINDER_REACH_RADII: float = 2.5
-
-# Periodic lateral boundaries for the path search: the structure is wrapped by this many fibre diameters on each side
-# (a geodesic in a layer with tau ~ 1.05 strays little sideways near a face; checked by the convergence script).
-PATH_MARGIN_DIAMETERS: float = 1.5
 
 # A layer with no connected pore path from face to face has no geometric tortuosity. At these porosities (>= 70 %) it
 # is not expected to happen; the structure is then redrawn from the next sub-seed with the same inputs, at most
@@ -106,20 +107,29 @@ class GDLParams:
     """The five manufacturing inputs of one GDL row, named exactly as the CSV columns."""
 
     fiber_diameter_um: float
-    fiber_concentration_pct: float  # fibre volume fraction of the final (compressed) structure
-    binder_concentration_pct: float  # binder share of the final solid volume (fibre + binder)
-    thickness_um: float  # uncompressed thickness
+    fiber_concentration_pct: float  # fibre volume fraction of the as-laid (uncompressed) layer
+    binder_concentration_pct: float  # binder share of the solid volume (fibre + binder)
+    thickness_um: float  # uncompressed (as-laid) thickness
     compression_factor: float  # compressed thickness = thickness_um * (1 - compression_factor)
 
     @property
+    def compressed_thickness_um(self) -> float:
+        return self.thickness_um * (1.0 - self.compression_factor)
+
+    @property
+    def fiber_volume_fraction(self) -> float:
+        """Fibre volume fraction of the compressed layer: the fibre volume is kept as the layer thins by (1 − c)."""
+        return self.fiber_concentration_pct / 100.0 / (1.0 - self.compression_factor)
+
+    @property
     def binder_volume_fraction(self) -> float:
-        """Binder volume fraction of the final structure: B = F·b/(1 − b) for a binder share b of the solid."""
+        """Binder volume fraction of the compressed layer: B = F'·b/(1 − b) for a binder share b of the solid."""
         b = self.binder_concentration_pct / 100.0
-        return self.fiber_concentration_pct / 100.0 * b / (1.0 - b)
+        return self.fiber_volume_fraction * b / (1.0 - b)
 
     @property
     def target_porosity(self) -> float:
-        return 1.0 - self.fiber_concentration_pct / 100.0 - self.binder_volume_fraction
+        return 1.0 - self.fiber_volume_fraction - self.binder_volume_fraction
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +142,9 @@ class Microstructure:
     fiber_length_um: float  # every segment's length (wrapped periodically in x and y)
     voxel_um: float
     binder_fallback_voxels: int  # binder voxels that had to go next to a single fibre (none within reach of two)
+    # Where paths cannot go: fibre and binder voxels whose centre lies at least half a voxel inside the phase's
+    # surface (see `build_phases`). False in the pore.
+    path_obstacle: np.ndarray
 
     @property
     def solid(self) -> np.ndarray:
@@ -246,10 +259,12 @@ def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: f
                  rng: np.random.Generator) -> Microstructure:
     """Generate one GDL with fibre and binder kept apart (`build_microstructure` returns only the solid).
 
-    Fractions refer to the final structure: fibres are added to the compressed layup until the voxel fibre fraction
-    of the final grid reaches its target, and binder fills the final pore voxels closest to their second-nearest fibre
-    axis (fillets and webs where fibres cross or run close, where PTFE collects as it dries) up to its share of the
-    final solid. Compression is the geometric change of the as-laid layup described in `_draw_fiber`.
+    Compression densifies: the as-laid layer (thickness t, fibre volume fraction F) is squeezed along z to t·(1 − c)
+    with its solid volume kept, so fibres are added to the compressed layup until the voxel fibre fraction of the
+    compressed grid reaches F/(1 − c) (`GDLParams.fiber_volume_fraction`). Fibres stay round and rigid; their heights
+    and inclinations follow the layup (`_draw_fiber`). Binder then fills the pore voxels closest to their
+    second-nearest fibre axis (webs where fibres cross or run close, where PTFE collects as it dries) up to its share
+    of the solid.
     """
     if voxel_um <= 0:
         raise ValueError(f"voxel_um must be positive, got {voxel_um}")
@@ -260,14 +275,15 @@ def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: f
     if not 0.0 <= params.fiber_concentration_pct < 100.0 or not 0.0 <= params.binder_concentration_pct < 100.0:
         raise ValueError(f"fiber fraction must be in [0, 100) % and binder share in [0, 100) %, got {params}")
     if params.target_porosity <= 0.0:
-        raise ValueError(f"fibre and binder fill the whole volume: {params}")
+        raise ValueError(f"fibre and binder fill the whole compressed volume (porosity {params.target_porosity:.3f}, "
+                         f"must be > 0): {params}")
     radius = 0.5 * params.fiber_diameter_um
     keep = 1.0 - params.compression_factor
     grid = _Grid(_grid_shape(lateral_um, params.thickness_um * keep, voxel_um), voxel_um)
     lx, ly = grid.shape[0] * voxel_um, grid.shape[1] * voxel_um
     n = int(np.prod(grid.shape))
     half_length = 0.5 * max(lx, ly)
-    target = params.fiber_concentration_pct / 100.0 * n
+    target = params.fiber_volume_fraction * n
     reach = BINDER_REACH_RADII * radius
 
     covered = np.zeros(n, dtype=bool)
@@ -303,16 +319,34 @@ def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: f
     pore_idx = np.flatnonzero(phase == PORE)
     n_binder = min(n_binder, pore_idx.size)
     fallback = 0
+    binder_core = np.zeros(n, dtype=bool)
     if n_binder > 0:
         cand2, cand1 = d2[pore_idx], d1[pore_idx]
         order = np.lexsort((pore_idx, cand1, cand2))[:n_binder]
         chosen = pore_idx[order]
         fallback = int(np.count_nonzero(~np.isfinite(cand2[order])))
         phase[chosen] = BINDER
+        # The binder is the region {second-axis distance <= level}; its surface is that level set.
+        level = cand2[order[-1]]
+        binder_core[chosen] = d2[chosen] <= level - 0.5 * voxel_um
 
+    # The fibre surface cuts through the voxels next to it. Counting a voxel as an obstacle as soon as its centre is
+    # inside a fibre puts the discrete wall on average half a voxel outside the true surface, and every fibre a path
+    # wraps around then lengthens it by O(voxel): tau - 1 would fall ~1/k with k voxels per diameter and never
+    # converge at an affordable k. Paths may cross the surface voxels (centre within half a voxel of the surface), so
+    # the discrete wall is centred on the true one. The same holds for the binder webs, whose surface is the level set
+    # of the second-axis distance that bounds them (measured: d/3 -> d/6 moved tau - 1 by 13-14 % on open layers with
+    # whole binder voxels as walls, 2-6 % with centred ones).
+    obstacle = (covered & fiber_path_obstacle(d1, radius, voxel_um)) | binder_core
     return Microstructure(phase=phase.reshape(grid.shape), fiber_points=np.array(points).reshape(-1, 3),
                           fiber_directions=np.array(directions).reshape(-1, 3), fiber_length_um=2.0 * half_length,
-                          voxel_um=voxel_um, binder_fallback_voxels=fallback)
+                          voxel_um=voxel_um, binder_fallback_voxels=fallback,
+                          path_obstacle=obstacle.reshape(grid.shape))
+
+
+def fiber_path_obstacle(axis_distance_um: np.ndarray, radius_um: float, voxel_um: float) -> np.ndarray:
+    """Voxels a path cannot enter: centre at least half a voxel inside the fibre surface (see `build_phases`)."""
+    return np.asarray(axis_distance_um <= radius_um - 0.5 * voxel_um)
 
 
 def build_microstructure(params: GDLParams, lateral_um: tuple[float, float], voxel_um: float,
@@ -321,54 +355,47 @@ def build_microstructure(params: GDLParams, lateral_um: tuple[float, float], vox
     return build_phases(params, lateral_um, voxel_um, rng).solid
 
 
-def geometric_tortuosity(solid: np.ndarray, margin: int = 0) -> float:
-    """Mean geodesic face-to-face path length through the connected pore space along z, over the layer thickness.
+def geometric_tortuosity(solid: np.ndarray, periodic: bool = False) -> float:
+    """Mean geodesic distance from the inlet face's connected pore voxels to the outlet face, over the thickness.
 
-    Paths start on every pore voxel of the z=0 face (MCP_Geometric, 26-connected, so diagonal steps count sqrt(2) or
-    sqrt(3)) and the mean is over the reachable pore voxels of the far face; pores cut off from the inlet carry no
-    transport and are left out. With `margin` > 0 the lateral boundaries are periodic: the structure is wrapped by
-    `margin` voxels on each side so paths may cross them, and only the original far face is averaged. The half voxel
-    between each face and the first voxel centre is added to the path and the straight distance is the voxelised
-    thickness, so an open straight channel gives exactly 1.
+    The paper's definition (shortest through-plane path from each inlet pore voxel, over the thickness), measured with
+    a second-order fast-marching distance (scikit-fmm) instead of a graph search: a 26-connected graph lets a path
+    turn only in 45° steps and overestimates an oblique straight path by up to 8 %, while fast marching solves the
+    eikonal equation and is exact to a few per mille for any direction (tests: tilted channels, cylinder array).
+
+    The distance is marched from the outlet plane z = nz (a one-voxel open reservoir beyond the last layer carries the
+    zero level exactly on the face) through the pore voxels only; solid voxels are masked. Inlet pore voxels that the
+    front never reaches are cut off from the outlet and carry no transport, so they are left out of the mean. The half
+    voxel between the inlet face and the first voxel centre is added, so an open straight channel gives exactly 1.
+    With `periodic` the x and y boundaries wrap (the structures are generated periodic in x and y).
     """
     if solid.ndim != 3:
         raise ValueError(f"expected a 3D (x, y, z) array, got shape {solid.shape}")
-    if margin < 0:
-        raise ValueError(f"margin must be non-negative, got {margin}")
-    pore = ~solid.astype(bool)
+    solid = solid.astype(bool)
     nx, ny, nz = solid.shape
-    if margin:
-        mx, my = min(margin, nx), min(margin, ny)
-        pore = np.pad(pore, ((mx, mx), (my, my), (0, 0)), mode="wrap")
-    else:
-        mx = my = 0
-    inlet = np.argwhere(pore[:, :, 0])
-    if inlet.size == 0 or not pore[:, :, -1].any():
+    if not (~solid[:, :, 0]).any() or not (~solid[:, :, -1]).any():
         raise ValueError("no connected pore path: a face has no pore voxel")
-    costs = np.where(pore, 1.0, np.inf)
-    starts = np.column_stack([inlet, np.zeros(len(inlet), dtype=inlet.dtype)])
-    cumulative, _ = MCP_Geometric(costs, fully_connected=True).find_costs(starts)
-    far_cost = cumulative[mx:mx + nx, my:my + ny, -1]
-    far = far_cost[pore[mx:mx + nx, my:my + ny, -1]]
-    reached = far[np.isfinite(far)]
-    if reached.size == 0:
+    # Signed height below the outlet plane, in voxels: positive inside the layer, -0.5 in the reservoir layer.
+    height = nz - (np.arange(nz + 1) + 0.5)
+    phi = np.broadcast_to(height, (nx, ny, nz + 1)).copy()
+    mask = np.zeros(phi.shape, dtype=bool)
+    mask[:, :, :nz] = solid
+    distance = skfmm.distance(np.ma.MaskedArray(phi, mask), order=2, periodic=(periodic, periodic, False))
+    inlet = np.ma.getdata(distance[:, :, 0])
+    reached = ~solid[:, :, 0] & ~np.ma.getmaskarray(distance[:, :, 0]) & np.isfinite(inlet)
+    if not reached.any():
         raise ValueError("no connected pore path from z=0 to the far face")
-    return float((reached.mean() + 1.0) / nz)
-
-
-def path_margin(params: GDLParams, voxel_um: float, diameters: float = PATH_MARGIN_DIAMETERS) -> int:
-    return max(1, math.ceil(diameters * params.fiber_diameter_um / voxel_um))
+    return float((inlet[reached].mean() + 0.5) / nz)
 
 
 def measure_row(params: GDLParams, lateral_um: tuple[float, float], rng_factory: Callable[[int], np.random.Generator],
-                voxels_per_diameter: float = VOXELS_PER_DIAMETER,
-                margin_diameters: float = PATH_MARGIN_DIAMETERS) -> tuple[float, float]:
+                voxels_per_diameter: float = VOXELS_PER_DIAMETER) -> tuple[float, float]:
     """(tortuosity, porosity) of one structure; redrawn from the next attempt's generator if it has no path."""
     voxel = voxel_size(params, voxels_per_diameter)
     for attempt in range(MAX_ATTEMPTS):
         ms = build_phases(params, lateral_um, voxel, rng_factory(attempt))
         try:
-            tortuosity = geometric_tortuosity(ms.solid, path_margin(params, voxel, margin_diameters))
+            tortuosity = geometric_tortuosity(ms.path_obstacle, periodic=True)
         except ValueError:
             continue
         return tortuosity, ms.porosity
@@ -436,10 +463,9 @@ def generate_gdl(dataset: str, seed: int, rows: Sequence[int] | None = None, pro
 def data_card_section() -> str:
     """Markdown for the data card: how the GDL rows were made and how that differs from the paper's GeoDict sets."""
     domain_rows = "\n".join(
-        f"| {name} | {PAPER_DOMAINS[name][0]:g} × {PAPER_DOMAINS[name][1]:g} µm, 1 µm voxels "
-        f"({PAPER_DOMAINS[name][1] / 12:.0f}–{PAPER_DOMAINS[name][1] / 6:.0f} fibre diameters across the narrow side) "
-        f"| {x:g} × {y:g} µm periodic ({min(x, y) / 12:.0f}–{min(x, y) / 6:.0f} diameters across the narrow side), "
-        f"voxel = d/{VOXELS_PER_DIAMETER} ({6 / VOXELS_PER_DIAMETER:g}–{12 / VOXELS_PER_DIAMETER:g} µm) "
+        f"| {name} | {PAPER_DOMAINS[name][0]:g} × {PAPER_DOMAINS[name][1]:g} µm, 1 µm voxels (d/6–d/12) "
+        f"| {x:g} × {y:g} µm periodic ({min(x, y) / 12:.0f}–{min(x, y) / 6:.0f} fibre diameters across the narrow "
+        f"side), voxel = d/{VOXELS_PER_DIAMETER} ({6 / VOXELS_PER_DIAMETER:g}–{12 / VOXELS_PER_DIAMETER:g} µm) "
         f"| {DATASETS[name].paper_rows} |"
         for name, (x, y) in DOMAINS.items()
     )
@@ -447,43 +473,56 @@ def data_card_section() -> str:
 
 The paper's GDL data came from GeoDict (commercial) and are not public. Each row here is a real voxel microstructure
 generated by `datagen/gdl_microstructure.py`, and its tortuosity is measured on that structure; there is no formula
-behind the target.
+behind the target and no factor applied to it.
 
 **Inputs.** Drawn independently and uniformly in the paper's ranges (its GDL sets are uniform), rounded to
 {INPUT_DECIMALS} decimals *before* the structure is built, so each CSV row describes exactly what was measured.
 
-**What the inputs mean here.**
-- `fiber_concentration_pct`: fibre volume fraction of the **final** (compressed) structure, exact to about one fibre.
-- `binder_concentration_pct`: binder (PTFE) share of the final **solid** volume, b = B/(F + B), so the binder volume
-  fraction is B = F·b/(1 − b) (0.5–2.8 %) and the porosity 1 − F/(1 − b) spans 72–90 %, the range of real carbon-paper
-  GDLs (70–90 %). Our reading of the paper's "binder added to a target solid volume"; a binder fraction of the total
-  volume would put a sixth of the input box below 70 % porosity.
-- `thickness_um`: the as-laid (uncompressed) thickness t; the measured layer is t·(1 − c) thick.
-- `compression_factor` c: the fraction by which compression along z reduces the layer's thickness. In this model it
-  is a geometric change of the **layup**: every fibre's centre height and the tangent of its out-of-plane inclination
-  scale by (1 − c) (as-laid inclinations uniform in ±{MAX_TILT_DEG:g}°), fibres stay round and rigid. Because the
-  fractions are fixed on the final structure, compression does not change the porosity; what it changes is how flat
-  the fibres lie and how thin the layer is. That is the reading that keeps the five inputs independent, as the
-  paper's uniform design requires; a compression that also densified the layer would make c and the fractions two
-  descriptions of one porosity.
+**What the inputs mean here** (the paper names them without defining them further; these are our readings).
+- `fiber_concentration_pct` F: fibre volume fraction of the **as-laid (uncompressed) layer**.
+- `binder_concentration_pct` b: binder (PTFE) share of the **solid** volume, b = B/(F + B), so B = F·b/(1 − b). The
+  as-laid porosity 1 − F/(1 − b) then spans 72–90 %, the range of uncompressed carbon-paper GDLs (70–90 %; e.g.
+  Toray TGP-H ≈ 78–80 %). A binder fraction of the total volume would put a sixth of the box below 70 %.
+- `thickness_um` t: the as-laid thickness.
+- `compression_factor` c: the fraction by which compression along z reduces the thickness. Compression **densifies**
+  the layer: the solid volume is kept while the thickness falls to t·(1 − c), so the compressed layer holds fibres at
+  F/(1 − c) and porosity 1 − (F + B)/(1 − c), from 90 % (c = 0, sparsest) down to 44 % (c = 0.5, densest). Real
+  GDLs compressed by 20–50 % lose porosity the same way (solid is incompressible at these loads); the fibres, rigid
+  and round, do not flatten: the layup does, every centre height and inclination tangent scaling by (1 − c) (as-laid
+  inclinations uniform in ±{MAX_TILT_DEG:g}°, a few degrees being typical of carbon paper; the paper says only
+  "straight", with a small out-of-plane angle allowed).
+- So thickness acts physically through the compressed layer's depth (the measured path is over t·(1 − c)), and the
+  layer's entrance: detours forced near the inlet face are a fixed length that weighs less in a thicker layer.
 
 **Structure.**
-1. Straight circular fibre segments of the given diameter, isotropic in the plane (uniform angle), centres uniform in
-   the box, length = the domain's longer side, wrapped periodically in x and y (the paper's fibres are infinite;
-   a periodic box has no ends to cut them at). Fibres are added one by one until the final voxel fibre fraction
-   reaches the target; overlaps are allowed (a Boolean model).
-2. Binder fills the pore voxels closest to their *second*-nearest fibre axis up to its volume: fillets and webs where
-   fibres cross or run close together. Only axes within {BINDER_REACH_RADII:g} fibre radii are considered; if that ever
-   runs short, the rest coats single fibres.
-3. Porosity (pore voxels / all voxels) is written per row (`porosity`, an extra output column; `tortuosity` stays the
-   target).
+1. Straight circular fibres of the given diameter, isotropic in the plane (uniform angle), centres uniform in the
+   box, each as long as the box's longer side and wrapped periodically in x and y (a periodic box has no ends to cut
+   the paper's infinite fibres at). Fibres are added one by one until the compressed grid's voxel fibre fraction
+   reaches F/(1 − c); overlaps are allowed (a Boolean model).
+2. Binder fills the pore voxels closest to their *second*-nearest fibre axis up to its volume: webs where fibres
+   cross or run close, where PTFE collects as the dispersion dries. Only axes within {BINDER_REACH_RADII:g} fibre radii
+   are considered; if that ever runs short, the rest coats single fibres.
+3. Porosity (pore voxels / all voxels of the compressed layer) is written per row (`porosity`, an extra output
+   column; `tortuosity` stays the target).
 
-**Target.** Geometric tortuosity: geodesic shortest paths through the pore space (scikit-image `MCP_Geometric`,
-26-connected) seeded from every pore voxel of the z = 0 face; the mean path length to the reachable pore voxels of the
-far face (plus the half voxel at each face) over the voxelised thickness. Lateral boundaries are periodic: the
-structure is wrapped by {PATH_MARGIN_DIAMETERS:g} fibre diameters on each side for the path search and only the
-original far face is averaged. Pores not connected to the inlet are excluded. Rounded to {OUTPUT_DECIMALS} decimals. A
-structure with no connected path is redrawn from the next sub-seed with the same inputs, at most {MAX_ATTEMPTS} times.
+**Target: geometric tortuosity** as the paper defines it: the mean, over the inlet face's pore voxels that connect to
+the outlet, of the shortest path through the pore space to the outlet face, over the (compressed) thickness. The
+path length is a second-order fast-marching geodesic distance (scikit-fmm 2025.6.23), marched from the outlet plane
+through the pore voxels with periodic x and y boundaries; the half voxel below the first voxel centre is added, so an
+open straight channel gives exactly 1. Two numerical choices, both tested in `tests/test_gdl_physics.py`:
+- *Fast marching, not a graph search.* The previous 26-connected minimum-cost path let a path turn only in 45° steps:
+  on a straight channel tilted so that the exact τ is 1.004 / 1.017 / 1.071 it gave 1.036 / 1.078 / 1.161, i.e. most
+  of the old τ − 1 was grid bias. Fast marching gives 1/cos θ within 0.33 % for channels tilted 5–30°.
+- *Walls centred on the true surfaces.* A voxel whose centre lies inside a fibre but within half a voxel of its
+  surface is cut by the surface; paths may cross such voxels (they still count as fibre for the porosity). Counting
+  them as wall puts the discrete wall half a voxel outside the fibre, and every fibre a path passes lengthens it by
+  O(voxel): τ − 1 then fell by 20–30 % from d/3 to d/6 and would not converge at an affordable resolution. The
+  binder webs are treated alike: their surface is the level set of the second-axis distance that bounds them, and
+  binder voxels within half a voxel of it are passable (with whole binder voxels as walls, open layers still moved
+  13–14 % from d/3 to d/6). The convergence table below shows what remains.
+Inlet pores not connected to the outlet are left out (they carry no transport). Rounded to {OUTPUT_DECIMALS} decimals.
+A structure with no connected path is redrawn from the next sub-seed with the same inputs, at most {MAX_ATTEMPTS}
+times (not needed at these porosities).
 
 **Domain and resolution vs paper.**
 
@@ -491,21 +530,13 @@ structure with no connected path is redrawn from the next sub-seed with the same
 |---|---|---|---|
 {domain_rows}
 
-Geometric tortuosity is scale free, so the voxel is a fixed fraction of the fibre diameter (d/{VOXELS_PER_DIAMETER}),
-which keeps the discretisation error the same for every row. GDL200 keeps the paper's 200 µm width (17–33 fibre
-diameters) and is cut to 200 µm long: with periodic sides a longer slab only adds more paths to the average (less
-structure-to-structure scatter), no new geometry. GDL1000 is a periodic square 1.5× wider (25–50 diameters; a row
-costs 2.25× a GDL200 row, the paper's GDL200 was 65 % cheaper); the paper's is 1000 µm (83–167 diameters). Both are
-far smaller than the paper's in area, so our rows carry more realisation scatter than GeoDict's would; the
-convergence table below shows what doubling the domain and halving the voxel change. The 26-connected path metric
-adds a small upward bias to oblique path segments.
-
-**Against the paper.** Our tortuosities (see "Outputs beside literature") overlap the paper's range only at its low
-end: τ − 1 comes out about half of the paper's (mean ≈ 0.033 vs 0.07–0.09), and the distribution is not right-skewed.
-Nothing was tuned to close that gap. A Boolean layer of straight fibres at 72–90 % porosity simply has short
-detours; the paper's GeoDict structures (its fibre stacking, binder morphology and exact tortuosity definition are
-not described) evidently block more. Within our model τ is close to a function of porosity (r ≈ −0.98): fibre and
-binder fractions set it, the other inputs barely move it.
+Both footprints are the paper's with each side scaled by {FOOTPRINT_SCALE:g} (a quarter of the area), so the two sets
+keep the paper's shapes (a 10:1 strip and a square) and area ratio (0.4): they differ as the paper's do, in how much
+structure one measurement averages over, not in how it is made. The paper's full footprints cost four times as much,
+about 35 minutes on 2 cores against the 20-minute budget; the convergence table measures τ on the full GDL200
+footprint for the same structures. Geometric tortuosity is scale free, so the voxel is a fixed fraction of the fibre
+diameter (d/{VOXELS_PER_DIAMETER}, coarser than the paper's 1 µm = d/6–d/12), which keeps the discretisation error
+the same for every row; the convergence table measures what halving it changes.
 
 **Reproducibility.** Row *i* of dataset *d* with seed *s* uses `numpy.random.default_rng([s, key(d), i, stream,
 attempt])` (key 200 / 1000; stream 0 inputs, 1 structure), so any row can be regenerated alone and the same seed gives

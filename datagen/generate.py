@@ -202,7 +202,7 @@ def _outputs_table(frames: dict[str, pd.DataFrame]) -> list[str]:
                 reference = {"gdl200": "paper: mean 1.07, min 1.03, max 1.17",
                              "gdl1000": "paper: mean 1.09, min 1.08, max 1.17"}[name]
             else:
-                reference = "real carbon-paper GDLs: 0.70–0.90"
+                reference = "carbon paper: 0.70–0.90 as made, lower compressed (this set: 0.44–0.90 by design)"
             lines.append(f"| {name} | {column} | {values.mean():.4g} | {values.min():.4g} | {values.max():.4g} | "
                          f"{reference} |")
     return lines
@@ -210,22 +210,24 @@ def _outputs_table(frames: dict[str, pd.DataFrame]) -> list[str]:
 
 def _caps_section(frames: dict[str, pd.DataFrame]) -> list[str]:
     from datagen.electrode_process import (
-        CHEMISTRIES,
         NMC_DENSITY_LITERATURE_MAX_G_CM3,
         SOURCES,
         density_cap,
+        process_terms,
     )
 
     lines = [
         "## Physical caps",
         "",
         "No calendered electrode can be denser than its solids at the minimum porosity the particles allow: "
-        "ρ_max = ρ_s·(1 − ε_min'), ρ_s the recipe's solid density (rule of mixtures, tables below). The model "
+        "ρ_max = ρ_s·(1 − ε_min'), ρ_s the recipe's solid density (rule of mixtures, tables below) and ε_min' the "
+        "active-material frame's tightest packing plus the carbon-binder domain's nanopores. The model "
         "respects it by construction (the nip porosity saturates at ε_min' and spring-back only adds thickness); a "
         "disc whose *measured* density exceeds it (thin coatings, where a 1 µm gauge error is several percent) is "
         "re-gauged, as a lab would. Per dataset:",
         "",
-        "| dataset | ε_min | ρ_max over its recipes (g/cm³) | max measured density (g/cm³) | max measured / row cap |",
+        "| dataset | ε_min' over its recipes | ρ_max over its recipes (g/cm³) | max measured density (g/cm³) | "
+        "max measured / row cap |",
         "|---|---|---|---|---|",
     ]
     for name in ELECTRODES:
@@ -233,15 +235,21 @@ def _caps_section(frames: dict[str, pd.DataFrame]) -> list[str]:
             continue
         frame = frames[name]
         cap = density_cap(frame, name)
-        lines.append(f"| {name} | {CHEMISTRIES[name].min_porosity:g} | {cap.min():.3f}–{cap.max():.3f} | "
+        floor = process_terms(frame, name)["min_porosity"]
+        lines.append(f"| {name} | {floor.min():.3f}–{floor.max():.3f} | {cap.min():.3f}–{cap.max():.3f} | "
                      f"{frame[DENSITY.column].max():.3f} | {(frame[DENSITY.column] / cap).max():.3f} |")
-    lines += [
-        "",
-        f"NMC111: ε_min = {CHEMISTRIES['nmc'].min_porosity:g} gives ρ_max = 4.52 × 0.78 ≈ 3.53 g/cm³ at the richest "
-        f"recipe (97.5 wt% NMC, ρ_s ≈ 4.52), below the ≈ {NMC_DENSITY_LITERATURE_MAX_G_CM3:g} g/cm³ that NMC111 "
-        f"electrodes rarely exceed ({SOURCES['nmc_density_literature_max']}). Mass loadings are positive by "
-        "construction; every feature stays inside the paper's ranges.",
-    ]
+    if "nmc" in frames:
+        richest = frames["nmc"].nlargest(1, "am_wt_pct")
+        terms = process_terms(richest, "nmc")
+        solid, richest_floor = float(terms["solid_density"][0]), float(terms["min_porosity"][0])
+        lines += [
+            "",
+            f"NMC111: at the richest recipe ({float(richest['am_wt_pct'].iloc[0]):g} wt% NMC, ρ_s ≈ {solid:.2f}) "
+            f"ε_min' = {richest_floor:.3f} gives ρ_max ≈ {solid * (1.0 - richest_floor):.2f} g/cm³, below the ≈ "
+            f"{NMC_DENSITY_LITERATURE_MAX_G_CM3:g} g/cm³ that NMC111 electrodes rarely exceed "
+            f"({SOURCES['nmc_density_literature_max']}).",
+        ]
+    lines += ["", "Mass loadings are positive by construction; every feature stays inside the paper's ranges."]
     return lines
 
 
@@ -273,7 +281,37 @@ def _calibration_section(frames: dict[str, pd.DataFrame]) -> list[str]:
         "a new sheet. Mass loading is a property of the sheet (calendering cannot change it), so grouped-split "
         "error is dominated by the unrecorded slurry-batch and coater-run effects; density also moves within a "
         "sheet with the roll gap, which the forest does learn.",
+        "",
+        *_noise_free_rows(frames),
+        "",
+        "**The paper's own difficulty.** The graphite net of the paper scores 4.5 % (density) and 13.9 % (mass "
+        "loading) on its graphite test split and fails zero-shot on the targets (density 78.8 % Si-Gra, 56.1 % NMC; "
+        "mass loading 45.0 % Si-Gra, 70.8 % NMC). `.venv/bin/python scripts/electrode_difficulty.py` trains this "
+        "project's source net (nested grouped selection, 250 epochs) on grouped 70/30 graphite splits and prints "
+        "its in-domain and zero-shot errors on these files beside the paper's; the physics and scatter constants "
+        "above were set from their sources and checked against those levels, never against which method wins.",
     ]
+
+
+def _noise_free_rows(frames: dict[str, pd.DataFrame]) -> list[str]:
+    """Noise-free R² per electrode set: the generator's nominal model against the measured targets."""
+    from datagen.electrode_process import TARGET_COLUMNS, nominal_r2
+
+    present = [name for name in ELECTRODES if name in frames]
+    if not present:
+        return []
+    lines = [
+        "**Noise-free R².** The generator's own nominal model (`process_model`, the settings in the CSV without any "
+        "random effect) against the shipped targets: the best any model of the six inputs can do on average; the "
+        "rest is the documented sheet, campaign and disc scatter.",
+        "",
+        "| dataset | " + " | ".join(f"noise-free R² {column}" for column in TARGET_COLUMNS) + " |",
+        "|---|" + "---|" * len(TARGET_COLUMNS),
+    ]
+    for name in present:
+        r2 = nominal_r2(frames[name], name)
+        lines.append(f"| {name} | " + " | ".join(f"{r2[column]:.2f}" for column in TARGET_COLUMNS) + " |")
+    return lines
 
 
 def _gdl_sensitivities(frames: dict[str, pd.DataFrame]) -> list[str]:
@@ -308,17 +346,36 @@ def _gdl_sensitivities(frames: dict[str, pd.DataFrame]) -> list[str]:
             lines.append(f"| {name} | {rank} | {column} | {rho:+.2f} | {delta:+.4f} | {delta / excess * 100:+.0f} % |")
     lines += [
         "",
-        "**Why thickness cannot matter here.** Geometric tortuosity is a path length per unit thickness. A layer that "
-        "is statistically the same at every depth and many fibre diameters thick (280–320 µm uncompressed, 140–320 µm "
-        "compressed: 12–53 diameters) adds the same detour per unit depth wherever it is cut, so τ does not depend on "
-        "the thickness except through the two faces (a boundary term of order one pore size over the thickness, below "
-        "a per mille across the paper's ±7 % thickness range). The paper ranks thickness first; with independent, "
-        "uniform inputs that can only come from something thickness-dependent in its structure generator (e.g. a "
-        "fixed number of fibre layers, or a layered deposition) that the paper does not describe. Compression acts "
-        "only through the flatter fibres and the thinner layer (fractions are fixed on the final structure), so its "
-        "effect is small too; fibre and binder fractions set the porosity and dominate; the fibre diameter changes "
-        "the domain and thickness in units of the diameter only.",
+        "**How each input acts here.** Compression densifies the layer (porosity 1 − (F + B)/(1 − c)) and flattens "
+        "the layup, so it and the fibre concentration set the solid fraction of the measured layer and dominate; the "
+        "binder share adds its webs exactly where fibres are close, closing the narrowest openings. The fibre "
+        "diameter sets the size of the openings relative to the layer thickness. Thickness enters twice, both "
+        "physical and both weak: the measured layer is t·(1 − c) thick, and the detour forced at the inlet face (the "
+        "first fibres in front of an inlet pore) is a fixed length that weighs less in a thicker layer, so thicker "
+        "layers come out slightly less tortuous (the thickness rows above). A layer that is "
+        "statistically the same at every depth adds the same detour per unit depth wherever it is cut, so a "
+        "geometric tortuosity cannot depend on thickness more than that. The paper ranks thickness first; with "
+        "independent uniform inputs that needs something thickness-dependent in its generator (e.g. a fixed number "
+        "of fibre layers, or a layered deposition) that the paper does not describe, and we did not invent one.",
     ]
+    return lines
+
+
+def _gdl_distribution(frames: dict[str, pd.DataFrame]) -> list[str]:
+    from scipy.stats import skew
+
+    paper = {"gdl200": (1.07, 1.03, 1.17), "gdl1000": (1.09, 1.08, 1.17)}  # mean, min, max (paper Fig. 8)
+    lines = [
+        "| dataset | τ mean | min | max | skew | CV | paper mean / min / max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in GDLS:
+        if name not in frames:
+            continue
+        tau = frames[name][TORTUOSITY.column].to_numpy(dtype=float)
+        mean, low, high = paper[name]
+        lines.append(f"| {name} | {tau.mean():.4f} | {tau.min():.4f} | {tau.max():.4f} | {float(skew(tau)):+.2f} | "
+                     f"{tau.std(ddof=1) / tau.mean() * 100:.1f} % | {mean:g} / {low:g} / {high:g} (right-skewed) |")
     return lines
 
 
@@ -327,12 +384,38 @@ def _gdl_baselines(frames: dict[str, pd.DataFrame], repeats: int = 20) -> list[s
     from sklearn.linear_model import LinearRegression
     from sklearn.model_selection import ShuffleSplit
 
+    excess = {name: float(frames[name][TORTUOSITY.column].mean()) - 1.0 for name in GDLS if name in frames}
+    if len(excess) == len(GDLS):
+        higher, lower = sorted(GDLS, key=lambda name: -excess[name])
+        footprints = (f"Here {higher} sits higher than {lower} (mean τ − 1 {excess[higher]:.4f} vs "
+                      f"{excess[lower]:.4f}): the strip's narrow periodic side (100 µm) biases τ up, as the footprint "
+                      "column of the convergence table measures, and it scatters more. ")
+    else:
+        footprints = ""
     lines = [
-        "## GDL: baseline errors on tortuosity",
+        "## GDL: the tortuosity distribution beside the paper's, and baseline errors",
         "",
-        "τ varies only a few percent around 1, so a MAPE on τ looks small for any model; the MAPE of (τ − 1), the part "
-        f"that varies, is reported beside it. {repeats} random 70/30 splits (every row is its own structure, so a "
-        "random split is a grouped split), mean ± sd of test MAPE.",
+        *_gdl_distribution(frames),
+        "",
+        "**Why ours differs from the paper's.** Nothing was scaled or shifted to approach the paper's numbers: this is "
+        "what straight round fibres at the paper's fractions, compressed as described above, give with a geodesic "
+        "that is exact for straight and tilted channels. (1) *Level*: the paper's GeoDict structures evidently block "
+        "more; its fibre stacking, binder morphology and the exact meaning of its fibre and binder concentrations "
+        "are not described, and a Boolean layer of straight fibres at 72–90 % as-laid porosity has short detours "
+        "(τ − 1 of a few per mille at the open end). Our previous data put τ − 1 at about 0.03, mostly from the "
+        "26-connected path metric and walls half a voxel outside the fibres (see above). (2) *Spread and skew*: "
+        "ours come from the densification, τ − 1 rising steeply as compression closes the layer, so the densest "
+        "corner of the input box makes the right "
+        "tail. (3) *GDL200 vs GDL1000*: here the sets differ only in footprint, as the paper's do; a footprint does "
+        "not change the expected τ of a statistically uniform layer once it is wide enough, only the scatter "
+        f"between structures. {footprints}The paper's GDL1000 sits higher (min 1.08 vs 1.03) with the same inputs, "
+        "which a wider footprint cannot explain; its source is not stated. (4) *Difficulty*: issue 23 asked for a "
+        "mean-predictor MAPE of at least 2 % on both sets; this physics gives far less (table below), because τ "
+        "itself stays within a few per cent of 1. We did not add spread that the structures do not have.",
+        "",
+        "**Baselines.** τ varies only a few percent around 1, so a MAPE on τ looks small for any model; the MAPE of "
+        f"(τ − 1), the part that varies, is reported beside it. {repeats} random 70/30 splits (every row is its own "
+        "structure, so a random split is a grouped split), mean ± sd of test MAPE.",
         "",
         "| dataset | model | MAPE of τ (%) | MAPE of τ − 1 (%) |",
         "|---|---|---|---|",
@@ -365,47 +448,69 @@ def _gdl_baselines(frames: dict[str, pd.DataFrame], repeats: int = 20) -> list[s
 
 
 def _convergence_section(convergence: dict[str, Any] | None) -> list[str]:
-    lines = ["## GDL: voxel-size and domain-size convergence", ""]
+    lines = ["## GDL: voxel-size and footprint convergence", ""]
     if convergence is None:
         return [*lines, "Not measured yet: run `.venv/bin/python scripts/gdl_convergence.py`, then "
                         "`cellmfg data generate` (or `datagen.generate.write_card`) to refresh this card."]
     settings = convergence["settings"]
     rows = convergence["rows"]
     summary = convergence["summary"]
+    criterion = float(convergence.get("criterion_relative_change_pct", 10.0))
     lines += [
-        f"`scripts/gdl_convergence.py` on the structures of the first {convergence['structures']} "
-        f"{convergence['dataset']} rows (same seeds as the dataset; {convergence.get('seconds', '?')} s). Settings: "
-        + "; ".join(f"{name}: {s['domain_um'][0]:g} × {s['domain_um'][1]:g} µm, d/{s['voxels_per_diameter']:g} "
-                    f"voxels, path margin {s['margin_diameters']:g} d" for name, s in settings.items()) + ".",
+        f"`scripts/gdl_convergence.py` on {convergence['structures']} {convergence['dataset']} structures spread "
+        f"across the input range (rows whose compressed porosity sits at evenly spaced quantiles of the dataset's; "
+        f"same seeds as the dataset; {convergence.get('seconds', '?')} s). Settings: "
+        + "; ".join(f"{name}: {s['domain_um'][0]:g} × {s['domain_um'][1]:g} µm, d/{s['voxels_per_diameter']:g} voxels"
+                    for name, s in settings.items()) + ".",
         "",
-        "| row | d (µm) | fibre % | binder % | c | τ base | τ half voxel | τ double domain | τ double margin | "
-        "porosity base |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | d (µm) | fibre % | binder % | t (µm) | c | porosity | τ base | τ half voxel | Δ(τ − 1) | "
+        "τ paper footprint | Δ(τ − 1) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = r["params"]
+        base = r["base"]["tortuosity"]
+        fine = r["half_voxel"]["tortuosity"]
+        wide = r["paper_footprint"]["tortuosity"]
         lines.append(f"| {r['row']} | {p['fiber_diameter_um']:g} | {p['fiber_concentration_pct']:g} | "
-                     f"{p['binder_concentration_pct']:g} | {p['compression_factor']:g} | "
-                     f"{r['base']['tortuosity']:.4f} | {r['half_voxel']['tortuosity']:.4f} | "
-                     f"{r['double_domain']['tortuosity']:.4f} | {r['double_margin']['tortuosity']:.4f} | "
-                     f"{r['base']['porosity']:.3f} |")
-    lines += ["", "| change | mean Δτ | max abs Δτ | mean relative change of τ − 1 |", "|---|---|---|---|"]
+                     f"{p['binder_concentration_pct']:g} | {p['thickness_um']:g} | {p['compression_factor']:g} | "
+                     f"{r['base']['porosity']:.3f} | {base:.4f} | {fine:.4f} | "
+                     f"{(fine - base) / (base - 1.0) * 100:+.1f} % | {wide:.4f} | "
+                     f"{(wide - base) / (base - 1.0) * 100:+.1f} % |")
+    lines += ["", "| change | mean Δτ | max abs Δτ | mean relative change of τ − 1 | max abs relative change |",
+              "|---|---|---|---|---|"]
     for name, values in summary.items():
-        lines.append(f"| {name} | {values['mean_delta_tau']:+.4f} | {values['max_abs_delta_tau']:.4f} | "
-                     f"{values['mean_relative_change_of_tau_minus_1_pct']:+.1f} % |")
-    base = [r["base"]["tortuosity"] for r in rows]
-    fine = [r["half_voxel"]["tortuosity"] for r in rows]
-    same_order = list(np.argsort(base)) == list(np.argsort(fine))
+        lines.append(f"| {name} | {values['mean_delta_tau']:+.5f} | {values['max_abs_delta_tau']:.5f} | "
+                     f"{values['mean_relative_change_of_tau_minus_1_pct']:+.1f} % | "
+                     f"{values['max_abs_relative_change_of_tau_minus_1_pct']:.1f} % |")
+    voxel = summary["half_voxel"]
+    failing = [r["row"] for r in rows
+               if abs(r["half_voxel"]["tortuosity"] - r["base"]["tortuosity"])
+               > criterion / 100.0 * (r["base"]["tortuosity"] - 1.0)]
+    footprint = summary["paper_footprint"]
+    verdict = (f"**Voxel: converged** by the criterion (τ − 1 moves less than {criterion:g} % when the voxel is "
+               f"halved) on all {len(rows)} structures (mean change "
+               f"{voxel['mean_relative_change_of_tau_minus_1_pct']:+.1f} %)." if not failing else
+               f"**Voxel: converged on {len(rows) - len(failing)} of {len(rows)} structures.** τ − 1 moves more than "
+               f"{criterion:g} % when the voxel is halved on row(s) {', '.join(str(r) for r in failing)} (mean change "
+               f"over all {voxel['mean_relative_change_of_tau_minus_1_pct']:+.1f} %, largest "
+               f"{voxel['max_abs_relative_change_of_tau_minus_1_pct']:.1f} %, at most {voxel['max_abs_delta_tau']:.4f} "
+               "in τ). Our reading: binder webs thinner than a voxel have no voxel centre half a voxel inside them, so "
+               "at d/3 they stop blocking paths where at d/6 they still do; that matters most in the densest layers, "
+               "where the binder volume is largest. d/4 or finer did not fit the time budget; the data carry this "
+               "error.")
     lines += [
         "",
-        "Reading: the domain size and the periodic path margin are converged (changes of a few 1e-4 in τ). The "
-        "voxel is not fully converged: halving it shortens the paths by about "
-        f"{-summary['half_voxel']['mean_relative_change_of_tau_minus_1_pct']:.0f} % of τ − 1, because a d/3 voxel "
-        "fibre is blockier and the 26-connected metric is coarser. Every row has the same voxels per fibre diameter, "
-        "so this is a shared bias of the absolute level rather than noise between rows"
-        + (" (the rank order of the sampled structures is the same on both grids)" if same_order else
-           " (but the rank order of the sampled structures changed between the grids)")
-        + "; converged values would sit further below the paper's.",
+        verdict,
+        "",
+        f"**Footprint.** On the paper's full GDL200 footprint the same inputs give τ − 1 "
+        f"{footprint['mean_relative_change_of_tau_minus_1_pct']:+.1f} % on average (largest change "
+        f"{footprint['max_abs_relative_change_of_tau_minus_1_pct']:.1f} %, at most "
+        f"{footprint['max_abs_delta_tau']:.4f} in τ). That column mixes two things: a different realisation of "
+        "the same statistics (scatter, either sign) and a finite-size bias of the narrower periodic strip "
+        "(100 instead of 200 µm: 8–17 fibre diameters, so each fibre's periodic images sit closer and block "
+        "alike). The shipped GDL200 rows therefore carry more scatter than the paper's footprint would and, where "
+        "the change is negative, a higher τ.",
     ]
     return lines
 
@@ -417,8 +522,9 @@ def _limitations() -> list[str]:
         "- It is synthetic. The laws (rule of mixtures, Krieger–Dougherty viscosity, exponential compaction, "
         "spring-back; straight-fibre GDLs and geodesic paths) and every constant are ours, with the sources stated; "
         "a model that does well here has learned *this* process, not the ARTISTIC lab's or GeoDict's.",
-        "- The electrode chemistries share the same laws with different constants, so transfer from graphite is "
-        "informative by construction; how much real chemistries share is exactly the open question.",
+        "- The electrode chemistries share the same laws (with Si-, binder- and coater-specific terms and "
+        "constants), so transfer from graphite is informative by construction; how much real chemistries share is "
+        "exactly the open question.",
         "- Scatter magnitudes are plausible, not measured: a lab with a better coater or a worse one would see "
         "lower or higher grouped errors. The calibration shows where a random forest lands, not where the paper's "
         "net would.",
