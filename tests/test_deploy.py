@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -40,6 +39,7 @@ import yaml
 from cellmfg.domain import TASKS
 from service.config import SERVED_MODEL_NAMES
 from testkit.fakes import example_rows, onnx_predict, write_fake_bundle
+from testkit.postgres import pg_binary, postgres_cluster
 from testkit.processes import (
     PROJECT_ROOT,
     VENV_BIN,
@@ -50,7 +50,6 @@ from testkit.processes import (
     free_port,
     metric,
     mlflow_server,
-    tail,
     wait_for,
 )
 
@@ -75,16 +74,8 @@ def _ensure_tools() -> None:
     if _deps_ran:
         return
     _deps_ran = True
-    if not (_pg_bin("pg_ctl") and shutil.which("prometheus") and shutil.which("docker-compose")):
+    if not (pg_binary("pg_ctl") and shutil.which("prometheus") and shutil.which("docker-compose")):
         subprocess.run(["bash", str(DEPS_SCRIPT)], cwd=PROJECT_ROOT, timeout=900, check=False)
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
-    return str(candidates[-1]) if candidates else None
 
 
 def _tool(name: str, finder: Callable[[str], str | None] = shutil.which) -> str:
@@ -253,51 +244,14 @@ def test_the_readme_documents_the_example_request_and_every_setting() -> None:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[dict[str, Any]]:
-    """A throwaway PostgreSQL cluster on a free loopback port, with a database `mlflow`."""
-    initdb, pg_ctl = _tool("initdb", _pg_bin), _tool("pg_ctl", _pg_bin)
+    """A throwaway PostgreSQL cluster on a free loopback port, with a database `mlflow` (fsync off: durability is
+    not what these tests check)."""
+    initdb, pg_ctl = _tool("initdb", pg_binary), _tool("pg_ctl", pg_binary)
     _ensure_tools()
-    import psycopg  # MLflow's PostgreSQL driver, in the training lock
-    folder = Path(tempfile.mkdtemp(prefix="cellmfg-pg-"))  # under /tmp: reachable by the server's user
-    user: str | None = None
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        user = "postgres" if _user_exists("postgres") else "nobody"
-        entry = pwd.getpwnam(user)
-        os.chown(folder, entry.pw_uid, entry.pw_gid)
-    data, log, port = folder / "data", folder / "postgres.log", free_port()
-
-    def run(args: list[str], timeout: float = 120) -> None:
-        result = subprocess.run(args, user=user, capture_output=True, text=True, timeout=timeout, check=False,
-                                cwd=folder)
-        assert result.returncode == 0, f"{args[0]} failed: {result.stdout}{result.stderr}{tail(log, 3000)}"
-
-    started = False
-    try:
-        run([initdb, "-D", str(data), "-U", "cellmfg", "--auth=trust", "-E", "UTF8", "--no-instructions"])
-        options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder} -c fsync=off"
-        run([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"])
-        started = True
-        with psycopg.connect(host="127.0.0.1", port=port, user="cellmfg", dbname="postgres",
-                             autocommit=True) as connection:
-            connection.execute("CREATE DATABASE mlflow")
+    with postgres_cluster(initdb, pg_ctl, free_port(), fsync=False) as cluster:
+        cluster.create_database("mlflow")
         # The driver named explicitly, as in docker-compose.yml: SQLAlchemy's default for postgresql:// changed.
-        yield {"port": port, "uri": f"postgresql+psycopg://cellmfg@127.0.0.1:{port}/mlflow", "folder": folder}
-    finally:
-        if started:
-            stopped = subprocess.run([pg_ctl, "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"], user=user,
-                                     capture_output=True, timeout=60, check=False).returncode == 0
-            pid_file = data / "postmaster.pid"
-            if not stopped and pid_file.exists():  # this cluster's own postmaster, by the PID it recorded
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
+        yield {"port": cluster.port, "uri": cluster.url("mlflow", driver="psycopg"), "folder": cluster.folder}
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +282,7 @@ def registry_stack(tracking_server: dict[str, Any],
     assert trained.returncode == 0, trained.stderr[-5000:]
     timings["train all --preset quick"] = time.monotonic() - started
     started = time.monotonic()
-    second = _cli(["train", "pretrain", "--dataset", "data/graphite.csv", "--target", "density_g_cm3",
+    second = _cli(["train", "pretrain", "--data", "data/graphite.csv", "--target", "density_g_cm3",
                    "--name", "density_graphite", "--preset", "quick", "--seed", "7", "--json"], env, timeout=600)
     assert second.returncode == 0, second.stderr[-5000:]
     timings["train pretrain (second density_graphite)"] = time.monotonic() - started

@@ -1,14 +1,16 @@
-"""The prediction ledger's store (service.ledger) on SQLite in tmp_path: schema by migration, group commit,
-atomic and idempotent outcomes with history, export in the dataset CSV schema, retention, stats, and a process
-killed with SIGKILL mid-stream losing nothing it acknowledged. tests/test_ledger_postgres.py runs the store tests
-below on PostgreSQL by overriding the `ledger_url` fixture."""
+"""The prediction ledger's store (service.ledger): schema by migration, group commit, atomic and idempotent
+outcomes with history, export in the dataset CSV schema, retention, stats, and a process killed with SIGKILL
+mid-stream losing nothing it acknowledged. Every store test runs on SQLite in tmp_path (fast tier) and on a
+throwaway PostgreSQL with fsync on (integration tier), through the parametrised `ledger_url` fixture."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +47,7 @@ from service.ledger.ids import _Uuid7Clock, uuid7_from_parts, uuid7_unix_ms
 from service.ledger.live import FeatureReference
 from service.ledger.migrate import create_ledger_engine, current_revision, normalise_url, sqlite_url
 from service.ledger.tables import Base, OutcomeRow, OutputRow, PredictionRow
+from testkit.postgres import Cluster, pg_binary, postgres_cluster
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NMC_INPUTS = {"am_wt_pct": 94.0, "solid_content_pct": 60.0, "coating_speed_m_min": 0.5, "comma_gap_um": 200.0,
@@ -52,9 +55,43 @@ NMC_INPUTS = {"am_wt_pct": 94.0, "solid_content_pct": 60.0, "coating_speed_m_min
 DENSITY, LOADING = "density_g_cm3", "mass_loading_mg_cm2"
 
 
-@pytest.fixture
-def ledger_url(tmp_path: Path) -> str:
-    return sqlite_url(tmp_path / "ledger")
+LEDGER_POSTGRES_PORTS = range(5450, 5460)
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def ledger_postgres() -> Iterator[Cluster]:
+    """A PostgreSQL cluster for this module's store tests, with fsync on: acknowledged commits are meant to be on
+    disk. Started only when a PostgreSQL case runs (the integration tier)."""
+    from testkit.processes import free_port
+
+    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (scripts/integration_deps.sh installs them)")
+    port = next((p for p in LEDGER_POSTGRES_PORTS if _port_free(p)), None) or free_port()
+    with postgres_cluster(initdb, pg_ctl, port, fsync=True) as cluster:
+        yield cluster
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every store test runs on the embedded SQLite file and, in the integration tier, on a fresh PostgreSQL
+    database named as an operator would write it (`postgresql://`; the ledger adds the driver)."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "ledger")
+    cluster: Cluster = request.getfixturevalue("ledger_postgres")
+    name = f"ledger_{next(_databases)}"
+    cluster.create_database(name)
+    return cluster.url(name)
 
 
 @pytest.fixture
@@ -148,8 +185,8 @@ def test_an_in_memory_sqlite_ledger_is_refused_and_postgresql_urls_get_the_insta
     assert normalise_url("postgresql+psycopg://h/ledger") == "postgresql+psycopg://h/ledger"
 
 
-def test_sqlite_ledger_runs_in_wal_with_full_sync_busy_timeout_and_foreign_keys(ledger: Ledger) -> None:
-    with ledger.engine.connect() as connection:
+def test_sqlite_ledger_runs_in_wal_with_full_sync_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    with Ledger.open(sqlite_url(tmp_path / "ledger")) as ledger, ledger.engine.connect() as connection:
         def pragma(name: str) -> Any:
             return connection.exec_driver_sql(f"PRAGMA {name}").scalar()
 
@@ -519,8 +556,9 @@ def test_sigkill_during_a_stream_loses_no_acknowledged_prediction_or_outcome(led
     check_nothing_acknowledged_was_lost(ledger_url, *kill_during_stream(ledger_url))
 
 
-def test_sqlite_with_normal_sync_also_keeps_everything_acknowledged_through_sigkill(ledger_url: str) -> None:
-    check_nothing_acknowledged_was_lost(ledger_url, *kill_during_stream(ledger_url, synchronous="NORMAL"))
+def test_sqlite_with_normal_sync_also_keeps_everything_acknowledged_through_sigkill(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "ledger")
+    check_nothing_acknowledged_was_lost(url, *kill_during_stream(url, synchronous="NORMAL"))
 
 
 def test_two_processes_writing_one_ledger_at_once_keep_everything_through_sigkill(ledger_url: str) -> None:
