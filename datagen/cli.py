@@ -6,6 +6,7 @@ on stdout stays machine-readable; with `--json` the last stdout line is one JSON
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -150,7 +151,10 @@ def data_realism(
     if not measured:
         fail(f"{directory}: no dataset CSVs found")
     difficulty = realism.difficulty_rows(results_csv) if results_csv.exists() else []
-    text = realism.markdown(measured, difficulty, str(results_csv) if difficulty else None, repeats=repeats)
+    shown = results_csv.resolve()
+    with contextlib.suppress(ValueError):  # inside the project: a path relative to it, the same in every clone
+        shown = shown.relative_to(DATA_DIR.parent.resolve())
+    text = realism.markdown(measured, difficulty, str(shown) if difficulty else None, repeats=repeats)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")

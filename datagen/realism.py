@@ -220,8 +220,8 @@ def markdown(measured: list[TargetRealism], difficulty: list[DifficultyRow], res
     ]
     for item in measured:
         lines.append(
-            f"| {item.dataset} | {item.target} | {item.rows} ({item.groups}) | {item.minimum:.3g}–{item.maximum:.3g} "
-            f"| {item.mean:.3g} | {item.cv_pct:.1f} % | {item.skew:.2f} | {item.mean_predictor_mape_pct:.2f} % "
+            f"| {item.dataset} | {item.target} | {item.rows} ({item.groups}) | {item.minimum:.4g}–{item.maximum:.4g} "
+            f"| {item.mean:.4g} | {item.cv_pct:.1f} % | {item.skew:.2f} | {item.mean_predictor_mape_pct:.2f} % "
             f"| {item.linear_mape_pct:.2f} % | {item.forest_mape_pct:.2f} % | {_number(item.linear_r2)} "
             f"| {_number(item.forest_r2)} | {_number(item.noise_free_r2)} | {_paper_net(item)} |")
     gdl = [item for item in measured if item.dataset in PAPER_TORTUOSITY]

@@ -27,7 +27,7 @@ import pytest
 from lab_data import lfp_frame, lfp_recipes
 
 from cellmfg.contract import LoadedModel, load_bundle
-from cellmfg.domain import DATASETS, TASKS, feature_columns
+from cellmfg.domain import DATASETS, TARGETS, TASKS, feature_columns
 from testkit.fakes import example_rows
 from testkit.processes import PROJECT_ROOT, ServerProcess, cellmfg_server, clean_env, wait_for
 
@@ -119,11 +119,14 @@ def _originals(url: str) -> dict[str, list[float]]:
 
 
 def _onnx(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's answer on the exported model, held to the target's physical range as the service answers it
+    (a quick-trained net may step just past a bound, e.g. a tortuosity of 0.996; the answer then says 1)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
     out = session.run([model.contract.output_name], {model.contract.input_name: x.astype(np.float32)})[0]
-    return np.asarray(out, dtype=np.float64).reshape(-1)
+    quantity = TARGETS[model.contract.target.task].quantity
+    return np.clip(np.asarray(out, dtype=np.float64).reshape(-1), quantity.physical_min, quantity.physical_max)
 
 
 def _assert_lfp_refused(url: str, server: ServerProcess) -> None:
@@ -157,6 +160,7 @@ def test_a_labs_own_chemistry_from_csv_to_served_and_retired(stack: dict[str, An
 
     commands = walkthrough_commands()
     outputs: list[str] = []
+    errors: list[str] = []
     for command in commands:
         runnable = command.replace(README_URL, url)
         if "train transfer" in runnable:
@@ -173,12 +177,19 @@ def test_a_labs_own_chemistry_from_csv_to_served_and_retired(stack: dict[str, An
             assert _originals(url) == originals, "the original models answer as before"
         result = _run(runnable, env, work)
         outputs.append(_ok(result, runnable))
+        errors.append(result.stderr)
         if "registry retire" in runnable:
             wait_for(lambda: "lfp" not in _datasets(url)["electrode"], timeout=POLL_SECONDS + 20,
                      what="lfp to leave after retire", on_timeout=server.log_tail)
             _assert_lfp_refused(url, server)
 
     assert "64 valid electrode rows" in outputs[0]
+    # Training and promotion say where the lab's models answer: the chemistry named after the file, lfp.
+    for step, model in ((1, "density_lfp"), (2, "mass_loading_lfp"), (3, "density_lfp"), (4, "mass_loading_lfp")):
+        assert (f"chemistry lfp (electrode): answers at POST /predict/electrode (chemistry=lfp) and POST /predict/"
+                f"{model}_onnx") in outputs[step], outputs[step][-2000:]
+    # MLflow's per-model registration notices stay off the console (they show with --verbose).
+    assert not [out for out in outputs + errors if "Successfully registered" in out or "Created version" in out]
     assert "lfp" in outputs[5] and "graphite" in outputs[5]
 
     # Both references resolved to the graphite nets' registered versions, recorded as the transfers' base.
