@@ -7,6 +7,8 @@ is imported inside the functions: the serving image has only mlflow-skinny, and 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,28 @@ def configure() -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+@contextmanager
+def registration_notices_off() -> Iterator[None]:
+    """Around a call that registers a model version: without MLflow's "Successfully registered model …" and
+    "Created version … of model …" lines, unless its logger shows INFO (`cellmfg --verbose` leaves it there; the
+    quiet console sets WARNING).
+
+    MLflow prints them with `print` to its logging stream (`mlflow.utils.logging_utils.eprint`), not through a
+    logger, so no log level reaches them. MLflow's own reference-counted switch for that stream turns it off for the
+    call (its log lines during the call go with it; errors still raise, and Python warnings still show).
+    """
+    import logging
+
+    from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
+
+    if logging.getLogger("mlflow").isEnabledFor(logging.INFO):
+        yield
+        return
+    with MlflowEventsAndWarningsBehaviorGlobally(reroute_warnings=False, disable_event_logs=True,
+                                                 disable_warnings=False):
+        yield
 
 
 def experiment_name(task: str) -> str:

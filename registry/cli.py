@@ -43,7 +43,8 @@ def promote_command(
     = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Export to ONNX, pass the parity and metric gates, register `{name}_onnx` and move `champion`."""
+    """Export to ONNX, pass the parity and metric gates, register `{name}_onnx` and move `champion`; print the
+    chemistry (or GDL dataset) and the endpoints the model answers at."""
     from cellmfg.domain import MODEL_NAMES
 
     if all_models == (model is not None):
@@ -82,6 +83,8 @@ def promote_command(
                 print(f"{name}: v{result.keras_version} → {result.onnx_name} v{result.onnx_version} @champion "
                       f"(parity {result.parity_max_relative_error:.1e}, test MAPE {result.test_mape_pct:.2f}%"
                       + (f", previous v{result.previous_version}" if result.previous_version else "") + ")")
+            # Services following @champion take it at their next poll (CELLMFG_POLL_SECONDS).
+            print(f"  {result.serving.sentence()}".replace("\n", "\n  "))
     seconds = time.perf_counter() - started
     if as_json:
         print(json.dumps({"promoted": results, "failed": failures, "seconds": round(seconds, 1)}))

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from cellmfg import contract as contracts
+from cellmfg.endpoints import Serving
 
 CHAMPION, PREVIOUS = "champion", "previous"
 ONNX_SUFFIX = "_onnx"
@@ -59,10 +60,16 @@ class Promotion:
     previous_version: str | None
     parity_max_relative_error: float
     test_mape_pct: float
+    serving: Serving  # where the champion answers: the kind's endpoint for its dataset, and its own route
     skipped: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {**vars(self), "serving": self.serving.to_json()}
+
+
+def serving_of(name: str, contract: contracts.Contract) -> Serving:
+    """Where the champion `contract` describes answers when served under the Keras name `name`."""
+    return Serving(name, contract.kind, contract.task, contract.dataset)
 
 
 def _client() -> Any:
@@ -276,7 +283,7 @@ def log_onnx(model_version: Any, onnx_bytes: bytes, contract: contracts.Contract
     import mlflow
     import onnx
 
-    from cellmfg.mlflow_setup import use_experiment
+    from cellmfg.mlflow_setup import registration_notices_off, use_experiment
 
     use_experiment(contract.task)
     tags = {"keras_model_name": model_version.name, "keras_model_version": str(model_version.version),
@@ -284,7 +291,8 @@ def log_onnx(model_version: Any, onnx_bytes: bytes, contract: contracts.Contract
             "test_mape_pct": f"{contract.metrics.test_mape_pct:.4f}", "onnx_sha256": contract.onnx_sha256 or ""}
     if contract.metrics.validation_mape_pct is not None:
         tags["validation_mape_pct"] = f"{contract.metrics.validation_mape_pct:.4f}"
-    with mlflow.start_run(run_name=f"promote-{model_version.name}-v{model_version.version}", tags=tags):
+    with mlflow.start_run(run_name=f"promote-{model_version.name}-v{model_version.version}", tags=tags), \
+            registration_notices_off():
         mlflow.log_text(contract.to_json(), contracts.CONTRACT_ARTIFACT)
         info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model",
                                      registered_model_name=contract.name, save_as_external_data=False,
@@ -395,7 +403,7 @@ def promote_candidate(candidate: Candidate) -> Promotion:
             champion.lineage.keras_model_name == source.name and \
             champion.lineage.keras_model_version == str(source.version):
         return Promotion(name, str(source.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION)
-                         or "", None, 0.0, champion.metrics.test_mape_pct, skipped=True)
+                         or "", None, 0.0, champion.metrics.test_mape_pct, serving_of(name, champion), skipped=True)
     # 2. export it to ONNX
     keras_model = load_keras(source)
     onnx_model = export_onnx(keras_model, len(candidate.inputs.features))
@@ -412,7 +420,7 @@ def promote_candidate(candidate: Candidate) -> Promotion:
     # 6. move the aliases
     former = move_aliases(contract.name, new_version)
     return Promotion(name, str(source.version), contract.name, new_version, former, parity,
-                     contract.metrics.test_mape_pct)
+                     contract.metrics.test_mape_pct, serving_of(name, contract))
 
 
 def _verify_logged(expected: contracts.LoadedModel, uri: str) -> None:

@@ -21,12 +21,16 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# testkit is not installed (it stays out of the wheel): found beside this script, in the project.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testkit.fakes import write_fake_bundle
 from testkit.processes import start_local_server

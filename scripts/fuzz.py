@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# testkit is not installed (it stays out of the wheel): found beside this script, in the project.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # --- design: a schema-valid design request can still be refused by what no schema holds: a bound outside the
 # served models' training range, min above max, a parameter both fixed and bounded (400), or targets no recipe

@@ -41,6 +41,9 @@ from typing import Any
 
 import numpy as np
 
+# testkit is not installed (it stays out of the wheel): found beside this script, in the project.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from cellmfg.contract import load_bundle
 from cellmfg.domain import DATASETS, feature_columns, targets_for
 from testkit.bad_inputs import MIB, bad_inputs, parsed_answer, refusal_problem

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("cellmfg", "cellmfg_cli", "datagen", "training", "registry", "service")
+PACKAGES = ("cellmfg", "cellmfg_cli", "datagen", "training", "registry", "service", "testkit")
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
@@ -24,14 +24,41 @@ def test_the_code_keeps_its_layers() -> None:
     assert "0 broken" in result.stdout
 
 
-def test_a_service_module_importing_training_breaks_the_contract(tmp_path: Path) -> None:
+def _copy_of_the_project(folder: Path) -> Path:
+    """The packages and the contract in `folder`, checked to keep their layers before a test breaks one."""
     for package in PACKAGES:
-        shutil.copytree(PROJECT_ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(PROJECT_ROOT / ".importlinter", tmp_path / ".importlinter")
-    assert _lint_imports(tmp_path).returncode == 0
+        shutil.copytree(PROJECT_ROOT / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT_ROOT / ".importlinter", folder / ".importlinter")
+    assert _lint_imports(folder).returncode == 0
+    return folder
+
+
+def test_a_service_module_importing_training_breaks_the_contract(tmp_path: Path) -> None:
+    root = _copy_of_the_project(tmp_path)
     # The kind of shortcut a newcomer takes: the service reusing a training helper.
-    (tmp_path / "service" / "shortcut.py").write_text("from training import evaluate  # noqa: F401\n")
-    result = _lint_imports(tmp_path)
+    (root / "service" / "shortcut.py").write_text("from training import evaluate  # noqa: F401\n")
+    result = _lint_imports(root)
     assert result.returncode != 0
     assert "service is not allowed to import training" in result.stdout
     assert "service.shortcut -> training.evaluate" in result.stdout
+
+
+def test_a_shipped_package_importing_testkit_breaks_the_contract(tmp_path: Path) -> None:
+    root = _copy_of_the_project(tmp_path)
+    # testkit is not in the wheel or the image: a registry command reusing a test fake would fail once installed.
+    (root / "registry" / "shortcut.py").write_text("from testkit import fakes  # noqa: F401\n")
+    result = _lint_imports(root)
+    assert result.returncode != 0
+    assert "registry is not allowed to import testkit" in result.stdout
+    assert "registry.shortcut -> testkit.fakes" in result.stdout
+
+
+def test_testkit_is_left_out_of_the_wheel() -> None:
+    import tomllib
+
+    from setuptools import find_packages
+
+    found = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_packages(str(PROJECT_ROOT), include=found["include"]))
+    assert {"cellmfg", "cellmfg_cli", "datagen", "training", "registry", "service"} <= shipped
+    assert not {p for p in shipped if p.split(".")[0] in ("testkit", "tests", "scripts")}, shipped

@@ -132,6 +132,8 @@ def test_transfer_gate_zero_shot_fallback_and_contract(registry: dict[str, Any],
     assert _aliases("density_nmc_onnx") == {}
     # 2. ...and the base net is served for the target instead, with the target's zero-shot scores.
     fallback = promote.promote_zero_shot("density_nmc")
+    # The base net answers for the target's chemistry, under the transfer's name.
+    assert fallback.serving.endpoints() == ["POST /predict/electrode (chemistry=nmc)", "POST /predict/density_nmc_onnx"]
     model = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion")
     assert model.contract.role == "zero_shot" and model.contract.dataset == "nmc"
     assert model.contract.lineage.keras_model_name == "density_graphite"
@@ -149,6 +151,7 @@ def test_transfer_gate_zero_shot_fallback_and_contract(registry: dict[str, Any],
     assert contract.source_constant_features == ["coating_speed_m_min"]
     assert contract.conformal.relative_quantile > 0 and len(contract.shap_background) <= 20
     assert result.onnx_version == _aliases("density_nmc_onnx")["champion"]
+    assert result.to_json()["serving"]["chemistry"] == "nmc" and result.to_json()["serving"]["note"] is None
     assert _aliases("density_nmc_onnx")["previous"] == fallback.onnx_version
     model = contracts.fetch_registered(registry["uri"], "density_nmc_onnx", "champion")
     assert contract.onnx_sha256 == contracts.sha256_bytes(model.onnx_bytes)
@@ -206,3 +209,33 @@ def test_listing_shows_the_validation_mape_promotion_chooses_by(registry: dict[s
     assert result.exit_code == 0, result.output
     assert "validation" in result.output and "density_graphite" in result.output
     assert all(f"{mape:.2f}" in result.output for mape in registry["mapes"].values())
+
+
+def test_promote_prints_the_chemistry_and_endpoints_without_mlflow_notices(registry: dict[str, Any]) -> None:
+    import json
+    import logging
+
+    from typer.testing import CliRunner
+
+    from cellmfg_cli import build
+
+    if "champion" in _aliases("density_graphite_onnx"):
+        promote.retire("density_graphite")  # so the promotion below registers a new ONNX version
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # what the console sets unless --verbose (cellmfg_cli.quiet_libraries)
+    try:
+        result = CliRunner().invoke(build(), ["registry", "promote", "--model", "density_graphite", "--version",
+                                              registry["better"]])
+        again = CliRunner().invoke(build(), ["registry", "promote", "--model", "density_graphite", "--json"])
+    finally:
+        logger.setLevel(level)
+    assert result.exit_code == 0, result.output
+    assert "→ density_graphite_onnx v" in result.stdout
+    assert ("chemistry graphite (electrode): answers at POST /predict/electrode (chemistry=graphite) and "
+            "POST /predict/density_graphite_onnx") in result.stdout
+    for text in (result.stdout, result.stderr):
+        assert "Successfully registered" not in text and "Created version" not in text, text
+    assert again.exit_code == 0, again.output
+    serving = json.loads(again.stdout.strip().splitlines()[-1])["promoted"][0]["serving"]
+    assert serving["chemistry"] == "graphite" and serving["on_kind_endpoint"] is True

@@ -45,7 +45,7 @@ def _invoke(app: object, *args: str) -> tuple[int, str, str]:
 def pretrained(app: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("pretrain")
     source = _subset(tmp, "graphite", 60, "lab_graphite")
-    code, out, err = _invoke(app, "train", "pretrain", "--dataset", str(source), "--target", "density_g_cm3",
+    code, out, err = _invoke(app, "train", "pretrain", "--data", str(source), "--target", "density_g_cm3",
                              "--preset", "quick", "--json")
     assert code == 0, err
     return {**json.loads(out.strip().splitlines()[-1]), "csv": str(source)}
@@ -68,6 +68,8 @@ def _check_methods(result: dict[str, Any], expected: set[str]) -> None:
 def test_pretrain_json_contract(pretrained: dict[str, Any]) -> None:
     _check_methods(pretrained, {"pretrained", "mean", "linear", "random_forest"})
     assert pretrained["registered_model"] == "density_lab_graphite" and pretrained["groups"] < pretrained["rows"]
+    assert pretrained["serving"]["endpoints"] == ["POST /predict/electrode (chemistry=lab_graphite)",
+                                                  "POST /predict/density_lab_graphite_onnx"]
     assert pretrained["source_constant_features"] == ["coating_speed_m_min"]
     run = mlflow.tracking.MlflowClient().get_run(str(pretrained["run_id"]))
     assert run.info.status == "FINISHED"
@@ -125,6 +127,7 @@ def test_transfer_on_a_lab_csv_without_groups(app: object, pretrained: dict[str,
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["role"] == "transfer" and result["registered_model"] == "density_lab_nmc"
+    assert result["serving"]["chemistry"] == "lab_nmc" and result["serving"]["note"] is None
     # The base's source CSV is still where it was logged, so the pooled comparison runs too.
     _check_methods(result, {"transfer", "transfer_paper", "transfer_residual", "zero_shot", "zero_shot_recalibrated",
                             "pooled", "scratch", "mean", "linear", "random_forest"})
@@ -146,7 +149,7 @@ def test_bad_csv_stops_before_any_run(app: object, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     frame.to_csv(bad, index=False)
     before = _run_count()
-    code, _, err = _invoke(app, "train", "pretrain", "--dataset", str(bad), "--target", "density_g_cm3",
+    code, _, err = _invoke(app, "train", "pretrain", "--data", str(bad), "--target", "density_g_cm3",
                            "--preset", "quick")
     assert code == 2
     assert "row 8 (line 9), column roll_gap_um" in err and "physically impossible" in err
@@ -155,7 +158,7 @@ def test_bad_csv_stops_before_any_run(app: object, tmp_path: Path) -> None:
 
 def test_unknown_target_column(app: object, tmp_path: Path) -> None:
     source = _subset(tmp_path, "graphite", 30, "g")
-    code, _, err = _invoke(app, "train", "pretrain", "--dataset", str(source), "--target", "porosity",
+    code, _, err = _invoke(app, "train", "pretrain", "--data", str(source), "--target", "porosity",
                            "--preset", "quick")
     assert code == 2 and "unknown target column 'porosity'" in err and "density_g_cm3" in err
 
@@ -174,3 +177,31 @@ def test_unknown_base_model(app: object, tmp_path: Path) -> None:
     code, _, err = _invoke(app, "train", "transfer", "--base", "models:/no_such_model/1", "--data", str(target),
                            "--target", "density_g_cm3", "--preset", "quick")
     assert code == 2 and "base model" in err and "no_such_model" in err
+
+
+def test_transfer_under_a_dataset_name_is_served_as_that_chemistry(app: object, pretrained: dict[str, Any],
+                                                                    tmp_path: Path) -> None:
+    # issue 28: --name density_cunha on cunha_nmc_recipes.csv was served only at /predict/density_cunha_onnx.
+    target = _subset(tmp_path, "nmc", 40, "cunha_nmc_recipes")
+    code, out, err = _invoke(app, "train", "transfer", "--base", "models:/density_lab_graphite/1", "--data",
+                             str(target), "--dataset", "cunha", "--target", "density_g_cm3", "--preset", "quick")
+    assert code == 0, err
+    assert "note:" not in err
+    assert ("Once promoted (`cellmfg registry promote --model density_cunha`), chemistry cunha (electrode): answers "
+            "at POST /predict/electrode (chemistry=cunha) and POST /predict/density_cunha_onnx") in out
+    version = max(mlflow.tracking.MlflowClient().search_model_versions("name='density_cunha'"),
+                  key=lambda v: int(v.version))
+    run = mlflow.tracking.MlflowClient().get_run(version.run_id)
+    assert run.data.params["dataset"] == "cunha" and run.data.params["data_source"] == str(target)
+    path = mlflow.artifacts.download_artifacts(run_id=version.run_id,
+                                               artifact_path=contracts.PROMOTION_INPUTS_ARTIFACT)
+    assert contracts.PromotionInputs.model_validate_json(Path(path).read_text()).dataset == "cunha"
+
+
+def test_a_name_the_service_does_not_look_up_is_said_before_training(app: object, tmp_path: Path) -> None:
+    target = _subset(tmp_path, "nmc", 30, "cunha_nmc_recipes")
+    code, _, err = _invoke(app, "train", "transfer", "--base", "models:/no_such_model/1", "--data", str(target),
+                           "--name", "density_cunha", "--target", "density_g_cm3", "--preset", "quick")
+    assert code == 2 and "no_such_model" in err  # stopped at the base, after the note
+    assert "note: density_cunha answers only at POST /predict/density_cunha_onnx" in err
+    assert "--dataset cunha" in err

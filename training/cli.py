@@ -1,7 +1,11 @@
-"""Thin CLI for the data and training stages (`cellmfg data …`, `cellmfg train …`).
+"""Thin CLI for the training stage (`cellmfg train all|pretrain|transfer`); `cellmfg data …` is datagen/cli.py.
 
 Heavy imports (TensorFlow, MLflow) happen inside the commands. Progress bars go to stderr so `--json` output on
 stdout stays machine-readable; with `--json` the last stdout line is one JSON object.
+
+`pretrain` and `transfer` register the net as `{task}_{dataset}` (e.g. density_lfp), the name the service looks up
+for the dataset (`chemistry=lfp` on /predict/electrode) once it is promoted; both print where it will answer
+(`cellmfg.endpoints`).
 """
 
 from __future__ import annotations
@@ -12,25 +16,34 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from cellmfg.console import JsonOption, fail, progress
+from cellmfg.console import JsonOption, err, fail, progress
 from cellmfg.domain import model_name
 
 train_app = typer.Typer(no_args_is_help=True, add_completion=False)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-SeedOption = Annotated[int | None, typer.Option(help="Random seed (default: the dataset/config default).")]
+SeedOption = Annotated[int | None, typer.Option(help="Random seed for splits, weights and shuffling (default: the "
+                                                     "preset's, 42).")]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # cellmfg train
 
-PresetOption = Annotated[str, typer.Option(help="Config preset: paper (250 epochs) or quick (tests).")]
+PresetOption = Annotated[str, typer.Option(help="Config preset: paper (250 epochs, 20 splits) or quick (5 epochs, "
+                                                 "3 splits; tests).")]
 # The options `train pretrain` and `train transfer` share.
 TargetColumnOption = Annotated[str, typer.Option("--target", help="Target column, e.g. density_g_cm3 (or the task "
                                                                   "name).")]
-ModelNameOption = Annotated[str | None, typer.Option("--name", help="Registered model name (default: {task}_{csv "
-                                                                    "stem}).")]
+ModelNameOption = Annotated[str | None, typer.Option("--name", help="Registered model name (default: "
+                                                                    "{task}_{dataset}, the name the service looks up "
+                                                                    "for the dataset; another name is served only at "
+                                                                    "/predict/{name}_onnx).")]
+DatasetNameOption = Annotated[str | None, typer.Option(
+    "--dataset", help="Dataset name the model is recorded and served under: the chemistry (electrode data) or dataset "
+                      "(GDL data) value of /predict/electrode or /predict/gdl (default: the CSV's file name without "
+                      ".csv).")]
 TestFractionOption = Annotated[float | None, typer.Option("--test-fraction", help="Test share of the rows (default "
                                                                                    "0.3).")]
 
@@ -52,6 +65,30 @@ def _resolve_target(column: str, kind: str) -> Any:
             return target
     allowed = ", ".join(t.column for t in targets_for(kind))  # type: ignore[arg-type]
     fail(f"unknown target column {column!r} for {kind} data; allowed: {allowed}")
+
+
+def _dataset_name(given: str | None, csv: Path, kind: Any) -> str:
+    """The dataset name the model is recorded and served under: --dataset, else the CSV's stem; an error names the
+    rule when the service could not be asked for it."""
+    from cellmfg.endpoints import dataset_name_problem
+
+    name = given if given is not None else csv.stem
+    problem = dataset_name_problem(name, kind)
+    if problem is not None:
+        fail(f"--dataset: {problem}" if given is not None
+             else f"{csv}: the file name gives the dataset name, and {problem}; give one with --dataset NAME")
+    return name
+
+
+def _serving(registered: str, target: Any, kind: Any, dataset: str) -> Any:
+    """Where the model will answer; said up front on stderr too when it will not answer for its dataset (a --name
+    the service does not look up), before minutes of training."""
+    from cellmfg.endpoints import Serving
+
+    serving = Serving(registered, kind, target.task, dataset)
+    if serving.note() is not None:
+        err.print(f"note: {escape(serving.note() or '')}", highlight=False, soft_wrap=True)
+    return serving
 
 
 def _load_user_csv(path: Path, target_column: str) -> tuple[Any, Any]:
@@ -136,39 +173,50 @@ def write_results(folder: Path, summaries: list[Any], config: Any) -> None:
     report.long_table(summaries).to_csv(folder / "results.csv", index=False)
 
 
-def _print_result(summary: Any, as_json: bool) -> None:
+def _print_result(summary: Any, serving: Any, as_json: bool) -> None:
+    """The run's report, then where the registered model will answer once promoted (under "serving" in JSON)."""
     from training import report
 
     if as_json:
-        print(json.dumps(summary.model_dump(mode="json")))
+        print(json.dumps({**summary.model_dump(mode="json"), "serving": serving.to_json()}))
         return
     print(f"run {summary.run_id}: {summary.model_uri}")
     print(report.markdown([summary]))
+    print(f"Registered {serving.model} v{summary.registered_version}. Once promoted (`cellmfg registry promote "
+          f"--model {serving.model}`), {serving.sentence()}")
 
 
 @train_app.command("pretrain")
 def train_pretrain(
-    dataset: Annotated[Path, typer.Option(help="Source dataset CSV (the large one).")],
     target: TargetColumnOption,
+    data_csv: Annotated[Path | None, typer.Option(
+        "--data", help="Source dataset CSV (the large one); required.")] = None,
+    dataset: DatasetNameOption = None,
     name: ModelNameOption = None,
     preset: PresetOption = "paper",
     seed: SeedOption = None,
     test_fraction: TestFractionOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Pretrain a net on a lab's large dataset and register it."""
-    loaded, target_spec = _load_user_csv(dataset, target)
+    """Pretrain a net on a lab's large dataset and register it as {task}_{dataset}."""
+    if data_csv is None:
+        # Before --dataset named the data set, it took the CSV: say so rather than only "missing option".
+        fail("give the source CSV with --data PATH" + (f" (--dataset names the dataset, e.g. {Path(dataset).stem})"
+                                                       if dataset else ""))
+    loaded, target_spec = _load_user_csv(data_csv, target)
+    dataset_name = _dataset_name(dataset, data_csv, loaded.kind)
+    registered = name or model_name(target_spec.task, dataset_name)
+    serving = _serving(registered, target_spec, loaded.kind, dataset_name)
     config = _config(preset, seed, test_fraction)
 
     from training import jobs, tracking
 
     tracking.configure()
-    data = _prepare(loaded, target_spec, dataset.stem)
-    registered = name or model_name(target_spec.task, dataset.stem)
+    data = _prepare(loaded, target_spec, dataset_name)
     tracking.use_experiment(target_spec.task)
     with tracking.run(f"pretrain-{registered}", tags={"task": target_spec.task}), progress(2) as bar:
         result = jobs.run_source(data, config, registered, bar)
-    _print_result(result.summary, as_json)
+    _print_result(result.summary, serving, as_json)
 
 
 @train_app.command("transfer")
@@ -176,14 +224,19 @@ def train_transfer(
     base: Annotated[str, typer.Option(help="Pretrained model URI, e.g. models:/density_graphite@champion.")],
     data_csv: Annotated[Path, typer.Option("--data", help="Small target dataset CSV.")],
     target: TargetColumnOption,
+    dataset: DatasetNameOption = None,
     name: ModelNameOption = None,
     preset: PresetOption = "paper",
     seed: SeedOption = None,
     test_fraction: TestFractionOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Adapt a pretrained net to a lab's small dataset and compare it, on grouped splits, with every alternative."""
+    """Adapt a pretrained net to a lab's small dataset and compare it, on grouped splits, with every alternative;
+    register it as {task}_{dataset}."""
     loaded, target_spec = _load_user_csv(data_csv, target)
+    dataset_name = _dataset_name(dataset, data_csv, loaded.kind)
+    registered = name or model_name(target_spec.task, dataset_name)
+    serving = _serving(registered, target_spec, loaded.kind, dataset_name)
     config = _config(preset, seed, test_fraction)
     import dataclasses
 
@@ -193,12 +246,11 @@ def train_transfer(
     tracking.configure()
     base_ref = _load_base(base, loaded, data_csv)
     base_ref = dataclasses.replace(base_ref, source=_base_source(base_ref, target_spec))
-    data = _prepare(loaded, target_spec, data_csv.stem)
-    registered = name or model_name(target_spec.task, data_csv.stem)
+    data = _prepare(loaded, target_spec, dataset_name)
     tracking.use_experiment(target_spec.task)
     with tracking.run(f"transfer-{registered}", tags={"task": target_spec.task}), progress(2) as bar:
         result = jobs.run_target(data, base_ref, config, registered, bar)
-    _print_result(result.summary, as_json)
+    _print_result(result.summary, serving, as_json)
 
 
 def _prepare(loaded: Any, target: Any, name: str) -> Any:

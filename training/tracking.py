@@ -103,7 +103,7 @@ def log_keras_model(model: Any, x_example: np.ndarray, registered_name: str | No
     """
     example = np.asarray(x_example[:3], dtype="float32")
     signature = infer_signature(example, np.asarray(model(example), dtype="float32"))
-    with _model_dir_exists_before_example():
+    with _model_dir_exists_before_example(), mlflow_setup.registration_notices_off():
         info = mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
                                       pip_requirements=KERAS_PIP_REQUIREMENTS,
                                       registered_model_name=registered_name)
