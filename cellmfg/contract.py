@@ -54,6 +54,9 @@ class FeatureSpec(_Strict):
     # Constant on the source rows the (base) net was trained on: the net ignores it (weight 0), since the source
     # says nothing about its effect; predictions do not change when it changes.
     constant_in_source: bool = False
+    # Sorted training quantile edges (e.g. deciles: 11 values, min to max) for the service's input-drift PSI; None in
+    # contracts written before the ledger (the service then reports only the share outside the training range).
+    train_quantiles: list[float] | None = None
 
 
 class TargetSpec(_Strict):

@@ -30,6 +30,7 @@ STAGES: tuple[tuple[str, str, str, str], ...] = (
     ("datagen.cli", "data_app", "data", "Generate, check, validate and calibrate datasets."),
     ("training.cli", "train_app", "train", "Pretrain, transfer and evaluate nets; log to MLflow."),
     ("registry.cli", "app", "registry", "Promote models to ONNX champions, roll back, retire, export bundles."),
+    ("service.cli", "ledger_app", "ledger", "Export measured predictions from the prediction ledger."),
 )
 # Single commands (not groups) a stage offers at the top level.
 COMMANDS: tuple[tuple[str, str, str, str], ...] = (

@@ -42,6 +42,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+# testkit is not installed (it stays out of the wheel): found beside this script, in the project.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from testkit.fakes import example_rows, write_fake_bundle
 from testkit.processes import ServerProcess, cellmfg_server, clean_env, docker_container, free_port, wait_for
 
@@ -289,6 +292,9 @@ def main() -> int:
                         help="measure only the cost of explain=true (and the image): no throughput rounds, no "
                              "local cold starts")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--ledger-only", action="store_true",
+                        help="only compare the prediction ledger off, on (SQLite synchronous=NORMAL, the default) "
+                             "and on with FULL: single-row req/s and a 10,000-row request, same run")
     parser.add_argument("--serve-fastapi", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,6 +308,8 @@ def main() -> int:
     env = clean_env()
     if args.explain_only:
         return explain_only(bundle, env, work, args)
+    if args.ledger_only:
+        return ledger_only(bundle, env, work, args)
     single = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1)}
     batch = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 10_000, seed=1)}
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -484,5 +492,57 @@ def explain_only(bundle: Path, env: dict[str, str], work: Path, args: argparse.N
     return 0
 
 
+
+# --- the prediction ledger's cost (issue 25) ---
+LEDGER_CONFIGS = {"off": {"CELLMFG_LEDGER_URL": "off"}, "normal": {"CELLMFG_LEDGER_SQLITE_SYNC": "NORMAL"},
+                  "full": {"CELLMFG_LEDGER_SQLITE_SYNC": "FULL"}}
+
+
+def ledger_only(bundle: Path, env: dict[str, str], work: Path, args: argparse.Namespace) -> int:
+    """Three services up at once (ledger off, on with NORMAL, on with FULL), measured in alternation round after
+    round like the main comparison; each figure is the best round."""
+    single = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1)}
+    batch = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 10_000, seed=1)}
+    servers = {name: cellmfg_server({**env, "BENTOML_HOME": str(work / f"home-{name}"), "CELLMFG_POLL_SECONDS": "0",
+                                     "CELLMFG_LEDGER_DIR": str(work / f"ledger-{name}"), **extra},
+                                    work / f"service-{name}.log", workers=args.workers, bundle=bundle)
+               for name, extra in LEDGER_CONFIGS.items()}
+    rounds: dict[str, dict[str, list[dict[str, float]]]] = {name: {"c1": [], "c32": []} for name in servers}
+    batch_ms: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready(timeout=180)
+        for _ in range(args.rounds):
+            for name, server in servers.items():
+                url = f"{server.url}/predict/electrode"
+                for c in (1, 32):
+                    rounds[name][f"c{c}"].append(load(url, single, c, args.duration))
+                batch_ms[name] += [t * 1e3 for t in timed_posts(url, batch, 3)]
+    finally:
+        for server in servers.values():
+            server.stop()
+    results: dict[str, Any] = {}
+    for name in servers:
+        results[name] = {key: best(runs) for key, runs in rounds[name].items()}
+        results[name]["batch_10k_ms"] = min(batch_ms[name])
+    off = results["off"]
+    print(f"{'ledger':8s} {'c1 req/s':>9s} {'c1 p50 ms':>10s} {'c32 req/s':>10s} {'10k rows ms':>12s}  "
+          "vs off (c1, c32)")
+    for name, r in results.items():
+        print(f"{name:8s} {r['c1']['rps']:9.0f} {r['c1']['p50_ms']:10.2f} {r['c32']['rps']:10.0f} "
+              f"{r['batch_10k_ms']:12.0f}  {r['c1']['rps'] / off['c1']['rps']:.2f}x, "
+              f"{r['c32']['rps'] / off['c32']['rps']:.2f}x")
+    ratio = results["normal"]["c1"]["rps"] / off["c1"]["rps"]
+    print(f"single-row req/s with the ledger (default, NORMAL) / without: {ratio:.2f} (target >= 0.85): "
+          f"{verdict(ratio >= 0.85)}; a 10,000-row request costs "
+          f"{results['normal']['batch_10k_ms'] - off['batch_10k_ms']:.0f} ms more")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -9,6 +9,7 @@ of 124 MB and is ready for the worker ~0.1 s sooner.
 from __future__ import annotations
 
 import gc
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -25,8 +26,20 @@ from service.design import Designer  # design
 from service.design_schemas import DesignBound, DesignTarget, design_problem  # design
 from service.explain import Explainers
 from service.guards import CSV_MEDIA_TYPES, media_type
+from service.ledger import OutcomesRejectedError
 from service.model_store import ModelStore, ServedModel
+from service.outcomes import OutcomesInputError, outcomes_csv, parse_outcomes, rejected_body
 from service.predict import Predictor, RequestRejectedError
+from service.recording import (
+    LedgerUnavailableError,
+    Recorder,
+    attach_ids,
+    batch_of,
+    client_column,
+    design_records,
+    live_block,
+    new_ids,
+)
 from service.schemas import ModelRequest, use_dataset_provider, use_model_provider
 from service.sources import open_source, redact_strings
 
@@ -61,27 +74,34 @@ class Answers:
         self.explainers = Explainers()
         self.predictor = Predictor(self.store, self.explainers, settings)
         self.designer = Designer(self.predictor)  # design
+        # The prediction ledger: opened (and migrated) before the first answer, so none goes out unrecorded.
+        self.recorder = Recorder(settings, self.store.models) if settings.ledger_url is not None else None
         self.store.start_polling(settings.poll_seconds)
+        if self.recorder is not None:
+            self.recorder.start()
 
     def stop(self) -> None:
         self.store.stop()
+        if self.recorder is not None:
+            self.recorder.close()  # commits what is queued
         # A stopped service names no served models or datasets any more (documents and messages built later in
         # this process, e.g. by the next service instance of a test run, must not see its catalogue).
         use_dataset_provider(None)
         use_model_provider(None)
 
     async def predict(self, kind: Kind, dataset: str, rows: list[dict[str, float]], explain: bool, interval: bool,
-                      accept: str | None = None) -> Response:
+                      accept: str | None = None, operator: str | None = None) -> Response:
         """The answer of /predict/electrode or /predict/gdl: JSON, or CSV when `accept` asks for it."""
         try:
             # Resolved once: the size and the models decide where the request runs, and those models answer it.
             self.predictor.check_size(len(rows))
             answering = self.predictor.answering(kind, dataset)
             if _inline(len(rows), self.predictor.model_rows(answering, len(rows), explain)):
-                payload = self.predictor.predict_rows(answering, rows, explain, interval)
+                payload, computed = self.predictor.compute_rows(answering, rows, explain, interval)
             else:
-                payload = await anyio.to_thread.run_sync(self.predictor.predict_rows, answering, rows, explain,
-                                                         interval)
+                payload, computed = await anyio.to_thread.run_sync(self.predictor.compute_rows, answering, rows,
+                                                                   explain, interval)
+            await self._record(payload, computed, "json", dataset, operator, rows)
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
         if wants_csv(accept):
@@ -91,11 +111,13 @@ class Answers:
 
     # --- design: recipe design, the inverse of /predict (service.design) ---
     async def design(self, kind: Kind, dataset: str, targets: dict[str, DesignTarget], fixed: dict[str, float],
-                     bounds: dict[str, DesignBound], k: int, explain: bool) -> Response:
+                     bounds: dict[str, DesignBound], k: int, explain: bool, operator: str | None = None) -> Response:
         problem = design_problem(kind, dataset, targets, fixed, bounds, k, explain)
         try:
             # Tens of milliseconds of search: in a worker thread, so probes and predictions go on meanwhile.
             payload = await anyio.to_thread.run_sync(self.designer.design, problem)
+            if self.recorder is not None and payload.get("recipes"):
+                await self._commit(design_records(kind, dataset, payload, operator))
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
         return _json(payload)
@@ -114,6 +136,7 @@ class Answers:
                 "test_mape_pct": model.contract.metrics.test_mape_pct, "metrics": summary["metrics"],
                 "conformal": model.contract.conformal.model_dump(), "lineage": summary["lineage"],
                 "features": summary["features"], "endpoints": _endpoints(model),
+                "live": live_block(self.recorder.live(model.name)) if self.recorder is not None else None,
             })
         # Redacted: anyone with the token reads this; server file paths and credentials stay in the log (sources).
         return redact_strings({
@@ -138,10 +161,13 @@ class Answers:
             self.predictor.check_size(len(body.rows))
             answering = self.predictor.model_answering(model_name)
             if _inline(len(body.rows), self.predictor.model_rows(answering, len(body.rows), body.explain)):
-                payload = self.predictor.predict_model_rows(answering, body.rows, body.explain, body.interval)
+                payload, computed = self.predictor.compute_model_rows(answering, body.rows, body.explain,
+                                                                      body.interval)
             else:
-                payload = await anyio.to_thread.run_sync(self.predictor.predict_model_rows, answering, body.rows,
-                                                         body.explain, body.interval)
+                payload, computed = await anyio.to_thread.run_sync(self.predictor.compute_model_rows, answering,
+                                                                   body.rows, body.explain, body.interval)
+            await self._record(payload, computed, "predict", answering[0].model.contract.dataset, body.operator,
+                               body.rows)
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
         if wants_csv(request.headers.get("accept")):
@@ -151,7 +177,8 @@ class Answers:
         return _json(payload)
 
     async def answer_csv(self, request: Request, *, kind: Kind | None = None, dataset: str = "", field: str = "",
-                         model: str | None = None, explain: bool = False, interval: bool = False) -> Response:
+                         model: str | None = None, explain: bool = False, interval: bool = False,
+                         operator: str | None = None) -> Response:
         """A CSV body for a kind's dataset or for one model; errors name line and column (service.csvio)."""
         if kind is not None and not dataset:
             served = ", ".join(self.store.catalogue.datasets(kind))
@@ -163,6 +190,14 @@ class Answers:
             scored = await anyio.to_thread.run_sync(
                 lambda: score_csv(self.predictor, data, kind=kind, dataset=dataset or None, model=model,
                                   explain=explain, interval=interval))
+            if self.recorder is not None and scored.computed is not None:
+                computed = scored.computed
+                ids = new_ids(len(computed.x))
+                await self._commit(batch_of(
+                    computed, ids, endpoint="csv", operator=operator or None,
+                    dataset=dataset or computed.answering[0].model.contract.dataset,
+                    sample_ids=scored.client_column("sample_id"), group_ids=scored.client_column("group_id")))
+                attach_ids(scored.answer["predictions"], ids)
         except CsvInputError as error:
             return _json({"error": error.message, "detail": error.detail}, error.status)
         except RequestRejectedError as rejected:
@@ -170,6 +205,61 @@ class Answers:
         if wants_csv(request.headers.get("accept")):
             return _csv(scored)
         return _json(scored.answer)
+
+
+    # -- the prediction ledger
+
+    async def _record(self, payload: dict[str, Any], computed: Any, endpoint: str, dataset: str,
+                      operator: str | None, rows: list[Any]) -> None:
+        """Commit the answer's rows to the ledger, then give each answered row its prediction_id."""
+        if self.recorder is None:
+            return
+        ids = new_ids(len(computed.x))
+        await self._commit(batch_of(computed, ids, endpoint=endpoint, dataset=dataset, operator=operator,
+                                    sample_ids=client_column(rows, "sample_id"),
+                                    group_ids=client_column(rows, "group_id")))
+        attach_ids(payload["predictions"], ids)
+
+    async def _commit(self, rows: Any) -> None:
+        assert self.recorder is not None
+        try:
+            await self.recorder.record(rows)
+        except LedgerUnavailableError as error:
+            raise RequestRejectedError(503, str(error)) from None
+
+    def _ledger(self) -> Recorder:
+        if self.recorder is None:
+            raise RequestRejectedError(404, "the prediction ledger is off (CELLMFG_LEDGER_URL=off): no outcomes")
+        return self.recorder
+
+    async def post_outcomes(self, request: Request) -> Response:
+        """POST /outcomes: measured values (JSON or CSV), all stored or none (400 listing every problem)."""
+        data = await request.body()
+        try:
+            recorder = self._ledger()
+            items, lines = parse_outcomes(data, request.headers.get("content-type"))
+            receipt = await anyio.to_thread.run_sync(recorder.ledger.post_outcomes, items)
+            if receipt.written:
+                recorder.outcomes_changed()
+        except RequestRejectedError as rejected:
+            return _json(rejected.body(), rejected.status)
+        except OutcomesInputError as error:
+            return _json({"error": error.message, "detail": error.detail}, 400)
+        except OutcomesRejectedError as rejected:
+            return _json(rejected_body(rejected, lines), 400)
+        return _json({"written": receipt.written, "unchanged": receipt.unchanged, "items": len(items)})
+
+    async def get_outcomes(self, model: str, since: datetime | None) -> Response:
+        """GET /outcomes: `model`'s measured rows in the dataset CSV schema."""
+        try:
+            recorder = self._ledger()
+            if model not in self.store.names and self.store.get(model) is None:
+                served = ", ".join(m.name for m in self.store.models())
+                raise RequestRejectedError(404, f"model = {model!r} is not served; served models: {served}")
+            frame = await anyio.to_thread.run_sync(recorder.ledger.outcomes, model, since)
+        except RequestRejectedError as rejected:
+            return _json(rejected.body(), rejected.status)
+        return Response(outcomes_csv(frame), media_type=CSV_MEDIA_TYPE)
 
 
 def _csv(scored: Scored) -> Response:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -21,6 +21,15 @@ DEFAULT_MAX_ROWS = 10_000
 # keeps at most this many connections open (service.patches.patch_uvicorn_connection_limits): uvicorn has neither.
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_CONNECTIONS = 256
+# The prediction ledger (service.ledger): an SQLite file in CELLMFG_LEDGER_DIR unless CELLMFG_LEDGER_URL names a
+# database. The default directory sits beside BentoML's own state ($BENTOML_HOME, else ~/bentoml), never in the
+# source tree, so serving from a checkout leaves `git status` clean.
+LEDGER_FILE = "ledger.sqlite3"
+LEDGER_OFF = "off"
+# NORMAL with WAL: a commit survives a killed process (kill -9: the WAL is in the OS page cache); only a power cut
+# or kernel crash can lose the last commits. FULL also fsyncs every commit (~2x the per-request cost on one row).
+DEFAULT_LEDGER_SQLITE_SYNC: Literal["NORMAL", "FULL"] = "NORMAL"
+DEFAULT_LEDGER_REFRESH_SECONDS = 30.0
 
 # The paper's eight nets, exported to ONNX. The service serves whatever its source's catalogue offers (these and a
 # lab's own); this list is for tests, benchmarks and scripts that deal with the paper's set.
@@ -52,6 +61,14 @@ class Settings:
       CELLMFG_HEADER_TIMEOUT_SECONDS  seconds a connection may take to send a request's headers, from opening or
                             from its last answer, before it is closed (default 10)
       CELLMFG_MAX_CONNECTIONS  open connections per worker; more are closed at once (default 256)
+      CELLMFG_LEDGER_URL    prediction ledger database: sqlite:///FILE or postgresql+psycopg://...; `off` keeps no
+                            ledger (no prediction ids, no /outcomes); default: an SQLite file in CELLMFG_LEDGER_DIR
+      CELLMFG_LEDGER_DIR    directory of the default SQLite ledger (default $BENTOML_HOME/cellmfg-ledger, where
+                            BENTOML_HOME defaults to ~/bentoml)
+      CELLMFG_LEDGER_RETENTION_DAYS  delete predictions older than this many days (default: keep all)
+      CELLMFG_LEDGER_REFRESH_SECONDS  how often live accuracy, drift and ledger counts are recomputed for GET
+                            /models and /metrics, and retention runs (default 30)
+      CELLMFG_LEDGER_SQLITE_SYNC  NORMAL (default; survives kill -9, not a power cut) or FULL (fsync per commit)
     Security (read by service.security): CELLMFG_API_TOKEN, CELLMFG_API_TOKEN_FILE, CELLMFG_OPEN_PATHS,
     CELLMFG_MAX_BODY_BYTES.
     """
@@ -65,6 +82,11 @@ class Settings:
     required_models: tuple[str, ...] = ()
     header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # None: no ledger (the default for settings built in code, e.g. tests and `cellmfg predict`)
+    ledger_url: str | None = None
+    ledger_retention_days: float | None = None
+    ledger_sqlite_sync: Literal["NORMAL", "FULL"] = DEFAULT_LEDGER_SQLITE_SYNC
+    ledger_refresh_seconds: float = DEFAULT_LEDGER_REFRESH_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -89,7 +111,27 @@ class Settings:
                                   if name.strip()),
             header_timeout_seconds=variables.CELLMFG_HEADER_TIMEOUT_SECONDS,
             max_connections=variables.CELLMFG_MAX_CONNECTIONS,
+            ledger_url=ledger_url(variables, env),
+            ledger_retention_days=variables.CELLMFG_LEDGER_RETENTION_DAYS,
+            ledger_sqlite_sync=variables.CELLMFG_LEDGER_SQLITE_SYNC,
+            ledger_refresh_seconds=variables.CELLMFG_LEDGER_REFRESH_SECONDS,
         )
+
+
+def ledger_url_from_env(env: Mapping[str, str]) -> str | None:
+    """The ledger URL the service would use with `env` (for `cellmfg ledger export`, which needs no model source)."""
+    return ledger_url(_Variables.read(env), env)
+
+
+def ledger_url(variables: _Variables, env: Mapping[str, str]) -> str | None:
+    """The ledger's database URL from the variables (None when CELLMFG_LEDGER_URL=off)."""
+    if variables.CELLMFG_LEDGER_URL.lower() == LEDGER_OFF:
+        return None
+    if variables.CELLMFG_LEDGER_URL:
+        return variables.CELLMFG_LEDGER_URL
+    folder = Path(variables.CELLMFG_LEDGER_DIR).expanduser() if variables.CELLMFG_LEDGER_DIR else \
+        Path(env.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser() / "cellmfg-ledger"
+    return f"sqlite:///{folder.resolve() / LEDGER_FILE}"  # the folder is made when the ledger opens
 
 
 class EnvironmentVariables(BaseSettings):
@@ -145,3 +187,8 @@ class _Variables(EnvironmentVariables):
     CELLMFG_REQUIRED_MODELS: str = ""
     CELLMFG_HEADER_TIMEOUT_SECONDS: float = Field(DEFAULT_HEADER_TIMEOUT_SECONDS, gt=0, allow_inf_nan=False)
     CELLMFG_MAX_CONNECTIONS: int = Field(DEFAULT_MAX_CONNECTIONS, ge=1)
+    CELLMFG_LEDGER_URL: str = ""
+    CELLMFG_LEDGER_DIR: str = ""
+    CELLMFG_LEDGER_RETENTION_DAYS: float | None = Field(None, gt=0, allow_inf_nan=False)
+    CELLMFG_LEDGER_REFRESH_SECONDS: float = Field(DEFAULT_LEDGER_REFRESH_SECONDS, gt=0, allow_inf_nan=False)
+    CELLMFG_LEDGER_SQLITE_SYNC: Literal["NORMAL", "FULL"] = DEFAULT_LEDGER_SQLITE_SYNC

@@ -35,7 +35,7 @@ import numpy as np
 
 from cellmfg.domain import Kind, features_for
 from service.guards import CSV_MEDIA_TYPES
-from service.predict import Predictor
+from service.predict import Computed, Predictor
 from service.schemas import MAX_ERRORS_REPORTED
 
 CSV_MEDIA_TYPE = "text/csv"
@@ -232,8 +232,9 @@ def json_rows_table(rows: list[dict[str, float]], columns: list[str], x: np.ndar
                     list(range(2, len(rows) + 2)))
 
 
-def output_columns(targets: list[str], features: list[str], interval: bool, explain: bool) -> list[str]:
-    names = []
+def output_columns(targets: list[str], features: list[str], interval: bool, explain: bool,
+                   ids: bool = False) -> list[str]:
+    names = ["prediction_id"] if ids else []
     for target in targets:
         names.append(f"{target}_predicted")
         if interval:
@@ -249,7 +250,8 @@ def output_columns(targets: list[str], features: list[str], interval: bool, expl
 def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], features: list[str], interval: bool,
               explain: bool) -> str:
     """The scored CSV: every input column as sent, then the answer's columns (see the module docstring)."""
-    added = output_columns(targets, features, interval, explain)
+    ids = bool(answer["predictions"]) and "prediction_id" in answer["predictions"][0]
+    added = output_columns(targets, features, interval, explain, ids)
     added_set = set(added)
     keep = [i for i, name in enumerate(table.header) if name not in added_set]
     out = io.StringIO(newline="")
@@ -257,6 +259,8 @@ def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], featu
     writer.writerow([neutralised(table.header[i]) for i in keep] + added)
     for cells, row in zip(table.cells, answer["predictions"], strict=True):
         values: list[Any] = [neutralised(cells[i]) for i in keep]
+        if ids:
+            values.append(row["prediction_id"])
         for target in targets:
             values.append(_num(row.get(target)))
             if interval:
@@ -346,6 +350,14 @@ class Scored:
     features: list[str]
     interval: bool
     explain: bool
+    computed: Computed | None = None  # the arrays behind the answer, for the prediction ledger
+
+    def client_column(self, name: str) -> list[str | None] | None:
+        """A passed-through column such as sample_id or group_id (blank cells: None), or None when absent."""
+        if name not in self.table.header:
+            return None
+        j = self.table.header.index(name)
+        return [cells[j].strip() or None if j < len(cells) else None for cells in self.table.cells]
 
     def to_csv(self) -> str:
         return write_csv(self.table, self.answer, self.targets, self.features, self.interval, self.explain)
@@ -366,8 +378,9 @@ def score_csv(predictor: Predictor, data: bytes, *, kind: Kind | None = None, da
     else:
         raise ValueError("score_csv needs a model, or a kind and a dataset")
     table = read_csv(data, columns, source, max_rows=predictor.settings.max_rows)
-    answer = predictor.predict_array(answering, table.x, explain, interval)
-    return Scored(table, answer, [a.target.column for a in answering], [c.name for c in columns], interval, explain)
+    answer, computed = predictor.compute(answering, table.x, explain, interval)
+    return Scored(table, answer, [a.target.column for a in answering], [c.name for c in columns], interval, explain,
+                  computed)
 
 
 def scored_json(answer: dict[str, Any], rows: list[dict[str, float]], features: list[str], interval: bool,
@@ -379,4 +392,5 @@ def scored_json(answer: dict[str, Any], rows: list[dict[str, float]], features: 
 
 def _target_columns(answer: dict[str, Any]) -> list[str]:
     first = answer["predictions"][0] if answer["predictions"] else {}
-    return [key for key in first if key not in {"in_domain", "out_of_domain", "interval", "explanation"}]
+    return [key for key in first
+            if key not in {"in_domain", "out_of_domain", "interval", "explanation", "prediction_id"}]

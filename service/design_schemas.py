@@ -182,6 +182,8 @@ class _DesignRequest(IODescriptor):
                                            description=_BOUNDS_DESCRIPTION)
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, strict=True, description=_K_DESCRIPTION)
     explain: StrictBool = Field(True, description=_EXPLAIN_DESCRIPTION)
+    operator: str | None = Field(None, max_length=200, description="who asked (stored with every returned recipe in "
+                                                                   "the prediction ledger)")
 
     @classmethod
     def design_kind(cls) -> Kind:

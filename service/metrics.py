@@ -52,6 +52,31 @@ DESIGN_SECONDS = Histogram(
 # -- end recipe design
 
 
+# -- prediction ledger (service.recording): labels are served model names and their contract's features only.
+# Every worker computes the same figures from the shared ledger, so the highest live value is the value.
+LEDGER_FAILURES = Counter("cellmfg_ledger_failures", "Answers refused (503) because the ledger could not record them")
+LEDGER_ROWS = Gauge("cellmfg_ledger_rows", "Rows in the prediction ledger, per table", ["table"],
+                    multiprocess_mode="livemax")
+LEDGER_SIZE_BYTES = Gauge("cellmfg_ledger_size_bytes", "Size of the prediction ledger's database",
+                          multiprocess_mode="livemax")
+LIVE_OUTCOMES = Gauge("cellmfg_live_outcomes", "Measured predictions of the served version of a model", ["model"],
+                      multiprocess_mode="livemax")
+LIVE_MAPE = Gauge("cellmfg_live_mape_pct", "MAPE (%) of the last 50 measured predictions of the served version",
+                  ["model"], multiprocess_mode="livemax")
+TEST_MAPE_UPPER = Gauge("cellmfg_model_test_mape_upper_pct", "Upper end of the contract's test MAPE (%): mean + 2 sd "
+                        "over repeated splits, else the single split's", ["model"], multiprocess_mode="livemax")
+LIVE_COVERAGE = Gauge("cellmfg_live_interval_coverage", "Share of measured values inside their 90 % interval",
+                      ["model"], multiprocess_mode="livemax")
+LIVE_IN_DOMAIN = Gauge("cellmfg_live_share_in_domain", "Share of measured predictions inside the training range",
+                       ["model"], multiprocess_mode="livemax")
+DRIFT_OUTSIDE = Gauge("cellmfg_drift_share_outside", "Share of a model's last 500 inputs outside the feature's "
+                      "training range", ["model", "feature"], multiprocess_mode="livemax")
+DRIFT_PSI = Gauge("cellmfg_drift_psi", "Population stability index of a model's last 500 inputs against the "
+                  "training quantiles (only when the contract carries them)", ["model", "feature"],
+                  multiprocess_mode="livemax")
+# -- end prediction ledger
+
+
 # Models of the catalogue (every model the source offers) served and not served, per worker; a lab's own models count
 # too, so an alert on state="missing" > 0 catches a refused newcomer whatever the catalogue's size.
 CATALOGUE_MODELS = Gauge(

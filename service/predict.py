@@ -43,11 +43,25 @@ class _Answering:
 
 
 @dataclass(frozen=True)
+class Computed:
+    """What one answer was computed from and gave, as arrays: what the ledger records (service.recording)."""
+
+    answering: list[_Answering]
+    x: np.ndarray  # float64 [n, n_features] in the answering models' feature order
+    in_domain: np.ndarray  # bool [n]
+    predictions: dict[str, np.ndarray]  # target column -> float64 [n], as answered (clipped to physical range)
+
+
+@dataclass(frozen=True)
 class _Counters:
     predictions: Any
     rows: Any
     out_of_domain: dict[str, Any]
 
+
+# A row's own fields besides the features: stored in the prediction ledger with the row, never fed to a model.
+CLIENT_FIELDS = ("sample_id", "group_id")
+MAX_CLIENT_FIELD_CHARS = 200
 
 _NO_PROBLEMS: list[dict[str, Any]] = []  # shared by every in-domain row; serialised, never mutated
 
@@ -160,6 +174,11 @@ class Predictor:
     def predict_array(self, answering: list[_Answering], x: np.ndarray, explain: bool = False,
                       interval: bool = False) -> dict[str, Any]:
         """The prediction path proper, on float64 rows [n, n_features] in the answering models' feature order."""
+        return self.compute(answering, x, explain, interval)[0]
+
+    def compute(self, answering: list[_Answering], x: np.ndarray, explain: bool = False,
+                interval: bool = False) -> tuple[dict[str, Any], Computed]:
+        """`predict_array`, and the arrays behind its answer."""
         n = len(x)
         self.check_size(n)
         columns = answering[0].model.feature_names
@@ -213,7 +232,17 @@ class Predictor:
         answer = {"models": {a.target.task: a.model.ref() for a in answering}, "predictions": result_rows}
         if interval:  # what the intervals are worth, as the contract measured it
             answer["intervals"] = {a.target.column: interval_summary(a.model) for a in answering}
-        return answer
+        return answer, Computed(answering, x, in_domain, predictions)
+
+    def compute_rows(self, answering: list[_Answering], rows: list[dict[str, float]], explain: bool = False,
+                     interval: bool = False) -> tuple[dict[str, Any], Computed]:
+        """`predict_rows`, and the arrays behind its answer."""
+        return self.compute(answering, _to_array(rows, answering[0].model.feature_names), explain, interval)
+
+    def compute_model_rows(self, answering: list[_Answering], rows: list[Any], explain: bool = False,
+                           interval: bool = False) -> tuple[dict[str, Any], Computed]:
+        """`predict_model_rows`, and the arrays behind its answer."""
+        return self.compute(answering, rows_to_array(rows, answering[0].model), explain, interval)
 
 
 def physical(p: np.ndarray, target: Target, clipped: dict[int, dict[str, float]]) -> np.ndarray:
@@ -276,6 +305,13 @@ def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:
                 continue
             x[i, j] = value
         for extra in row:
+            if extra in CLIENT_FIELDS:
+                text = row[extra]
+                if text is not None and (not isinstance(text, str) or len(text) > MAX_CLIENT_FIELD_CHARS):
+                    problems.append(_problem("string_type", ["rows", i, extra], f"row {i}, {extra} = "
+                                             f"{short_repr(text)}: allowed: text of at most "
+                                             f"{MAX_CLIENT_FIELD_CHARS} characters"))
+                continue
             if extra not in specs:
                 problems.append(_problem("extra_forbidden", ["rows", i, str(extra)],
                                          f"row {i}: unknown feature {str(extra)!r}; allowed features: "

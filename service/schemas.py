@@ -11,7 +11,7 @@ is allowed, since pydantic's own messages leave the value out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 from bentoml import IODescriptor
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
@@ -62,6 +62,12 @@ def served_datasets(kind: str) -> tuple[str, ...]:
 PAPER_CHEMISTRIES: tuple[str, ...] = tuple(n for n, s in DATASETS.items() if s.kind == "electrode")
 PAPER_GDL_DATASETS: tuple[str, ...] = tuple(n for n, s in DATASETS.items() if s.kind == "gdl")
 
+# sample_id, group_id and operator: recorded in the prediction ledger; what a QC lab later posts outcomes against.
+ClientText = Annotated[str, Field(max_length=200, description="the client's own label, stored with the prediction "
+                                                               "in the ledger (at most 200 characters)")]
+_OPERATOR_DESCRIPTION = "who asked (stored with every row in the prediction ledger)"
+_PREDICTION_ID = ("sortable id of this answered row (UUIDv7) in the prediction ledger: post the measured values to "
+                  "POST /outcomes with it")
 _ELECTRODE_COLUMNS = feature_columns("electrode")
 _GDL_COLUMNS = feature_columns("gdl")
 _QUANTITIES = {q.column: q for q in (*ELECTRODE_FEATURES, *GDL_FEATURES)}
@@ -86,6 +92,9 @@ class ElectrodeRow(TypedDict):
     comma_gap_um: Annotated[float, _feature("comma_gap_um")]
     roll_speed_m_min: Annotated[float, _feature("roll_speed_m_min")]
     roll_gap_um: Annotated[float, _feature("roll_gap_um")]
+    # The client's own fields, stored with the row in the prediction ledger (never fed to the model).
+    sample_id: NotRequired[ClientText]
+    group_id: NotRequired[ClientText]
 
 
 class GdlRow(TypedDict):
@@ -97,6 +106,9 @@ class GdlRow(TypedDict):
     binder_concentration_pct: Annotated[float, _feature("binder_concentration_pct")]
     thickness_um: Annotated[float, _feature("thickness_um")]
     compression_factor: Annotated[float, _feature("compression_factor")]
+    # The client's own fields, stored with the row in the prediction ledger (never fed to the model).
+    sample_id: NotRequired[ClientText]
+    group_id: NotRequired[ClientText]
 
 
 EXAMPLE_INPUT: dict[str, Any] = {
@@ -204,6 +216,7 @@ class ElectrodeRequest(IODescriptor):
     rows: list[ElectrodeRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
+    operator: ClientText | None = Field(None, description=_OPERATOR_DESCRIPTION)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -225,6 +238,7 @@ class GdlRequest(IODescriptor):
     rows: list[GdlRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
+    operator: ClientText | None = Field(None, description=_OPERATOR_DESCRIPTION)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -265,6 +279,7 @@ _IN_DOMAIN = ("every feature lies inside the training range of the answering mod
 
 
 class ElectrodePrediction(BaseModel):
+    prediction_id: str | None = Field(None, description=_PREDICTION_ID)
     density_g_cm3: float | None = Field(None, description="calendered electrode density [g/cm³]; absent when the "
                                                           "chemistry has no density model")
     mass_loading_mg_cm2: float | None = Field(None, description="active-material mass loading [mg/cm²]; absent "
@@ -279,6 +294,7 @@ class ElectrodePrediction(BaseModel):
 
 
 class GdlPrediction(BaseModel):
+    prediction_id: str | None = Field(None, description=_PREDICTION_ID)
     tortuosity: float = Field(description="geometric through-plane tortuosity [1]")
     in_domain: bool = Field(description=_IN_DOMAIN)
     out_of_domain: list[OutOfDomain]
@@ -351,6 +367,11 @@ class ModelInfo(BaseModel):
     features: list[FeatureRange]
     endpoints: list[str] = Field(description="where it answers: POST /predict/{name} always, and the kind's endpoint "
                                              "with its dataset when its features and target are the domain's own")
+    live: dict[str, Any] | None = Field(
+        None, description="from the prediction ledger, for the served version: n_outcomes, mape_last_n (MAPE % of "
+        "the last 50 measured predictions with a 95 % group bootstrap interval), test_mape_upper_pct, "
+        "interval_coverage, share_in_domain and drift per feature (share outside the training range, PSI when the "
+        "contract carries training quantiles); null when the ledger is off")
 
 
 class ModelsResponse(BaseModel):
@@ -374,6 +395,7 @@ class ModelRequest(BaseModel):
     rows: list[Any] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
+    operator: ClientText | None = Field(None, description=_OPERATOR_DESCRIPTION)
 
 
 # The error body, named as it appears in the OpenAPI document (service.openapi generates the schema from these).

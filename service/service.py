@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import bentoml
@@ -63,6 +64,12 @@ _MODEL_ROUTE_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content"
     "application/json": {"schema": ModelRequest.model_json_schema()}}},
     "responses": {"404": {"description": "No served model of that name; the answer lists the served ones",
                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CellMfgError"}}}}}}
+_OUTCOMES_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {"outcomes": {"type": "array", "items": {
+        "type": "object"}}}, "description": 'e.g. {"outcomes": [{"prediction_id": "<an answered id>", "values": '
+        '{"density_g_cm3": 3.05}, "units": {"density_g_cm3": "g/cm3"}, "measured_at": "2026-01-05T10:00:00Z"}]}'}},
+    "text/csv": {"schema": {"type": "string", "description": "prediction_id,density_g_cm3,note\\n<an answered id>,"
+                            "3.05,sheet 7"}}}}}
 # --- page: the static page at /ui/ and /docs -> the API docs at / (service.ui) ---
 mount_ui(models_app)
 # --- end page ---
@@ -111,7 +118,8 @@ class CellMfgService:
 
     @bentoml.api(route="/predict/electrode", input_spec=ElectrodeRequest, output_spec=ElectrodeResponse)
     async def predict_electrode(self, chemistry: str, rows: list[dict[str, float]], explain: bool = False,
-                                interval: bool = False, *, ctx: bentoml.Context) -> Response:
+                                interval: bool = False, operator: str | None = None, *,
+                                ctx: bentoml.Context) -> Response:
         """Electrode density [g/cm³] and mass loading [mg/cm²] per row, from the chemistry's models.
 
         `chemistry` is any served electrode dataset (GET /models lists them under `datasets`): the paper's and a
@@ -126,20 +134,20 @@ class CellMfgService:
         column.
         """
         return _with_status(await self.answers.predict("electrode", chemistry, rows, explain, interval,
-                                                       ctx.request.headers.get("accept")), ctx)
+                                                       ctx.request.headers.get("accept"), operator), ctx)
 
     @bentoml.api(route="/predict/gdl", input_spec=GdlRequest, output_spec=GdlResponse)
     async def predict_gdl(self, dataset: str, rows: list[dict[str, float]], explain: bool = False,
-                          interval: bool = False, *, ctx: bentoml.Context) -> Response:
+                          interval: bool = False, operator: str | None = None, *, ctx: bentoml.Context) -> Response:
         """Gas-diffusion-layer tortuosity per row, from the dataset's model; the same extras as the electrodes."""
         return _with_status(await self.answers.predict("gdl", dataset, rows, explain, interval,
-                                                       ctx.request.headers.get("accept")), ctx)
+                                                       ctx.request.headers.get("accept"), operator), ctx)
 
     # --- design: recipe design, the inverse of /predict (service.design) ---
     @bentoml.api(route="/design/electrode", input_spec=ElectrodeDesignRequest, output_spec=ElectrodeDesignResponse)
     async def design_electrode(self, chemistry: str, targets: dict[str, DesignTarget],
                                fixed: dict[str, float] | None = None, bounds: dict[str, DesignBound] | None = None,
-                               k: int = 5, explain: bool = True) -> Response:
+                               k: int = 5, explain: bool = True, operator: str | None = None) -> Response:
         """Electrode recipes that give the wanted density and/or mass loading, with the parameters you fix.
 
         `chemistry` is any served electrode dataset, as at /predict/electrode. The free parameters are searched
@@ -149,13 +157,15 @@ class CellMfgService:
         check, SHAP), and the reachable range of every target. Bad input is answered 400 naming the field; a target
         nothing reaches 422 with the reachable range and the closest recipe found.
         """
-        return await self.answers.design("electrode", chemistry, targets, fixed or {}, bounds or {}, k, explain)
+        return await self.answers.design("electrode", chemistry, targets, fixed or {}, bounds or {}, k, explain,
+                                         operator)
 
     @bentoml.api(route="/design/gdl", input_spec=GdlDesignRequest, output_spec=GdlDesignResponse)
     async def design_gdl(self, dataset: str, targets: dict[str, DesignTarget], fixed: dict[str, float] | None = None,
-                         bounds: dict[str, DesignBound] | None = None, k: int = 5, explain: bool = True) -> Response:
+                         bounds: dict[str, DesignBound] | None = None, k: int = 5, explain: bool = True,
+                         operator: str | None = None) -> Response:
         """GDL structures that give the wanted tortuosity; the same search and answer as /design/electrode."""
-        return await self.answers.design("gdl", dataset, targets, fixed or {}, bounds or {}, k, explain)
+        return await self.answers.design("gdl", dataset, targets, fixed or {}, bounds or {}, k, explain, operator)
     # --- end design ---
 
     @models_app.get("/models", response_model=ModelsResponse, tags=["Service APIs"],
@@ -177,15 +187,34 @@ class CellMfgService:
 
     @models_app.post(CSV_ROUTES["/predict/electrode"], include_in_schema=False)
     async def predict_electrode_csv(self, request: Request, chemistry: str = "", explain: bool = False,
-                                    interval: bool = False) -> Response:
+                                    interval: bool = False, operator: str = "") -> Response:
         return await self.answers.answer_csv(request, kind="electrode", dataset=chemistry, field="chemistry",
-                                      explain=explain, interval=interval)
+                                             explain=explain, interval=interval, operator=operator[:200] or None)
 
     @models_app.post(CSV_ROUTES["/predict/gdl"], include_in_schema=False)
     async def predict_gdl_csv(self, request: Request, dataset: str = "", explain: bool = False,
-                              interval: bool = False) -> Response:
+                              interval: bool = False, operator: str = "") -> Response:
         return await self.answers.answer_csv(request, kind="gdl", dataset=dataset, field="dataset", explain=explain,
-                                      interval=interval)
+                                             interval=interval, operator=operator[:200] or None)
+
+    # -- the prediction ledger's outcomes (service.outcomes)
+
+    @models_app.post("/outcomes", tags=["Service APIs"], response_model=None, openapi_extra=_OUTCOMES_DOCS,
+                     summary="Measured values of answered predictions (JSON or CSV), all stored or none")
+    async def post_outcomes(self, request: Request) -> Response:
+        """A QC lab's measurements: per row the prediction_id the service answered (or sample_id with dataset) and
+        the measured target values in the contract's units; optional `<target>_unit`, measured_at and note. One bad
+        row (unknown id, unknown target, NaN, outside physical bounds, wrong unit, a target twice) gets a 400
+        listing every problem, and nothing is written. The same value posted again adds nothing; a different one is
+        a correction (history kept, the latest counts)."""
+        return await self.answers.post_outcomes(request)
+
+    @models_app.get("/outcomes", tags=["Service APIs"], response_model=None,
+                    summary="A model's measured predictions in the dataset CSV schema (for cellmfg train --data)")
+    async def get_outcomes(self, model: str, since: datetime | None = None) -> Response:
+        """Rows the model predicted whose target has been measured: sample_id (the prediction_id), group_id, the
+        inputs and the latest measured targets; `since` (ISO 8601) keeps rows measured at or after it."""
+        return await self.answers.get_outcomes(model, since)
 
 
 # Routes BentoML itself serves (probes, metrics, the docs page and its assets) beside the service's APIs.

@@ -167,10 +167,12 @@ def in_process_app() -> Any:
 
 @contextlib.contextmanager
 def service_client(bundle: Path, poll_seconds: float = 0, wrap: Callable[[Any], Any] = lambda app: app,
-                   headers: dict[str, str] | None = None) -> Iterator[Any]:
+                   headers: dict[str, str] | None = None, env: dict[str, str] | None = None,
+                   ledger: bool = False) -> Iterator[Any]:
     """A Starlette TestClient on the in-process service (`wrap`ped in middleware if wanted) serving `bundle` alone:
-    no registry and no cellmfg setting from outside, hot reload every `poll_seconds` (0: off); its lifespan runs
-    on entering, so the models are loaded."""
+    no registry and no cellmfg setting from outside, hot reload every `poll_seconds` (0: off), plus `env`; its
+    lifespan runs on entering, so the models are loaded. The prediction ledger is off (answers without
+    prediction ids, comparable across requests) unless `ledger`: then an SQLite file in a folder beside the bundle."""
     import pytest
     from starlette.testclient import TestClient
 
@@ -179,6 +181,12 @@ def service_client(bundle: Path, poll_seconds: float = 0, wrap: Callable[[Any], 
             monkeypatch.delenv(key)
         monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
         monkeypatch.setenv("CELLMFG_POLL_SECONDS", str(poll_seconds))
+        if ledger:
+            monkeypatch.setenv("CELLMFG_LEDGER_DIR", str(bundle.parent / f"{bundle.name}-ledger"))
+        else:
+            monkeypatch.setenv("CELLMFG_LEDGER_URL", "off")
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
         with TestClient(wrap(in_process_app()), headers=headers) as client:
             yield client
 

@@ -34,6 +34,17 @@ def session_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ledger_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Services started in this process keep their prediction ledger in a throwaway folder, not ~/bentoml."""
+    if "CELLMFG_LEDGER_DIR" in os.environ or "CELLMFG_LEDGER_URL" in os.environ:
+        yield
+        return
+    os.environ["CELLMFG_LEDGER_DIR"] = str(tmp_path_factory.mktemp("ledger"))
+    yield
+    os.environ.pop("CELLMFG_LEDGER_DIR", None)
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fake bundle (testkit.fakes: eight small ONNX models with valid contracts), one per test module."""

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::P
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OPERATIONS = {"GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "POST /predict/electrode",
               "POST /predict/gdl", "GET /models", "POST /predict/{model_name}",
-              "POST /design/electrode", "POST /design/gdl"}  # design: the recipe-design endpoints
+              "POST /design/electrode", "POST /design/gdl",  # design: the recipe-design endpoints
+              "POST /outcomes", "GET /outcomes"}  # the prediction ledger's outcomes
 # A running service documents one operation per served model (the fakes: the paper's eight) instead of the template.
 LIVE_OPERATIONS = (OPERATIONS - {"POST /predict/{model_name}"}) | {f"POST /predict/{n}" for n in SERVED_MODEL_NAMES}
 

@@ -48,6 +48,7 @@ def guarded(bundle: Path) -> Iterator[TestClient]:
         monkeypatch.setenv("CELLMFG_BUNDLE", str(bundle))
         monkeypatch.setenv("CELLMFG_POLL_SECONDS", "0")
         monkeypatch.setenv("CELLMFG_API_TOKEN", TOKEN)
+        monkeypatch.setenv("CELLMFG_LEDGER_URL", "off")  # no prediction ledger in ~/bentoml from a test
         with TestClient(in_process_app()) as client:
             yield client
 

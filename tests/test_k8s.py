@@ -340,6 +340,7 @@ def test_probes_answer_without_the_token_on_the_real_service(
     assert probe_paths | scraped <= security.open_paths
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CELLMFG_LEDGER_DIR", str(tmp_path / "ledger"))  # the prediction ledger not in ~/bentoml
     body = {"chemistry": "nmc", "rows": example_rows("electrode", "nmc", 1)}
     with TestClient(in_process_app()) as client:
         for path in sorted(probe_paths):

@@ -191,7 +191,7 @@ def test_readiness_is_every_model_present_at_start(tmp_path: Path, monkeypatch: 
         answer = client.post("/predict/electrode", json={"chemistry": "si_gra",
                                                          "rows": example_rows("electrode", "si_gra", 2)}).json()
         assert set(answer["models"]) == {"mass_loading"}
-        assert set(answer["predictions"][0]) == {"mass_loading_mg_cm2", "in_domain", "out_of_domain"}
+        assert set(answer["predictions"][0]) == {"mass_loading_mg_cm2", "in_domain", "out_of_domain", "prediction_id"}
 
     monkeypatch.setenv("CELLMFG_REQUIRED_MODELS", "density_si_gra_onnx")
     with TestClient(in_process_app()) as client:

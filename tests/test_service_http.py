@@ -50,7 +50,8 @@ def test_the_documented_example_is_answered_in_the_documented_shape(client: Test
         "mass_loading": {"name": "mass_loading_nmc_onnx", "version": "1", "alias": "champion"},
     }
     first, second = answer["predictions"]
-    assert set(first) == {"density_g_cm3", "mass_loading_mg_cm2", "in_domain", "out_of_domain", "interval"}
+    assert set(first) == {"density_g_cm3", "mass_loading_mg_cm2", "in_domain", "out_of_domain", "interval",
+                          "prediction_id"}
     assert first["in_domain"] is True and first["out_of_domain"] == []
     assert second["in_domain"] is False
     assert second["out_of_domain"] == [{"feature": "roll_gap_um", "value": 250.0, "min": 20.0, "max": 206.0}]
@@ -61,7 +62,7 @@ def test_the_documented_example_is_answered_in_the_documented_shape(client: Test
 
     gdl = _post(client, "/predict/gdl", GDL_EXAMPLE_INPUT)
     assert gdl["models"] == {"tortuosity": {"name": "tortuosity_gdl1000_onnx", "version": "1", "alias": "champion"}}
-    assert set(gdl["predictions"][0]) == {"tortuosity", "in_domain", "out_of_domain", "interval"}
+    assert set(gdl["predictions"][0]) == {"tortuosity", "in_domain", "out_of_domain", "interval", "prediction_id"}
 
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
@@ -127,12 +128,12 @@ def test_small_explained_requests_run_on_the_event_loop_large_ones_in_a_thread(
     single = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows[:1], "explain": True})
     assert hops == []
     batch = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows, "explain": True})
-    assert hops == ["predict_rows"]
+    assert hops == ["compute_rows"]
     plain = _post(client, "/predict/electrode", {"chemistry": "nmc", "rows": rows})
-    assert hops == ["predict_rows"] and len(plain["predictions"]) == n_large  # plain rows this few stay inline
+    assert hops == ["compute_rows"] and len(plain["predictions"]) == n_large  # plain rows this few stay inline
     _post(client, "/predict/density_nmc_onnx", {"rows": rows[:1], "explain": True})
     _post(client, "/predict/density_nmc_onnx", {"rows": rows * 2, "explain": True})
-    assert hops == ["predict_rows", "predict_model_rows"]
+    assert hops == ["compute_rows", "compute_model_rows"]
     for column in ("density_g_cm3", "mass_loading_mg_cm2"):
         inline, threaded = (answer["predictions"][0]["explanation"][column] for answer in (single, batch))
         assert inline["base_value"] == threaded["base_value"]

@@ -78,8 +78,9 @@ def test_settings_defaults(tmp_path: Path) -> None:
 
 def test_request_schemas_follow_the_domain() -> None:
     # The service validates rows against these and feeds them to the nets in this order.
-    assert list(ElectrodeRow.__annotations__) == feature_columns("electrode")
-    assert list(GdlRow.__annotations__) == feature_columns("gdl")
+    # (plus the client's optional sample_id and group_id, which the prediction ledger stores and no net sees)
+    assert list(ElectrodeRow.__annotations__) == [*feature_columns("electrode"), "sample_id", "group_id"]
+    assert list(GdlRow.__annotations__) == [*feature_columns("gdl"), "sample_id", "group_id"]
     # Any served dataset is accepted (the open catalogue); the paper's are the examples.
     assert set(PAPER_CHEMISTRIES) == {n for n, s in DATASETS.items() if s.kind == "electrode"}
     assert set(PAPER_GDL_DATASETS) == {n for n, s in DATASETS.items() if s.kind == "gdl"}

@@ -749,3 +749,28 @@ def test_a_bad_design_value_is_named_beside_its_field(tab: Page, server: ServerP
     assert tab.page.get_attribute("#dtol-mass_loading_mg_cm2", "aria-invalid") == "true"
     assert tab.page.evaluate("() => document.activeElement.id") == "dtol-mass_loading_mg_cm2"
     assert tab.page.get_attribute("#dt-density_g_cm3", "aria-invalid") is None, "the earlier mark is cleared"
+
+
+def test_a_measurement_is_recorded_for_a_predicted_recipe_and_shown_as_live_accuracy(
+        tab: Page, server: ServerProcess, shots: Path) -> None:
+    """Issue 25: "Record measurement" under a prediction posts the lab's values with the row's prediction_id (one
+    call), and the "Live accuracy" view then shows the model's outcomes and MAPE as GET /models says."""
+    tab.open()
+    _choose_nmc(tab)
+    _fill(tab, RECIPE)
+    tab.page.click("#predict")
+    tab.page.wait_for_selector("#record-form")
+    prediction_id = tab.page.inner_text("#prediction-id")
+    shown = float(tab.page.get_attribute("#result-body [data-target='density_g_cm3'] .prediction", "data-value")
+                  or "nan")
+    tab.page.fill("#measured-density_g_cm3", repr(shown * 1.1))
+    calls = tab.calls_during(lambda: (tab.page.click("#record"),
+                                      tab.page.wait_for_selector("#record-status:text-is('Recorded.')")))
+    assert calls[0] == ("POST", "/outcomes") and calls[1:] == [("GET", "/models")], calls
+    live = _models(server)["density_nmc_onnx"]["live"]
+    assert live["n_outcomes"] >= 1
+    row = tab.page.locator("#live-body tr[data-model='density_nmc_onnx']")
+    assert row.locator("td").nth(2).inner_text() == str(live["n_outcomes"])
+    exported = httpx.get(f"{server.url}/outcomes", params={"model": "density_nmc_onnx"}, timeout=30).text
+    assert prediction_id in exported and repr(shown * 1.1) in exported
+    tab.page.screenshot(path=str(shots / "9-record-measurement.png"), full_page=True)

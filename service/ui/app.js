@@ -277,6 +277,85 @@
     $("batch-columns").textContent = entry.features.map((f) => f.name).join(", ");
     clearBatch();
     setUpDesign(entry, same);
+    renderLive(entry);
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // The prediction ledger: record what the QC lab measured for a predicted recipe; live accuracy per model
+
+  /** "Record measurement": one field per target of the answer, posted to /outcomes with the row's prediction_id. */
+  function recordForm(entry, answer) {
+    const prediction = answer.predictions[0];
+    const targets = targetsOf(entry, answer).filter((t) => typeof prediction[t.column] === "number");
+    const status = el("p", { class: "hint", id: "record-status", "aria-live": "polite" });
+    const fields = targets.map((t) => el("label", { class: "field" },
+      t.task + " measured [" + t.unit + "] ",
+      el("input", { type: "number", step: "any", id: "measured-" + t.column, "data-target": t.column })));
+    const form = el("form", { id: "record-form", class: "record", novalidate: "" },
+      el("h3", { text: "Record measurement" }),
+      el("p", { class: "hint" }, "Prediction id ", el("code", { id: "prediction-id", text: prediction.prediction_id }),
+        ": enter what the lab measured for this recipe (blank: not measured)."),
+      ...fields, el("div", { class: "row actions" }, el("button", { type: "submit", id: "record", text: "Record" })),
+      status);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const values = {};
+      for (const t of targets) {
+        const text = $("measured-" + t.column).value.trim();
+        if (text !== "") values[t.column] = Number(text);
+      }
+      if (Object.keys(values).length === 0) {
+        status.textContent = "Enter at least one measured value.";
+        return;
+      }
+      try {
+        const receipt = await api("outcomes", { method: "POST",
+          body: { outcomes: [{ prediction_id: prediction.prediction_id, values }] } });
+        status.textContent = receipt.written ? "Recorded." : "Already recorded with these values.";
+        renderLive(entry, true);
+      } catch (error) {
+        showError(status, error, "Recording the measurement");
+      }
+    });
+    return form;
+  }
+
+  /** Each model of the dataset: its live figures for the served version, against the contract's test band. From
+   * the models the page loaded (no extra call), or fresh from GET /models after a measurement was recorded. */
+  async function renderLive(entry, fresh = false) {
+    const section = $("live");
+    const body = $("live-body");
+    let models = entry.models;
+    if (fresh) {
+      try {
+        const names = new Set(entry.models.map((m) => m.name));
+        models = (await api("models")).models.filter((m) => names.has(m.name));
+      } catch (error) {
+        return; // the figures shown stay; the models view says what is wrong
+      }
+    }
+    models = models.filter((m) => m.live);
+    section.hidden = models.length === 0;
+    const percent = (v) => (v === null || v === undefined ? "–" : fmt(v * 100) + " %");
+    body.replaceChildren(el("table", { class: "live" },
+      el("thead", {}, el("tr", {}, ...["model", "version", "outcomes", "MAPE, last 50", "test band (upper)",
+        "interval coverage", "in domain", "drift (share outside range)"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...models.map((m) => {
+        const live = m.live;
+        const mape = live.mape_last_n;
+        const above = mape.mape_pct !== null && mape.mape_pct > 1.5 * live.test_mape_upper_pct;
+        const drifted = Object.entries(live.drift).filter(([, d]) => d.share_outside > 0)
+          .map(([f, d]) => f + " " + percent(d.share_outside)).join(", ");
+        return el("tr", { "data-model": m.name, class: above ? "warn" : "" },
+          el("td", {}, el("code", { text: m.name })), el("td", { text: live.version }),
+          el("td", { text: String(live.n_outcomes) }),
+          el("td", { text: mape.mape_pct === null ? "–" : fmt(mape.mape_pct) + " %" +
+            (mape.interval_pct ? " (" + fmt(mape.interval_pct[0]) + " – " + fmt(mape.interval_pct[1]) + ")" : "") +
+            (above ? " ▲ above 1.5 × the band" : "") }),
+          el("td", { text: fmt(live.test_mape_upper_pct) + " %" }),
+          el("td", { text: percent(live.interval_coverage) }), el("td", { text: percent(live.share_in_domain) }),
+          el("td", { text: drifted || "none" }));
+      }))));
   }
 
   function renderModelInfo(entry) {
@@ -390,6 +469,7 @@
       if (ticket !== state.sequence) return;
       state.baseline = { entry, recipe, answer };
       body.replaceChildren(...renderAnswer(entry, recipe, answer, null));
+      if (answer.predictions[0].prediction_id) body.append(recordForm(entry, answer));
       setUpWhatIf();
     } catch (error) {
       if (ticket === state.sequence) showError(body, error, "The prediction");

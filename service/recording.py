@@ -1,0 +1,273 @@
+"""The prediction ledger wired into the answers: every answered row gets a prediction id and is committed to the
+ledger (service.ledger) before its answer is sent; outcomes posted by a QC lab are checked and stored; the live
+accuracy and input drift of every served model are computed from the two and exported as gauges.
+
+Runs in BentoML's worker process only (imported by service.answers).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cellmfg.domain import TARGETS, Kind, targets_for
+from service import metrics
+from service.config import ConfigError, Settings
+from service.ledger import Ledger, LedgerStats, ModelOutputs, PredictionBatch, PredictionOutput, PredictionRecord
+from service.ledger.ids import new_prediction_id, new_prediction_ids
+from service.ledger.live import DEFAULT_LAST_N, FeatureReference, LiveReport
+from service.model_store import ServedModel
+from service.predict import Computed, conformal_interval
+
+log = logging.getLogger("cellmfg.ledger")
+
+# Answers of at most this many rows are committed on the event loop when the ledger can do so without waiting
+# (service.ledger.Ledger.record_inline): ~0.2 ms, less than the hop to the writer thread and back.
+INLINE_LEDGER_ROWS = 16
+# Inputs of this many recent rows per model are compared with the training data for drift.
+DRIFT_ROWS = 500
+
+
+class LedgerUnavailableError(RuntimeError):
+    """The ledger could not commit an answer's rows: the answer is not sent (503)."""
+
+
+def test_mape_upper_pct(model: ServedModel) -> float:
+    """The upper end of the test MAPE a model's contract promises: mean + 2 standard deviations over the repeated
+    grouped splits when the contract has them (the spread a new split would show), else the one split's MAPE."""
+    m = model.contract.metrics
+    if m.test_mape_pct_mean is not None and m.test_mape_pct_std is not None:
+        return m.test_mape_pct_mean + 2.0 * m.test_mape_pct_std
+    return m.test_mape_pct
+
+
+def feature_references(model: ServedModel) -> dict[str, FeatureReference]:
+    """Training range and quantile edges per feature from the contract; without quantiles in the contract the
+    edges are the range alone (one bin: PSI says nothing and is reported as None, see `has_quantiles`)."""
+    return {f.name: FeatureReference(training_min=f.train_min, training_max=f.train_max,
+                                     quantile_edges=tuple(f.train_quantiles or ()) if has_quantiles(f)
+                                     else (f.train_min, max(f.train_min, f.train_max)))
+            for f in model.contract.features}
+
+
+def has_quantiles(feature: Any) -> bool:
+    quantiles = getattr(feature, "train_quantiles", None)
+    return quantiles is not None and len(quantiles) >= 3
+
+
+def new_ids(n: int) -> list[uuid.UUID]:
+    return new_prediction_ids(n)
+
+
+def client_column(rows: Sequence[Any], field: str) -> list[str | None] | None:
+    """A client field (sample_id, group_id) of JSON rows, or None when no row has it."""
+    values = [row.get(field) if isinstance(row, dict) else None for row in rows]
+    return values if any(v is not None for v in values) else None
+
+
+def batch_of(computed: Computed, ids: list[uuid.UUID], *, endpoint: str, dataset: str, operator: str | None,
+             sample_ids: list[str | None] | None = None, group_ids: list[str | None] | None = None,
+             ) -> PredictionBatch:
+    """The ledger rows of one answer. Built unvalidated (model_construct): every column comes from arrays this
+    service computed, and a 10,000-row request would otherwise pay for checking 60,000 floats again."""
+    outputs = []
+    for a in computed.answering:
+        values = computed.predictions[a.target.column]
+        low, high = conformal_interval(a.model, a.target, values)  # always: coverage is measured on every row
+        outputs.append(ModelOutputs.model_construct(
+            target=a.target.column, unit=a.target.unit, model_name=a.model.name, model_version=a.model.version,
+            model_alias=a.model.alias, values=values.tolist(), interval_low=low.tolist(), interval_high=high.tolist()))
+    return PredictionBatch.model_construct(
+        created_at=datetime.now(UTC), dataset=dataset, endpoint=endpoint, operator=operator, prediction_ids=ids,
+        sample_ids=sample_ids, group_ids=group_ids, feature_columns=list(computed.answering[0].model.feature_names),
+        inputs=computed.x.tolist(), in_domain=computed.in_domain.tolist(), outputs=outputs)
+
+
+def design_records(kind: Kind, dataset: str, payload: dict[str, Any], operator: str | None,
+                   ) -> list[PredictionRecord]:
+    """One ledger row per recipe a design answer returns (its settings and its /predict row); the recipe gets its
+    prediction_id in place."""
+    now = datetime.now(UTC)
+    by_task = {t.task: t for t in targets_for(kind)}
+    records = []
+    for recipe in payload.get("recipes", []):
+        row = recipe["prediction"]
+        prediction_id = new_prediction_id()
+        outputs = []
+        for task, ref in payload["models"].items():
+            target = by_task.get(task) or TARGETS[task]
+            interval = row.get("interval", {}).get(target.column)
+            outputs.append(PredictionOutput(
+                target=target.column, unit=target.unit, model_name=ref["name"], model_version=ref["version"],
+                model_alias=ref.get("alias"), value=row[target.column],
+                interval_low=interval[0] if interval else None, interval_high=interval[1] if interval else None))
+        records.append(PredictionRecord(
+            prediction_id=prediction_id, created_at=now, dataset=dataset, endpoint="design", operator=operator,
+            sample_id=None, group_id=None,
+            inputs={k: float(v) for k, v in recipe["settings"].items()}, in_domain=bool(row["in_domain"]),
+            outputs=tuple(outputs)))
+        recipe["prediction_id"] = str(prediction_id)
+    return records
+
+
+def attach_ids(rows: list[dict[str, Any]], ids: list[uuid.UUID]) -> None:
+    for row, prediction_id in zip(rows, ids, strict=True):
+        row["prediction_id"] = str(prediction_id)
+
+
+@dataclass(frozen=True)
+class _LiveEntry:
+    version: str
+    report: LiveReport
+    test_mape_upper_pct: float
+    psi_known: bool
+
+
+class Recorder:
+    """One worker's ledger, its cached counts and live reports, and the housekeeping thread (retention, gauges)."""
+
+    def __init__(self, settings: Settings, models: Any) -> None:
+        if settings.ledger_url is None:
+            raise ValueError("no ledger URL")
+        self.settings = settings
+        if settings.ledger_url.startswith("sqlite:///"):
+            folder = Path(settings.ledger_url.removeprefix("sqlite:///")).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(f"CELLMFG_LEDGER_DIR={str(folder)!r}: cannot create the ledger's folder: "
+                                  f"{error}") from None
+        self.ledger = Ledger.open(settings.ledger_url, sqlite_synchronous=settings.ledger_sqlite_sync)
+        self._models = models  # () -> the served models
+        # Live figures and counts are recomputed at most this often (GET /models, the housekeeping thread) and
+        # after every post that wrote outcomes: each is a few queries over the measured rows of one model.
+        self._refresh_seconds = settings.ledger_refresh_seconds
+        self._lock = threading.Lock()
+        self._stats: LedgerStats | None = None
+        self._live: dict[str, _LiveEntry] = {}
+        self._refreshed = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._housekeeping, name="ledger-housekeeping", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.ledger.close()
+
+    async def record(self, rows: PredictionBatch | list[PredictionRecord]) -> None:
+        """Commit `rows`; LedgerUnavailableError when the database refuses (the answer must not go out)."""
+        try:
+            if len(rows) > INLINE_LEDGER_ROWS or not self.ledger.record_inline(rows):
+                await self.ledger.record_async(rows)
+        except Exception as error:
+            log.error("ledger: could not record %d rows: %s", len(rows), error)
+            metrics.LEDGER_FAILURES.inc()
+            raise LedgerUnavailableError(f"the prediction ledger could not record the answer ({type(error).__name__})"
+                                         "; nothing was answered, retry later") from error
+
+    def outcomes_changed(self) -> None:
+        """New measurements: the next read recomputes the live figures."""
+        self._refreshed = 0.0
+
+    # -- live figures and counts, cached
+
+    def stats(self) -> LedgerStats | None:
+        self._refresh_if_stale()
+        return self._stats
+
+    def live(self, name: str) -> _LiveEntry | None:
+        self._refresh_if_stale()
+        return self._live.get(name)
+
+    def _refresh_if_stale(self) -> None:
+        if time.monotonic() - self._refreshed >= self._refresh_seconds:
+            try:
+                self.refresh()
+            except Exception:  # GET /models still answers, with the figures of the last refresh
+                log.exception("ledger: live figures could not be recomputed")
+
+    def refresh(self) -> None:
+        """Recompute counts and every served model's live report; set the gauges."""
+        with self._lock:
+            stats = self.ledger.stats()
+            live: dict[str, _LiveEntry] = {}
+            for model in self._models():
+                references = feature_references(model)
+                report = self.ledger.live(model.name, model.version, references, last_n=DEFAULT_LAST_N,
+                                          drift_rows=DRIFT_ROWS)
+                live[model.name] = _LiveEntry(model.version, report, test_mape_upper_pct(model),
+                                              all(has_quantiles(f) for f in model.contract.features))
+            self._stats, self._live, self._refreshed = stats, live, time.monotonic()
+        set_gauges(stats, live)
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(self._refresh_seconds):
+            try:
+                self.housekeeping_round()
+            except Exception:  # the next round tries again; serving goes on
+                log.exception("ledger housekeeping failed")
+
+    def housekeeping_round(self) -> int:
+        """Retention (CELLMFG_LEDGER_RETENTION_DAYS), then fresh figures and gauges; returns the rows deleted."""
+        removed = 0
+        if self.settings.ledger_retention_days is not None:
+            removed = self.ledger.retention(self.settings.ledger_retention_days)
+            if removed:
+                log.info("ledger retention: %d predictions older than %g days deleted", removed,
+                         self.settings.ledger_retention_days)
+        self.refresh()
+        return removed
+
+
+def live_block(entry: _LiveEntry | None) -> dict[str, Any] | None:
+    """GET /models' `live` block of one model."""
+    if entry is None:
+        return None
+    accuracy = entry.report.accuracy
+    return {
+        "version": entry.version,
+        "n_outcomes": accuracy.n_outcomes,
+        "mape_last_n": accuracy.last_n.model_dump(),
+        "mape_since_promotion": accuracy.since_promotion.model_dump() if accuracy.since_promotion else None,
+        "test_mape_upper_pct": entry.test_mape_upper_pct,
+        "interval_coverage": accuracy.interval_coverage,
+        "n_with_interval": accuracy.n_with_interval,
+        "share_in_domain": accuracy.share_in_domain,
+        "drift": {feature: {"n": d.n, "share_outside": d.share_outside, "psi": d.psi if entry.psi_known else None}
+                  for feature, d in entry.report.drift.items()},
+    }
+
+
+def set_gauges(stats: LedgerStats, live: dict[str, _LiveEntry]) -> None:
+    metrics.LEDGER_ROWS.labels(table="predictions").set(stats.predictions)
+    metrics.LEDGER_ROWS.labels(table="outputs").set(stats.outputs)
+    metrics.LEDGER_ROWS.labels(table="outcomes").set(stats.outcomes)
+    metrics.LEDGER_SIZE_BYTES.set(stats.size_bytes)
+    for name, entry in live.items():  # labels: served model names and their features only
+        accuracy = entry.report.accuracy
+        metrics.LIVE_OUTCOMES.labels(model=name).set(accuracy.n_outcomes)
+        metrics.LIVE_MAPE.labels(model=name).set(_or_nan(accuracy.last_n.mape_pct))
+        metrics.TEST_MAPE_UPPER.labels(model=name).set(entry.test_mape_upper_pct)
+        metrics.LIVE_COVERAGE.labels(model=name).set(_or_nan(accuracy.interval_coverage))
+        metrics.LIVE_IN_DOMAIN.labels(model=name).set(_or_nan(accuracy.share_in_domain))
+        for feature, drift in entry.report.drift.items():
+            metrics.DRIFT_OUTSIDE.labels(model=name, feature=feature).set(_or_nan(drift.share_outside))
+            if entry.psi_known:
+                metrics.DRIFT_PSI.labels(model=name, feature=feature).set(_or_nan(drift.psi))
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
