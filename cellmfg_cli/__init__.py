@@ -29,6 +29,7 @@ VERBOSE_ENV = "CELLMFG_VERBOSE"
 STAGES: tuple[tuple[str, str, str, str], ...] = (
     ("datagen.cli", "data_app", "data", "Generate, check, validate and calibrate datasets."),
     ("training.cli", "train_app", "train", "Pretrain, transfer and evaluate nets; log to MLflow."),
+    ("training.cli", "study_app", "study", "Studies: learning curves (how many sheets a target needs)."),
     ("registry.cli", "app", "registry", "Promote models to ONNX champions, roll back, retire, export bundles."),
     ("service.cli", "ledger_app", "ledger", "Export measured predictions from the prediction ledger."),
 )

@@ -64,7 +64,7 @@ def _resolve_target(column: str, kind: str) -> Any:
         if column in (target.column, target.task):
             return target
     allowed = ", ".join(t.column for t in targets_for(kind))  # type: ignore[arg-type]
-    fail(f"unknown target column {column!r} for {kind} data; allowed: {allowed}")
+    fail(f"--target: unknown target column {column!r} for {kind} data; allowed: {allowed}")
 
 
 def _dataset_name(given: str | None, csv: Path, kind: Any) -> str:
@@ -315,6 +315,88 @@ def _load_base(uri: str, loaded: Any, source: Path) -> Any:
               f"{loaded.kind} feature columns")
     return BaseRef(model, resolved.name or "", resolved.version or "", resolved.tags.get("dataset", ""))
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# cellmfg study
+
+study_app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+def _number_list(text: str | None, option: str, kind: type) -> tuple[Any, ...] | None:
+    """"2,4,8" → (2, 4, 8); a clear error naming the option when an entry is not a number."""
+    if text is None:
+        return None
+    try:
+        return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        fail(f"{option}: {text!r} is not a comma-separated list of {'whole numbers' if kind is int else 'numbers'}")
+
+
+@study_app.command("learning-curve")
+def study_learning_curve(
+    data_csv: Annotated[Path, typer.Option("--data", help="Dataset CSV (the target's, or the source's without "
+                                                          "--base).")],
+    target: TargetColumnOption,
+    base: Annotated[str | None, typer.Option(help="Pretrained model URI, e.g. models:/density_graphite/1; without "
+                                                  "it only scratch and random forest run (source-size "
+                                                  "ablation).")] = None,
+    sizes: Annotated[str | None, typer.Option(help="Training group counts, e.g. 2,4,6,8 (default: 2, 4, 6, 8, 12, "
+                                                   "16, 24, … and all available groups).")] = None,
+    fractions: Annotated[str | None, typer.Option(help="Instead of --sizes: shares of the available training "
+                                                       "groups, e.g. 0.25,0.5,0.75,1.")] = None,
+    repeats: Annotated[int, typer.Option(help="Grouped outer splits, each with its own fixed test part.")] = 10,
+    preset: PresetOption = "paper",
+    seed: SeedOption = None,
+    test_fraction: TestFractionOption = None,
+    out: Annotated[Path | None, typer.Option(help="Also write learning_curve.md, .csv and .png here.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Test MAPE of transfer, scratch, random forest and zero-shot on 2, 4, 6, … whole groups of the data, over
+    grouped repeated splits with paired intervals; logged to one MLflow run (table and plot)."""
+    loaded, target_spec = _load_user_csv(data_csv, target)
+    config = _config(preset, seed, test_fraction)
+    size_list = _number_list(sizes, "--sizes", int)
+    fraction_list = _number_list(fractions, "--fractions", float)
+    from training import fit, study
+
+    data = fit.prepare(loaded, target_spec, data_csv.stem)
+    try:
+        points = study.curve_splits(data.groups, config, repeats, size_list, fraction_list)
+    except study.StudyInputError as error:
+        fail(str(error))
+    from training import nets, tracking
+
+    nets.single_threaded()  # before loading the base net initialises TensorFlow
+    tracking.configure()
+    frozen = nets.frozen_features(_load_base(base, loaded, data_csv).model, data.x) if base else None
+    import mlflow
+
+    name = f"learning-curve-{data.name}-{target_spec.task}"
+    tracking.use_experiment("learning_curve")  # its own experiment: study runs register no model
+    with tracking.run(name, tags={"task": target_spec.task, "study": "learning_curve"}) as active:
+        mlflow.log_params({"base": base or "none", "data": str(data_csv), "data_sha256": loaded.sha256,
+                           "repeats": repeats, "sizes": ",".join(str(s) for s in sorted({p.size for p in points})),
+                           **config.flat_params()})
+        with progress(1) as bar:
+            mapes = study.method_mapes(data, points, config, frozen)
+            bar(f"{name}: trained")
+        table = study.summarise(points, mapes, config)
+        for method, groups, mape in zip(table["method"], table["groups"], table["test_mape_pct"], strict=True):
+            mlflow.log_metric(f"{method}_test_mape_pct", float(mape), step=int(groups))
+        text = study.markdown(table)
+        with tracking.artifact_dir() as temporary:
+            targets = [Path(temporary)] + ([out] if out is not None else [])
+            for folder in targets:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "learning_curve.md").write_text(text)
+                table.to_csv(folder / "learning_curve.csv", index=False)
+                study.plot(table, f"{data.name} {target_spec.task}", folder / "learning_curve.png")
+            mlflow.log_artifacts(temporary, "learning_curve")
+    if as_json:
+        print(json.dumps({"run_id": active.info.run_id, "table": json.loads(table.to_json(orient="records"))}))
+    else:
+        print(text)
+        print(f"MLflow run {active.info.run_id} ({tracking.tracking_uri()})" + (f"; files in {out}" if out else ""))
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(train_app())
