@@ -167,6 +167,11 @@ def test_onnx_equals_keras_on_random_in_range_inputs(registry: dict[str, Any]) -
         f"models:/density_graphite/{model.contract.lineage.keras_model_version}")
     low = np.array([f.train_min for f in model.contract.features])
     high = np.array([f.train_max for f in model.contract.features])
+    # The contract carries each feature's training deciles, min to max: the reference of the service's drift PSI.
+    for feature in model.contract.features:
+        edges = feature.train_quantiles
+        assert edges is not None and len(edges) == 11 and edges == sorted(edges), feature
+        assert (edges[0], edges[-1]) == (feature.train_min, feature.train_max), feature
     x = (low + np.random.default_rng(11).random((500, len(low))) * (high - low)).astype("float32")
     session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {model.contract.input_name: x})[0].reshape(-1)

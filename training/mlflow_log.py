@@ -84,6 +84,10 @@ def _metrics_model(outcome: TaskOutcome, method: str) -> contracts.Metrics:
         out_of_fold_mape_pct=out_of_fold if np.isfinite(out_of_fold) else None)
 
 
+# Decile edges of each feature's training rows, min to max: the reference of the service's input-drift PSI.
+DRIFT_QUANTILES = np.linspace(0.0, 1.0, 11)
+
+
 def promotion_inputs(outcome: TaskOutcome, config: TrainConfig,
                      background: np.ndarray) -> contracts.PromotionInputs:
     """What the registry needs to gate this net and write its contract; typed, no test rows in it. `background` is
@@ -95,6 +99,7 @@ def promotion_inputs(outcome: TaskOutcome, config: TrainConfig,
     features = [contracts.FeatureSpec(
         name=name, unit=quantities[name].unit, train_min=float(x_train[:, i].min()),
         train_max=float(x_train[:, i].max()), train_median=float(np.median(x_train[:, i])),
+        train_quantiles=[float(q) for q in np.quantile(x_train[:, i], DRIFT_QUANTILES)],
         physical_min=quantities[name].physical_min, physical_max=quantities[name].physical_max,
         scale_centre=quantities[name].scale_centre, scale_width=quantities[name].scale_width,
         constant_in_source=bool(constant[i]))
