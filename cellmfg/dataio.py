@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellmfg.domain import DATASETS, Kind, all_quantities, feature_columns, kind_of_columns
+from cellmfg.domain import DATASETS, GROUP_ID, SAMPLE_ID, Kind, all_quantities, feature_columns, kind_of_columns
 
-SAMPLE_ID = "sample_id"
-# Rows that share a group (replicates of one coated sheet, one recipe, one structure) are not independent:
-# evaluation keeps a group on one side of every split. Kept as text, never a feature.
-GROUP_ID = "group_id"
+# GROUP_ID and SAMPLE_ID, the identifier columns, live in cellmfg.domain (the service reads them without pandas).
 # Columns the shipped generators add for reference (see data/DATA_CARD.md) that no model uses: skipped quietly.
 DOCUMENTED_EXTRA_COLUMNS = frozenset({"porosity"})
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"

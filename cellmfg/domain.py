@@ -94,6 +94,11 @@ TORTUOSITY = Target("tortuosity", Quantity("tortuosity", "1", "geometric tortuos
 
 TARGETS: dict[str, Target] = {t.task: t for t in (DENSITY, MASS_LOADING, TORTUOSITY)}
 
+# Identifier columns of a dataset CSV. Rows that share a group (replicates of one coated sheet, one recipe, one
+# structure) are not independent: evaluation keeps a group on one side of every split. Kept as text, never a feature.
+SAMPLE_ID = "sample_id"
+GROUP_ID = "group_id"
+
 
 @dataclass(frozen=True)
 class DatasetSpec:

@@ -14,4 +14,5 @@ echo "== pytest"
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
-exec .venv/bin/python -m pytest -m "not slow"
+# The slowest tests are listed at the end, so a run that grows says where.
+exec .venv/bin/python -m pytest -m "not slow" --durations=25

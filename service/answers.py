@@ -256,10 +256,10 @@ class Answers:
             if model not in self.store.names and self.store.get(model) is None:
                 served = ", ".join(m.name for m in self.store.models())
                 raise RequestRejectedError(404, f"model = {model!r} is not served; served models: {served}")
-            frame = await anyio.to_thread.run_sync(recorder.ledger.outcomes, model, since)
+            table = await anyio.to_thread.run_sync(recorder.ledger.outcomes, model, since)
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
-        return Response(outcomes_csv(frame), media_type=CSV_MEDIA_TYPE)
+        return Response(outcomes_csv(table), media_type=CSV_MEDIA_TYPE)
 
 
 def _csv(scored: Scored) -> Response:

@@ -419,7 +419,7 @@ def ledger_export(
             raise typer.BadParameter(f"--since {since!r}: allowed: an ISO 8601 time with a zone, "
                                      "e.g. 2026-01-05T00:00:00+00:00")
     with Ledger.open(database) as ledger:
-        frame = ledger.outcomes(model, start)
+        table = ledger.outcomes(model, start)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(outcomes_csv(frame), encoding="utf-8")
-    typer.echo(f"{len(frame)} measured rows of {model} -> {out}")
+    out.write_text(outcomes_csv(table), encoding="utf-8")
+    typer.echo(f"{len(table)} measured rows of {model} -> {out}")

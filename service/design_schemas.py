@@ -14,7 +14,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 from bentoml import IODescriptor
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StrictBool,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -182,8 +191,10 @@ class _DesignRequest(IODescriptor):
                                            description=_BOUNDS_DESCRIPTION)
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, strict=True, description=_K_DESCRIPTION)
     explain: StrictBool = Field(True, description=_EXPLAIN_DESCRIPTION)
-    operator: str | None = Field(None, max_length=200, description="who asked (stored with every returned recipe in "
-                                                                   "the prediction ledger)")
+    # OpenAPI 3.0 has no "null" type: a nullable string, as the prediction requests' operator.
+    operator: Annotated[str | None, Field(max_length=200), WithJsonSchema(
+        {"type": "string", "maxLength": 200, "nullable": True,
+         "description": "who asked (stored with every returned recipe in the prediction ledger)"})] = None
 
     @classmethod
     def design_kind(cls) -> Kind:

@@ -126,12 +126,32 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+# Paths served by routes for several methods. BentoML's router answers another method (405) with the first route's
+# methods alone in `Allow`; every method of the path belongs there (tests/test_hardening_io.py checks this table
+# against the routes).
+METHODS_BY_PATH: dict[str, tuple[str, ...]] = {"/outcomes": ("GET", "HEAD", "POST")}
+
+
+def _allow_all_methods(path: str, send: Send) -> Send:
+    allowed = ", ".join(METHODS_BY_PATH[path]).encode()
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 405:
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"allow"]
+            message = {**message, "headers": [*headers, (b"allow", allowed)]}
+        await send(message)
+
+    return sending
+
+
 class RequestGuard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http" and path in METHODS_BY_PATH and scope["method"] not in METHODS_BY_PATH[path]:
+            send = _allow_all_methods(path, send)
         if scope["type"] == "http" and scope["method"] == "POST":
             content_types = header_values(scope, b"content-type")
             body_type = media_type(content_types[0].decode("latin-1") if content_types else None)
@@ -203,3 +223,4 @@ async def invalid_parameters(request: Any, exc: Any) -> Any:
                        "msg": f"{where} = {sent!r:.80}: {error.get('msg', 'invalid')}{allowed}"})
     message = detail[0]["msg"] if detail else "invalid request parameters"
     return Response(to_json({"error": message, "detail": detail}), status_code=400, media_type="application/json")
+

@@ -39,6 +39,7 @@ _BODY_ERRORS = {
     "415": "A body that is not application/json",
     "503": "A model this request needs is not loaded",
 }
+_QUERY_ERROR = "A missing or invalid query parameter: one entry per problem, naming the parameter and the value"
 _AUTH_ERROR = "Missing or invalid bearer token (only when the server sets CELLMFG_API_TOKEN)"
 _INFEASIBLE_DESIGN = ("No recipe meets every target within its tolerance: the error names each target's reachable "
                       "range; `reachable` and `closest` (the recipe found closest) come with it")  # design
@@ -68,6 +69,13 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
                     responses["422"] = {"description": _INFEASIBLE_DESIGN,
                                         "content": {"application/json": {"schema": _ERROR_REF}}}
                 # --- end design ---
+            if any(parameter.get("in") == "query" for parameter in operation.get("parameters", [])):
+                # A bad or missing query parameter is answered 400 in the service's shape
+                # (service.guards.invalid_parameters), never with FastAPI's 422 list.
+                if "HTTPValidationError" in str(responses.get("422", "")):
+                    responses.pop("422")
+                responses["400"] = {"description": _QUERY_ERROR,
+                                    "content": {"application/json": {"schema": _ERROR_REF}}}
             if settings.auth_enabled:
                 if path in settings.open_paths:
                     operation["security"] = []

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cellmfg.domain import TARGETS, feature_columns
 from service.guards import CSV_MEDIA_TYPES, media_type
-from service.ledger import OutcomeItem, OutcomesRejectedError
+from service.ledger import OutcomeItem, OutcomesRejectedError, OutcomeTable
 from service.schemas import MAX_ERRORS_REPORTED
 
 _TARGET_COLUMNS = [t.column for t in TARGETS.values()]
@@ -174,12 +172,11 @@ def rejected_body(rejected: OutcomesRejectedError, lines: list[int] | None) -> d
             "detail": detail}
 
 
-def outcomes_csv(frame: pd.DataFrame) -> str:
+def outcomes_csv(table: OutcomeTable) -> str:
     """Rows in the dataset CSV schema; numbers as shortest round-trip text, unmeasured targets blank."""
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(list(frame.columns))
-    for row in frame.itertuples(index=False):
-        writer.writerow(["" if isinstance(v, float) and math.isnan(v) else repr(v) if isinstance(v, float) else v
-                         for v in row])
+    writer.writerow(table.columns)
+    for row in table.rows:
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
     return out.getvalue()

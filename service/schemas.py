@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, NotRequired
 
 from bentoml import IODescriptor
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -66,6 +66,10 @@ PAPER_GDL_DATASETS: tuple[str, ...] = tuple(n for n, s in DATASETS.items() if s.
 ClientText = Annotated[str, Field(max_length=200, description="the client's own label, stored with the prediction "
                                                                "in the ledger (at most 200 characters)")]
 _OPERATOR_DESCRIPTION = "who asked (stored with every row in the prediction ledger)"
+# The document BentoML serves is OpenAPI 3.0, which has no "null" type: an optional label is a nullable string there
+# (pydantic's anyOf [string, null] would tell clients and fuzzers that null is refused, while it is accepted).
+OptionalClientText = Annotated[str | None, Field(max_length=200), WithJsonSchema(
+    {"type": "string", "maxLength": 200, "nullable": True, "description": _OPERATOR_DESCRIPTION})]
 _PREDICTION_ID = ("sortable id of this answered row (UUIDv7) in the prediction ledger: post the measured values to "
                   "POST /outcomes with it")
 _ELECTRODE_COLUMNS = feature_columns("electrode")
@@ -216,7 +220,7 @@ class ElectrodeRequest(IODescriptor):
     rows: list[ElectrodeRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
-    operator: ClientText | None = Field(None, description=_OPERATOR_DESCRIPTION)
+    operator: OptionalClientText = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -238,7 +242,7 @@ class GdlRequest(IODescriptor):
     rows: list[GdlRow] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
-    operator: ClientText | None = Field(None, description=_OPERATOR_DESCRIPTION)
+    operator: OptionalClientText = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -395,7 +399,7 @@ class ModelRequest(BaseModel):
     rows: list[Any] = Field(min_length=1, description=_ROWS_DESCRIPTION)
     explain: StrictBool = Field(False, description=_EXPLAIN_DESCRIPTION)
     interval: StrictBool = Field(False, description=_INTERVAL_DESCRIPTION)
-    operator: ClientText | None = Field(None, description=_OPERATOR_DESCRIPTION)
+    operator: OptionalClientText = None
 
 
 # The error body, named as it appears in the OpenAPI document (service.openapi generates the schema from these).

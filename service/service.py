@@ -65,9 +65,10 @@ _MODEL_ROUTE_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content"
     "responses": {"404": {"description": "No served model of that name; the answer lists the served ones",
                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CellMfgError"}}}}}}
 _OUTCOMES_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "properties": {"outcomes": {"type": "array", "items": {
-        "type": "object"}}}, "description": 'e.g. {"outcomes": [{"prediction_id": "<an answered id>", "values": '
-        '{"density_g_cm3": 3.05}, "units": {"density_g_cm3": "g/cm3"}, "measured_at": "2026-01-05T10:00:00Z"}]}'}},
+    "application/json": {"schema": {"type": "object", "required": ["outcomes"], "properties": {"outcomes": {
+        "type": "array", "items": {"type": "object"}}},
+        "description": 'e.g. {"outcomes": [{"prediction_id": "<an answered id>", "values": {"density_g_cm3": 3.05}, '
+                       '"units": {"density_g_cm3": "g/cm3"}, "measured_at": "2026-01-05T10:00:00Z"}]}'}},
     "text/csv": {"schema": {"type": "string", "description": "prediction_id,density_g_cm3,note\\n<an answered id>,"
                             "3.05,sheet 7"}}}}}
 # --- page: the static page at /ui/ and /docs -> the API docs at / (service.ui) ---
@@ -210,6 +211,9 @@ class CellMfgService:
         return await self.answers.post_outcomes(request)
 
     @models_app.get("/outcomes", tags=["Service APIs"], response_model=None,
+                    openapi_extra={"responses": {"404": {
+                        "description": "No served model of that name; the answer lists the served ones",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CellMfgError"}}}}}},
                     summary="A model's measured predictions in the dataset CSV schema (for cellmfg train --data)")
     async def get_outcomes(self, model: str, since: datetime | None = None) -> Response:
         """Rows the model predicted whose target has been measured: sample_id (the prediction_id), group_id, the

@@ -33,7 +33,7 @@ from cellmfg.contract import (
     sha256_bytes,
     write_bundle,
 )
-from cellmfg.domain import DATASETS, TASKS, Kind, Task, feature_columns, model_name
+from cellmfg.domain import DATASETS, TARGETS, TASKS, Kind, Task, feature_columns, model_name
 
 OPSET = 17
 OUTPUT_NAME = "prediction"
@@ -211,6 +211,13 @@ class OnnxReference:
 def onnx_predict(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
     """`model`'s own prediction for `rows` (see `OnnxReference`)."""
     return OnnxReference([model]).predict(model.name, rows)
+
+
+def served_prediction(model: LoadedModel, rows: np.ndarray) -> np.ndarray:
+    """What the service answers for `rows`: the model's own prediction held to its target's physical range (a
+    quick-trained net may step just past a bound, e.g. a tortuosity of 0.996; the answer then says 1)."""
+    quantity = TARGETS[model.contract.target.task].quantity
+    return np.clip(onnx_predict(model, rows), quantity.physical_min, quantity.physical_max)
 
 
 def tampered(model: LoadedModel) -> LoadedModel:

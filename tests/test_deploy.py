@@ -38,7 +38,7 @@ import yaml
 
 from cellmfg.domain import TASKS
 from service.config import SERVED_MODEL_NAMES
-from testkit.fakes import example_rows, onnx_predict, write_fake_bundle
+from testkit.fakes import example_rows, served_prediction, write_fake_bundle
 from testkit.postgres import pg_binary, postgres_cluster
 from testkit.processes import (
     PROJECT_ROOT,
@@ -126,7 +126,7 @@ def _onnx_predictions(tracking_uri: str, name: str, rows: list[dict[str, float]]
     with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # no bars in test output
         model = fetch_registered(tracking_uri, name, "champion")
     x = np.array([[row[f] for f in model.contract.feature_names] for row in rows])
-    return model.version, onnx_predict(model, x)
+    return model.version, served_prediction(model, x)
 
 
 # ---------------------------------------------------------------------------------------------------------------

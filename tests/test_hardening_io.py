@@ -213,3 +213,22 @@ def test_a_bad_query_parameter_is_answered_in_the_service_shape(client: TestClie
     error = _error(client.post(path, content=body, headers=headers), 400)
     assert "maybe" in error["error"] and "true or false" in error["error"]
     assert error["detail"][0]["loc"][0] == "query"
+
+
+def test_a_path_with_several_methods_lists_them_all_when_refusing_another(client: TestClient) -> None:
+    from service.guards import METHODS_BY_PATH
+
+    documented = client.get("/docs.json").json()["paths"]
+    for path, methods in METHODS_BY_PATH.items():
+        routed = {method.upper() for method in documented[path]}
+        assert set(methods) == routed | ({"HEAD"} if "GET" in routed else set()), path  # the table is the API's
+        refused = client.request("PUT", path)
+        assert refused.status_code == 405
+        assert refused.headers["allow"] == ", ".join(methods)
+
+
+def test_the_openapi_document_names_the_400_a_bad_query_parameter_gets(client: TestClient) -> None:
+    operation = client.get("/docs.json").json()["paths"]["/outcomes"]["get"]
+    assert "400" in operation["responses"] and "422" not in operation["responses"]
+    missing = client.get("/outcomes")  # `model` is required
+    assert missing.status_code == 400 and "model" in missing.json()["error"]

@@ -499,8 +499,16 @@ def read_only_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env |= {"CELLMFG_BUNDLE": str(folder / "bundle"), "CELLMFG_API_TOKEN_FILE": str(folder / "api_token"),
             "BENTOML_HOME": dockerfile_env("BENTOML_HOME"), "HOME": "/home/cellmfg", "CELLMFG_WORKERS": "2"}
     mounts = "".join(f"mount -t tmpfs -o size=256m,mode=1777 tmpfs {path} && " for path in writable)
+    keep = unhide = ""
+    if any(PROJECT_ROOT.is_relative_to(path) for path in writable):
+        # A checkout under /tmp (CI's may be) would vanish under the pod's fresh /tmp: kept through a bind mount
+        # made before, and put back read-only after (it is the image's code, not a writable path).
+        (folder / "project").mkdir(parents=True)
+        keep = f"mount --bind {PROJECT_ROOT} {folder}/project && "
+        unhide = (f"mkdir -p {PROJECT_ROOT} && mount --bind {folder}/project {PROJECT_ROOT} && "
+                  f"mount -o remount,bind,ro {PROJECT_ROOT} && ")
     # `test -w` is false on a read-only mount even for root (EROFS): the server starts only if / really is.
-    script = f'{mounts}mount -o remount,bind,ro / && ! test -w {PROJECT_ROOT} && exec "$@"'
+    script = f'{keep}{mounts}{unhide}mount -o remount,bind,ro / && ! test -w {PROJECT_ROOT} && exec "$@"'
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", sys.executable,
                "-c", CLI_LAUNCHER, "--port", str(port), "--workers", env["CELLMFG_WORKERS"]]
     log_path = tmp_path / "server.log"

@@ -47,6 +47,7 @@ from service.ledger.ids import _Uuid7Clock, uuid7_from_parts, uuid7_unix_ms
 from service.ledger.live import FeatureReference
 from service.ledger.migrate import create_ledger_engine, current_revision, normalise_url, sqlite_url
 from service.ledger.tables import Base, OutcomeRow, OutputRow, PredictionRow
+from service.outcomes import outcomes_csv
 from testkit.postgres import Cluster, pg_binary, postgres_cluster
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -388,17 +389,17 @@ def test_measured_rows_export_in_the_dataset_csv_schema_and_load_as_training_dat
         for i, row in enumerate(rows[:10])])
     exported = ledger.outcomes("density_nmc_onnx")
     assert list(exported.columns) == ["sample_id", "group_id", *features, DENSITY, LOADING]
-    assert exported["sample_id"].tolist() == [str(r.prediction_id) for r in rows[:10]]
-    assert exported["group_id"].tolist() == shipped["group_id"].head(10).tolist()
-    np.testing.assert_allclose(exported[features].to_numpy(), shipped[features].head(10).to_numpy())
-    np.testing.assert_allclose(exported[DENSITY].to_numpy(), shipped[DENSITY].head(10).to_numpy())
-    assert exported[LOADING].isna().tolist() == [False] * 5 + [True] * 5
+    assert exported.column("sample_id") == [str(r.prediction_id) for r in rows[:10]]
+    assert exported.column("group_id") == shipped["group_id"].head(10).tolist()
+    np.testing.assert_allclose([exported.column(f) for f in features], shipped[features].head(10).to_numpy().T)
+    np.testing.assert_allclose(exported.column(DENSITY), shipped[DENSITY].head(10).to_numpy())
+    assert [v is None for v in exported.column(LOADING)] == [False] * 5 + [True] * 5
     assert len(ledger.outcomes("mass_loading_nmc_onnx")) == 5
     path = tmp_path / "rows.csv"
-    exported.to_csv(path, index=False)
+    path.write_text(outcomes_csv(exported), encoding="utf-8")
     loaded = load_csv(path, required_targets=[DENSITY], kind="electrode")
     assert len(loaded.frame) == 10 and loaded.ignored_columns == []
-    assert ledger.outcomes("density_nmc_onnx", since=datetime.now(UTC) + timedelta(minutes=1)).empty
+    assert len(ledger.outcomes("density_nmc_onnx", since=datetime.now(UTC) + timedelta(minutes=1))) == 0
 
 
 def test_scored_rows_are_per_version_and_recent_inputs_follow_the_model(ledger: Ledger) -> None:

@@ -27,8 +27,8 @@ import pytest
 from lab_data import lfp_frame, lfp_recipes
 
 from cellmfg.contract import LoadedModel, load_bundle
-from cellmfg.domain import DATASETS, TARGETS, TASKS, feature_columns
-from testkit.fakes import example_rows
+from cellmfg.domain import DATASETS, TASKS, feature_columns
+from testkit.fakes import example_rows, served_prediction
 from testkit.processes import PROJECT_ROOT, ServerProcess, cellmfg_server, clean_env, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -119,14 +119,7 @@ def _originals(url: str) -> dict[str, list[float]]:
 
 
 def _onnx(model: LoadedModel, x: np.ndarray) -> np.ndarray:
-    """onnxruntime's answer on the exported model, held to the target's physical range as the service answers it
-    (a quick-trained net may step just past a bound, e.g. a tortuosity of 0.996; the answer then says 1)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
-    out = session.run([model.contract.output_name], {model.contract.input_name: x.astype(np.float32)})[0]
-    quantity = TARGETS[model.contract.target.task].quantity
-    return np.clip(np.asarray(out, dtype=np.float64).reshape(-1), quantity.physical_min, quantity.physical_max)
+    return served_prediction(model, x.astype(np.float32))
 
 
 def _assert_lfp_refused(url: str, server: ServerProcess) -> None:

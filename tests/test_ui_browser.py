@@ -42,7 +42,7 @@ import pytest
 from cellmfg.contract import write_bundle
 from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
 from testkit.fakes import custom_model, fake_models, lfp_models
-from testkit.processes import ServerProcess, start_local_server, wait_for
+from testkit.processes import ServerProcess, cellmfg_server, clean_env, start_local_server, wait_for
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
@@ -62,8 +62,9 @@ def _chromium() -> str:
 
 
 def _shown(value: float) -> float:
-    """What the page shows for `value`: four significant digits."""
-    return float(f"{value:.4g}")
+    """What the page shows for `value`: four significant digits; floating-point residue below 1e-10 (the SHAP value
+    of a feature a net ignores) as 0."""
+    return 0.0 if abs(value) < 1e-10 else float(f"{value:.4g}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -774,3 +775,32 @@ def test_a_measurement_is_recorded_for_a_predicted_recipe_and_shown_as_live_accu
     exported = httpx.get(f"{server.url}/outcomes", params={"model": "density_nmc_onnx"}, timeout=30).text
     assert prediction_id in exported and repr(shown * 1.1) in exported
     tab.page.screenshot(path=str(shots / "9-record-measurement.png"), full_page=True)
+
+
+def test_a_model_promoted_after_the_page_opened_appears_when_the_tab_regains_focus(
+        browser: Any, tmp_path: Path) -> None:
+    """The page re-reads the catalogue on focus (and every minute): a chemistry promoted while the page is open is
+    offered without a reload, and nothing else on the page changes."""
+    folder = tmp_path / "bundle"
+    write_bundle(fake_models(), folder)
+    server = cellmfg_server(clean_env(BENTOML_HOME=str(tmp_path / "bentoml"), CELLMFG_POLL_SECONDS="1"),
+                            tmp_path / "server.log", bundle=folder).start()
+    try:
+        server.wait_ready(timeout=240)
+        page = Page(browser, server)
+        page.open()
+        page.page.wait_for_selector("#pick:not([hidden])")
+        assert "lfp" not in page.page.eval_on_selector_all("#dataset option", "o => o.map(x => x.value)")
+        page.page.evaluate("window.__sameDocument = true")
+        write_bundle([*fake_models(), *lfp_models()], folder)  # the lab promotes its own chemistry
+        wait_for(lambda: "lfp" in httpx.get(f"{server.url}/models", timeout=10).json()["datasets"]["electrode"],
+                 timeout=60, what="the service to serve lfp", on_timeout=server.log_tail)
+        calls = page.calls_during(lambda: page.page.evaluate("window.dispatchEvent(new Event('focus'))"))
+        assert calls == [("GET", "/models")]
+        datasets = page.page.eval_on_selector_all("#dataset option", "o => o.map(x => x.value)")
+        assert "lfp" in datasets
+        assert page.page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+        assert not page.console_errors, page.console_errors
+        page.close()
+    finally:
+        server.stop()

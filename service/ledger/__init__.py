@@ -20,7 +20,7 @@ from service.ledger.records import (
     TargetLimits,
     domain_limits,
 )
-from service.ledger.store import Ledger, LedgerClosedError
+from service.ledger.store import Ledger, LedgerClosedError, OutcomeTable
 
 __all__ = [
     "Ledger",
@@ -30,6 +30,7 @@ __all__ = [
     "OutcomeItem",
     "OutcomeProblem",
     "OutcomeReceipt",
+    "OutcomeTable",
     "OutcomesRejectedError",
     "PredictionBatch",
     "PredictionOutput",

@@ -41,11 +41,15 @@ def sqlite_url(directory: str | Path, filename: str = "ledger.sqlite") -> str:
     return f"sqlite:///{folder / filename}"
 
 
+# The PostgreSQL driver the serving lock installs; SQLAlchemy imports it by this name when a URL asks for it.
+POSTGRES_DRIVER = "psycopg"
+
+
 def normalise_url(url: str) -> str:
     """`postgresql://` -> `postgresql+psycopg://` (SQLAlchemy's default driver for it is psycopg2, not installed)."""
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+        parsed = parsed.set(drivername=f"postgresql+{POSTGRES_DRIVER}")
     return parsed.render_as_string(hide_password=False)
 
 

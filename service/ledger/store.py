@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import Connection, Engine, delete, func, insert, make_url, select, text, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cellmfg.dataio import GROUP_ID, SAMPLE_ID
-from cellmfg.domain import DATASETS, Kind, feature_columns, kind_of_columns, targets_for
+from cellmfg.domain import DATASETS, GROUP_ID, SAMPLE_ID, Kind, feature_columns, kind_of_columns, targets_for
 from service.ledger.live import (
     DEFAULT_LAST_N,
     FeatureReference,
@@ -75,6 +73,22 @@ class _Latest:
     unit: str
     measured_at: datetime | None
     note: str | None
+
+
+@dataclass(frozen=True)
+class OutcomeTable:
+    """Measured predictions in the dataset CSV schema (`columns`), a row per prediction; an unmeasured target is
+    None. Plain tuples: the service reads it without pandas (`service.outcomes.outcomes_csv` writes the CSV)."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | float | None, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list[str | float | None]:
+        index = self.columns.index(name)
+        return [row[index] for row in self.rows]
 
 
 class LedgerClosedError(RuntimeError):
@@ -352,7 +366,7 @@ class Ledger:
     # ----------------------------------------------------------------------------------------------------------
     # Reading
 
-    def outcomes(self, model: str, since: datetime | None = None) -> pd.DataFrame:
+    def outcomes(self, model: str, since: datetime | None = None) -> OutcomeTable:
         """Rows predicted by `model` (any version) whose target that model predicts has been measured, in the
         dataset CSV schema: sample_id (the prediction_id), group_id (the client's group id, else its sample id,
         else the prediction_id), the inputs, every target column of the kind (latest measured value, blank when
@@ -372,15 +386,14 @@ class Ledger:
         kind = _kind(kept[0].dataset, kept[0].inputs) if kept else "electrode"
         features = feature_columns(kind)
         target_columns = [t.column for t in targets_for(kind)]
-        records = []
+        rows = []
         for row in kept:
             pid = str(row.prediction_id)
-            record: dict[str, object] = {SAMPLE_ID: pid, GROUP_ID: row.group_id or row.sample_id or pid}
-            record.update({column: float(row.inputs[column]) for column in features})
-            record.update({column: measured[(row.prediction_id, column)][0]
-                           if (row.prediction_id, column) in measured else np.nan for column in target_columns})
-            records.append(record)
-        return pd.DataFrame(records, columns=[SAMPLE_ID, GROUP_ID, *features, *target_columns])
+            targets = [measured[(row.prediction_id, column)][0] if (row.prediction_id, column) in measured else None
+                       for column in target_columns]
+            rows.append((pid, row.group_id or row.sample_id or pid,
+                         *(float(row.inputs[column]) for column in features), *targets))
+        return OutcomeTable(columns=(SAMPLE_ID, GROUP_ID, *features, *target_columns), rows=tuple(rows))
 
     def scored(self, model: str, version: str | None = None) -> ScoredOutcomes:
         """Each measured prediction of `model` (one version, or all), joined with its latest outcome, in order of

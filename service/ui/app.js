@@ -1,12 +1,14 @@
 // The cellmfg page: pick a served model, enter a recipe, see the prediction with its interval, domain check and
 // SHAP waterfall; try one change ("what if"); score a CSV batch; design a recipe from wanted values. Plain
 // JavaScript, no build step and nothing fetched from elsewhere: lab networks are often offline. Every user action
-// makes at most one API call and nothing polls: the catalogue is read once from /models when the page opens (or
-// after a token is entered).
+// makes at most one API call. The catalogue is read from /models when the page opens (or after a token is entered),
+// and again when the tab regains focus and once a minute while it is visible, so a model promoted meanwhile appears
+// without a reload.
 "use strict";
 
 (function () {
   const TOKEN_KEY = "cellmfg.apiToken"; // sessionStorage: kept for this tab only, gone when it closes
+  const CATALOGUE_REFRESH_MS = 60000;
   const TABLE_ROWS_SHOWN = 1000; // a 10,000-row batch stays sortable; the download always has every row
 
   // How the service is asked for each model family: the endpoint and the field naming the dataset. A model outside
@@ -34,15 +36,20 @@
   // ---------------------------------------------------------------------------------------------------------
   // Numbers
 
+  // Below this a value is floating-point residue (a SHAP value of a feature the net ignores comes out as 5.6e-17),
+  // far under any physical quantity the page shows: it is shown as 0.
+  const NUMERICAL_ZERO = 1e-10;
+
   /** Four significant digits, without exponent or trailing zeros for the magnitudes seen here. */
   function fmt(value) {
     if (!Number.isFinite(value)) return String(value);
+    if (Math.abs(value) < NUMERICAL_ZERO) return "0";
     return String(Number(value.toPrecision(4)));
   }
 
   function signed(value) {
     const text = fmt(value);
-    return value > 0 ? "+" + text : text;
+    return value >= NUMERICAL_ZERO ? "+" + text : text;
   }
 
   function el(tag, attrs, ...children) {
@@ -206,6 +213,23 @@
     return { families, answer };
   }
 
+  /** The served models' names and versions: a refresh re-renders only when they changed. */
+  function catalogueKey(answer) {
+    return answer.models.map((m) => m.name + "@" + m.version).sort().join(",");
+  }
+
+  /** Re-read the catalogue quietly (focus, every minute): nothing changes on the page unless the models did. */
+  async function refreshModels() {
+    if (document.hidden || !state.catalogue) return;
+    let answer;
+    try {
+      answer = await api("models");
+    } catch (error) {
+      return; // the next refresh or user action says what is wrong
+    }
+    if (catalogueKey(answer) !== catalogueKey(state.catalogue.answer)) showModels(answer);
+  }
+
   async function loadModels() {
     setStatus("Loading the served models…");
     let answer;
@@ -215,6 +239,11 @@
       if (!error.auth) setStatus("Could not read the served models: " + error.message, "bad");
       return false;
     }
+    showModels(answer);
+    return true;
+  }
+
+  function showModels(answer) {
     state.catalogue = buildCatalogue(answer);
     const n = answer.models.length;
     const missing = Object.keys(answer.missing || {});
@@ -223,7 +252,6 @@
     setStatus(text + ".", answer.ready ? "ok" : "warn");
     renderFamilies();
     performance.mark("cellmfg:models-shown"); // when the page became usable (read by the browser tests)
-    return true;
   }
 
   function renderFamilies() {
@@ -1278,6 +1306,8 @@
       tab.addEventListener("keydown", onTabKey);
     }
     $("design-form").addEventListener("submit", onDesign);
+    window.addEventListener("focus", refreshModels);
+    setInterval(refreshModels, CATALOGUE_REFRESH_MS);
     loadModels();
   }
 
