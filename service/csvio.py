@@ -199,13 +199,20 @@ def _column_values(cells: list[str]) -> np.ndarray:
     return values
 
 
-def _number(cell: str) -> float:
+def parsed_number(cell: str) -> float | None:
+    """The number a CSV cell holds, or None. Digits 0-9 only: float() also reads "1_000" and Arabic-Indic or
+    full-width digits. "nan" and "inf" are numbers here; the range checks refuse them with their own message."""
     if "_" in cell or not cell.isascii():
-        return math.nan
+        return None
     try:
         return float(cell)
     except ValueError:
-        return math.nan
+        return None
+
+
+def _number(cell: str) -> float:
+    value = parsed_number(cell)
+    return math.nan if value is None else value
 
 
 def _cell_problem(cell: str, column: FeatureColumn) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cellmfg.domain import TARGETS, feature_columns
+from service.csvio import parsed_number
 from service.guards import CSV_MEDIA_TYPES, media_type
 from service.ledger import OutcomeItem, OutcomesRejectedError, OutcomeTable
 from service.schemas import MAX_ERRORS_REPORTED
@@ -104,9 +105,11 @@ def _parse_csv(data: bytes) -> tuple[list[OutcomeItem], list[int]]:
         values: dict[str, float] = {}
         for target in targets:
             if row[target]:
-                number = _number(row[target])
+                # The prediction CSV's rule ("nan"/"inf" pass here; the ledger refuses them with the other problems).
+                number = parsed_number(row[target])
                 if number is None:
-                    problems.append(_line_problem(line, target, f"{row[target]!r} is not a number"))
+                    hint = " (write digits as 0-9)" if not row[target].isascii() else ""
+                    problems.append(_line_problem(line, target, f"{row[target]!r} is not a number{hint}"))
                     continue
                 values[target] = number
         units = {t: row[f"{t}_unit"] for t in values if row.get(f"{t}_unit")}
@@ -136,13 +139,6 @@ def _parse_csv(data: bytes) -> tuple[list[OutcomeItem], list[int]]:
     if not items:
         raise OutcomesInputError("the CSV has no data rows", [_line_problem(2, None, "no data rows")])
     return items, lines
-
-
-def _number(cell: str) -> float | None:
-    try:
-        return float(cell)  # "nan" and "inf" are numbers here: the ledger refuses them with the other problems
-    except ValueError:
-        return None
 
 
 def _line_problem(line: int, column: str | None, message: str) -> dict[str, Any]:
