@@ -27,6 +27,7 @@ from service.design_schemas import DesignBound, DesignTarget, design_problem  # 
 from service.explain import Explainers
 from service.guards import CSV_MEDIA_TYPES, media_type
 from service.ledger import OutcomesRejectedError
+from service.ledger.ids import new_prediction_ids
 from service.model_store import ModelStore, ServedModel
 from service.outcomes import OutcomesInputError, outcomes_csv, parse_outcomes, rejected_body
 from service.predict import Predictor, RequestRejectedError
@@ -38,7 +39,6 @@ from service.recording import (
     client_column,
     design_records,
     live_block,
-    new_ids,
 )
 from service.schemas import ModelRequest, use_dataset_provider, use_model_provider
 from service.sources import open_source, redact_strings
@@ -192,7 +192,7 @@ class Answers:
                                   explain=explain, interval=interval))
             if self.recorder is not None and scored.computed is not None:
                 computed = scored.computed
-                ids = new_ids(len(computed.x))
+                ids = new_prediction_ids(len(computed.x))
                 await self._commit(batch_of(
                     computed, ids, endpoint="csv", operator=operator or None,
                     dataset=dataset or computed.answering[0].model.contract.dataset,
@@ -214,7 +214,7 @@ class Answers:
         """Commit the answer's rows to the ledger, then give each answered row its prediction_id."""
         if self.recorder is None:
             return
-        ids = new_ids(len(computed.x))
+        ids = new_prediction_ids(len(computed.x))
         await self._commit(batch_of(computed, ids, endpoint=endpoint, dataset=dataset, operator=operator,
                                     sample_ids=client_column(rows, "sample_id"),
                                     group_ids=client_column(rows, "group_id")))

@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cellmfg.contract import FeatureSpec
 from cellmfg.domain import TARGETS, Kind, targets_for
 from service import metrics
 from service.config import ConfigError, Settings
 from service.ledger import Ledger, LedgerStats, ModelOutputs, PredictionBatch, PredictionOutput, PredictionRecord
-from service.ledger.ids import new_prediction_id, new_prediction_ids
+from service.ledger.ids import new_prediction_id
 from service.ledger.live import DEFAULT_LAST_N, FeatureReference, LiveReport
 from service.model_store import ServedModel
 from service.predict import Computed, conformal_interval
@@ -57,13 +58,8 @@ def feature_references(model: ServedModel) -> dict[str, FeatureReference]:
             for f in model.contract.features}
 
 
-def has_quantiles(feature: Any) -> bool:
-    quantiles = getattr(feature, "train_quantiles", None)
-    return quantiles is not None and len(quantiles) >= 3
-
-
-def new_ids(n: int) -> list[uuid.UUID]:
-    return new_prediction_ids(n)
+def has_quantiles(feature: FeatureSpec) -> bool:
+    return feature.train_quantiles is not None and len(feature.train_quantiles) >= 3
 
 
 def client_column(rows: Sequence[Any], field: str) -> list[str | None] | None:
