@@ -235,3 +235,107 @@ def patch_uvicorn_connection_limits(header_timeout_seconds: float, max_connectio
     H11Protocol.connection_lost = lost  # type: ignore[method-assign]
     H11Protocol.on_response_complete = answered  # type: ignore[method-assign]
     return True
+
+
+# -- uvicorn writes an answer's headers and its body in separate writes
+
+_SINGLE_WRITE = "_cellmfg_single_write"
+# Source hash of the uvicorn 0.54.0 code this fix wraps: RequestResponseCycle.send (h11) writes the status line and
+# headers to the transport at `http.response.start`, and the body, the end of the message and a close at the body.
+H11_SEND_SHA256 = "2c614ef72da05d8260c1c25967c61de767dc56c03d9203074737dca472e06117"
+
+
+class _OneWriteTransport:
+    """Stands in for the connection's transport while an answer is sent: its writes (the held head, the body, the
+    end of the message) are joined and leave as one write when the answer is complete, before a close, or before
+    uvicorn turns to the connection's next request; everything else is the real transport's."""
+
+    def __init__(self, transport: Any, head: bytes) -> None:
+        self.transport = transport
+        self.chunks = [head]
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+    def flush(self) -> None:
+        data = b"".join(self.chunks)
+        self.chunks = []
+        if data:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class _CollectingTransport:
+    """Stands in for the connection's transport while the held start is turned into bytes: writes are collected."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def patch_uvicorn_single_write() -> bool:
+    """Send an answer's status line, headers and body (its first chunk, if streamed) in one write; idempotent, True
+    if this call installed it.
+
+    uvicorn (0.54, h11) writes the headers when the app sends `http.response.start`, and the body when it sends
+    the body, after every middleware between the two has run. A replica killed between them (kill -9, the OOM
+    killer) leaves a torn answer: headers without a body, which no proxy may retry, so the client sees a broken
+    connection (1 of 57,233 requests in issue 27's failover test). Holding the start until the body makes the
+    answer one write: the kernel then has all of it or none of it, and a proxy retries the none (HAProxy's
+    `retry-on empty-response`). An app that fails after its start now answers a plain 500 instead of a torn one."""
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
+    from cellmfg.patch_guard import expect_source
+
+    if getattr(RequestResponseCycle, _SINGLE_WRITE, False):
+        return False
+    expect_source(RequestResponseCycle.send, H11_SEND_SHA256, "service/patches.py (one write per answer)")
+    send = RequestResponseCycle.send
+
+    async def send_in_one_write(self: Any, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            self._cellmfg_held_start = message
+            return
+        held = getattr(self, "_cellmfg_held_start", None)
+        if held is None:
+            await send(self, message)
+            return
+        self._cellmfg_held_start = None
+        transport = self.transport
+        collecting = _CollectingTransport(transport)
+        self.transport = collecting
+        try:
+            await send(self, held)
+        finally:
+            self.transport = transport
+        if self.disconnected:
+            return
+        one_write = _OneWriteTransport(transport, b"".join(collecting.chunks))
+        on_response = self.on_response
+
+        def flush_then_on_response() -> None:
+            one_write.flush()  # before uvicorn handles a pipelined request, which may write an answer of its own
+            on_response()
+
+        self.transport, self.on_response = one_write, flush_then_on_response
+        try:
+            await send(self, message)
+        finally:
+            self.transport, self.on_response = transport, on_response
+            one_write.flush()
+
+    RequestResponseCycle.send = send_in_one_write  # type: ignore[method-assign]
+    setattr(RequestResponseCycle, _SINGLE_WRITE, True)
+    return True

@@ -40,7 +40,12 @@ from service.guards import CSV_ROUTES, RequestGuard, invalid_parameters
 from service.logs import quiet_client_errors, show_service_logs
 from service.metrics import RouteLabels
 from service.openapi import OpenAPIErrorDocs
-from service.patches import patch_bentoml_metric_labels, patch_bentoml_timeout, patch_uvicorn_connection_limits
+from service.patches import (
+    patch_bentoml_metric_labels,
+    patch_bentoml_timeout,
+    patch_uvicorn_connection_limits,
+    patch_uvicorn_single_write,
+)
 from service.schemas import (
     ElectrodeRequest,
     ElectrodeResponse,
@@ -105,6 +110,7 @@ class CellMfgService:
         self.settings = Settings.from_env()
         # uvicorn never times out a connection that has not sent a whole request, nor limits connections
         patch_uvicorn_connection_limits(self.settings.header_timeout_seconds, self.settings.max_connections)
+        patch_uvicorn_single_write()  # and writes an answer's headers and body apart: a crash could tear it
         self.answers: Answers = Answers(self.settings)
         store = self.answers.store
         log.info("cellmfg service: %d/%d models from %s, polling every %g s", len(store.models()), len(store.names),

@@ -101,10 +101,115 @@ def test_the_service_installs_the_patch_when_it_starts(tmp_path: Path) -> None:
         "at_import = TimeoutMiddleware.__call__.__module__\n"
         "with TestClient(CellMfgService.to_asgi()) as client:\n"
         "    assert client.get('/readyz').status_code == 200\n"
-        "    print(at_import, TimeoutMiddleware.__call__.__module__)\n"
+        "    from uvicorn.protocols.http.h11_impl import RequestResponseCycle\n"
+        "    print(at_import, TimeoutMiddleware.__call__.__module__, RequestResponseCycle.send.__module__)\n"
     )
     env = clean_env(CELLMFG_BUNDLE=str(bundle), CELLMFG_POLL_SECONDS="0", BENTOML_HOME=str(tmp_path / "home"))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
                             cwd=PROJECT_ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-2:] == ["bentoml._internal.server.http.traffic", "service.patches"], result.stdout
+    assert result.stdout.split()[-3:] == ["bentoml._internal.server.http.traffic", "service.patches",
+                                          "service.patches"], result.stdout
+
+
+# -- one write per answer (service.patches.patch_uvicorn_single_write), on uvicorn's own h11 protocol
+
+class RecordingTransport(asyncio.Transport):
+    """What uvicorn writes to a connection, one entry per write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 3000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def app_that_works_between_start_and_body(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"11")]})
+    await asyncio.sleep(0.01)  # the middlewares between the two messages, or a preempted worker
+    await send({"type": "http.response.body", "body": b"hello world"})
+
+
+async def app_that_fails_after_its_start(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"11")]})
+    raise RuntimeError("failed between the headers and the body")
+
+
+async def _exchange(app: Any, requests: bytes, answers: int) -> RecordingTransport:
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.server import ServerState
+
+    from service.patches import patch_uvicorn_single_write
+
+    patch_uvicorn_single_write()
+    config = Config(app=app, lifespan="off", log_level="critical")
+    config.load()
+    protocol = H11Protocol(config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(requests)
+    for _ in range(300):
+        if sum(write.startswith(b"HTTP/1.1") for write in transport.writes) >= answers:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    closed_by_the_server = transport.closed
+    protocol.connection_lost(None)
+    transport.closed = closed_by_the_server
+    return transport
+
+
+def test_an_answer_is_one_write_so_a_crash_cannot_tear_it() -> None:
+    """Headers and body leave in one write even when the app does work between them: killed at any moment, the
+    replica has sent all of the answer or none of it (none can be retried by the proxy; a torn one cannot)."""
+    request = b"GET / HTTP/1.1\r\nHost: cellmfg\r\n\r\n"
+    transport = asyncio.run(_exchange(app_that_works_between_start_and_body, request * 2, answers=2))
+    answers = [write for write in transport.writes if write]
+    assert len(answers) == 2, transport.writes
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nhello world"), answer
+    assert not transport.closed  # keep-alive as before
+
+
+def test_a_connection_close_still_follows_the_answer() -> None:
+    request = b"GET / HTTP/1.1\r\nHost: cellmfg\r\nConnection: close\r\n\r\n"
+    transport = asyncio.run(_exchange(app_that_works_between_start_and_body, request, answers=1))
+    answers = [write for write in transport.writes if write]
+    assert len(answers) == 1 and answers[0].endswith(b"hello world"), transport.writes
+    assert transport.closed
+
+
+def test_an_app_failing_after_its_start_answers_a_whole_500_not_torn_headers() -> None:
+    request = b"GET / HTTP/1.1\r\nHost: cellmfg\r\n\r\n"
+    transport = asyncio.run(_exchange(app_that_fails_after_its_start, request, answers=1))
+    answers = [write for write in transport.writes if write]
+    assert len(answers) == 1 and answers[0].startswith(b"HTTP/1.1 500 "), transport.writes
+    assert answers[0].endswith(b"Internal Server Error\r\n0\r\n\r\n") and transport.closed  # whole, then closed
+
+
+def test_the_single_write_patch_is_installed_once() -> None:
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
+    from service.patches import patch_uvicorn_single_write
+
+    patch_uvicorn_single_write()
+    assert patch_uvicorn_single_write() is False
+    assert RequestResponseCycle.send.__module__ == "service.patches"

@@ -5,7 +5,9 @@ from an MLflow server that proxies the artefacts (replicas fetch models over HTT
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import signal
 import subprocess
 import time
@@ -87,10 +89,13 @@ def replicas_behind_haproxy(tmp_path: Path) -> Iterator[tuple[list[ServerProcess
 
 
 def _kill_tree(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL to a replica and every process it forked: the whole replica dies at once, as in a crash."""
-    root = psutil.Process(process.pid)
-    for member in [root, *root.children(recursive=True)]:
-        member.kill()
+    """SIGKILL to a replica and every process it forked: the whole replica dies at once, as in a crash (one killpg
+    to its session's process group, so no worker outlives its arbiter for a moment and answers on its own)."""
+    members = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGKILL)
+    for member in members:  # a member that left the group (none does today) still dies
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
 
 
 @pytest.mark.integration
