@@ -418,3 +418,40 @@ def test_cli_design_exit_codes(bundle: Path) -> None:
     assert "targets.mass_loading_mg_cm2.tolerance_pct" in bad.stderr and "fixed.solid_content_pct" in bad.stderr
     both = _cli("--chemistry", "nmc", "--dataset", "gdl1000", "--target", "tortuosity=1.5", "--bundle", str(bundle))
     assert both.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["design", "predict"])
+def test_a_given_bundle_wins_over_a_registry_in_the_environment(command: str, bundle: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One model-source rule for the offline commands (service.commands.offline): `--bundle` is what the user asked
+    for, so a registry in MLFLOW_TRACKING_URI is not consulted, for `cellmfg design` as for `cellmfg predict`."""
+    import service.commands.design
+    import service.commands.predict
+
+    module = service.commands.design if command == "design" else service.commands.predict
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://registry.invalid:5000")
+    chosen: list[Any] = []
+    real_predictor = module.offline_predictor
+
+    def recording_predictor(settings: Any) -> Any:
+        chosen.append(settings)
+        return real_predictor(settings)
+
+    monkeypatch.setattr(module, "offline_predictor", recording_predictor)
+    if command == "design":
+        result = _cli("--chemistry", "nmc", "--target", "mass_loading_mg_cm2=14", "--bundle", str(bundle), "-k", "1",
+                      "--no-explain")
+    else:
+        import typer
+
+        from service.cli import predict
+
+        csv = bundle.parent / "rows.csv"
+        columns = feature_columns("electrode")
+        csv.write_text(",".join(columns) + "\n" + ",".join(str(DATASETS["nmc"].ranges[c][0]) for c in columns) + "\n")
+        app = typer.Typer()
+        app.command("predict")(predict)
+        app.command("unused")(lambda: None)
+        result = CliRunner().invoke(app, ["predict", "--chemistry", "nmc", "--csv", str(csv), "--bundle", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert [(s.bundle, s.tracking_uri) for s in chosen] == [(bundle.resolve(), None)]
