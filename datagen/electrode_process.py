@@ -59,7 +59,7 @@ MATERIAL_DENSITIES_G_CM3: dict[str, float] = {
     "water": 1.00,
     "nmp": 1.03,
 }
-_MATERIAL_SOURCES: dict[str, str] = {
+MATERIAL_SOURCES: dict[str, str] = {
     "graphite": "handbook value (CRC Handbook of Chemistry and Physics: graphite 2.09–2.26; crystalline 2.26)",
     "silicon": "handbook value (CRC Handbook: crystalline Si 2.33)",
     "nmc111": "typical value for LiNi1/3Mn1/3Co1/3O2 powder (crystallographic ≈ 4.75–4.8; 4.6–4.8 in the "
@@ -293,7 +293,7 @@ SCATTER: dict[str, ScatterConstants] = {
 }
 
 SOURCES: dict[str, str] = {
-    **{f"density:{name}": text for name, text in _MATERIAL_SOURCES.items()},
+    **{f"density:{name}": text for name, text in MATERIAL_SOURCES.items()},
     **{f.name: str(f.metadata["source"]) for f in fields(ChemistryConstants)},
     **{f.name: str(f.metadata["source"]) for f in fields(ScatterConstants)},
     "wet_film_factor_bounds": "typical value: a comma coater transfers between half the gap (pure drag flow under "
@@ -304,7 +304,7 @@ SOURCES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class _DesignPlan:
+class DesignPlan:
     """How the simulated lab chose its runs: design choices, not physics (documented in the data card)."""
 
     sheets: int  # coated sheets (= slurry batches) in the campaign
@@ -322,20 +322,20 @@ class _DesignPlan:
     max_roll_strain: float  # deepest nominal thickness reduction asked of a coating (roll gap ≥ foil + (1 − it)·t0)
 
 
-_DESIGN_PLANS: dict[str, _DesignPlan] = {
-    "graphite": _DesignPlan(
+DESIGN_PLANS: dict[str, DesignPlan] = {
+    "graphite": DesignPlan(
         sheets=52, am_step=0.1, solids_step=0.1, solids_beta=(1.6, 1.0), comma_gap_step_um=5.0,
         coating_speed_step_m_min=0.1, pieces_weights=(0.25, 0.5, 0.25), replicates=(2, 4),
         fast_roll_probability=0.35, roll_gap_mean_um=70.0, roll_gap_position=(0.3, 0.7), roll_gap_cap_ratio=1.05,
         max_roll_strain=0.8,
     ),
-    "si_gra": _DesignPlan(
+    "si_gra": DesignPlan(
         sheets=16, am_step=0.1, solids_step=0.1, solids_beta=(1.2, 1.0), comma_gap_step_um=5.0,
         coating_speed_step_m_min=0.1, pieces_weights=(0.4, 0.6), replicates=(2, 4),
         fast_roll_probability=0.4, roll_gap_mean_um=58.0, roll_gap_position=(0.3, 0.7), roll_gap_cap_ratio=1.05,
         max_roll_strain=0.8,
     ),
-    "nmc": _DesignPlan(
+    "nmc": DesignPlan(
         sheets=17, am_step=0.1, solids_step=0.1, solids_beta=(1.0, 1.0), comma_gap_step_um=5.0,
         coating_speed_step_m_min=0.1, pieces_weights=(0.4, 0.6), replicates=(2, 4),
         fast_roll_probability=0.4, roll_gap_mean_um=62.0, roll_gap_position=(0.3, 0.7), roll_gap_cap_ratio=0.95,
@@ -343,37 +343,6 @@ _DESIGN_PLANS: dict[str, _DesignPlan] = {
     ),
 }
 
-_EQUATIONS = """\
-- Dry mass fractions: w_AM = am_wt_pct/100 (Si-Gra: w_AM = 0.91, Si share x_Si = am_wt_pct/100 of the AM);
-  binder w_b = b'·(1 − w_AM), b' = b + k_si,b·x_Si; carbon black w_cb = (1 − b')·(1 − w_AM).
-- Solid density ρ_s = 1 / Σ_i (w_i / ρ_i); slurry density ρ_sl = 1 / (s/ρ_s + (1 − s)/ρ_solvent), s = real solid
-  content (nominal + batch offset Δs).
-- Solids volume fraction φ = (s/ρ_s)/(s/ρ_s + (1 − s)/ρ_solvent); relative viscosity = particles (Krieger–Dougherty)
-  × dissolved binder: η_r = (1 − φ/φ_m)^(−[η]'·φ_m) · (c_b/c_b,ref)^n_b, [η]' = [η]·(1 + k_si,η·x_Si),
-  c_b = w_b·s/(w_b·s + 1 − s) the binder's mass fraction in the liquid (c_b,ref at s_ref and w_b,ref); times the
-  batch factor exp(z·σ_η).
-- Wet-film factor f = clip(f_ref·(η_r/η_r,ref)^(−a_η) − k_f·(v − v_ref), 0.50, 1.00) · exp(z_run·σ_run + d_k), d_k the
-  campaign drift of sheet k (AR(1), stationary sd σ_drift, lag-1 correlation ρ_drift); η_r,ref the coater's
-  reference slurry (s_ref, w_b,ref, no Si): a thicker slurry transfers less of the gap.
-- Wet film h_wet = f · (comma gap + Δgap) [µm], Δgap the coater's zero offset for this run.
-- Dry loading m_dry = 0.1 · h_wet · ρ_sl · s [mg/cm²]; **AM mass loading** m_AM = w_AM · m_dry (independent of
-  calendering).
-- Porosity of the electrode from its two porous phases, per gram of solids (v_AM = w_AM/ρ_AM, v_CBD = w_b/ρ_b +
-  w_cb/ρ_cb): P(ε_f) = V_p/(V_p + v_AM + v_CBD), V_p = v_AM·ε_f/(1 − ε_f) + v_CBD·ε_CBD/(1 − ε_CBD), ε_f the
-  active-material frame's porosity.
-- Dry porosity ε0 = P(ε0_ref + k_ε·(s_ref − s) + k_si,ε0·x_Si + Δε0 (batch)); dry thickness t0 = 10 · m_dry /
-  (ρ_s · (1 − ε0)) [µm].
-- Squeeze Δ = w · ln(1 + exp((t0 + t_foil − roll gap)/w)) [µm]; nominal strain δ = (Δ / t0) · (u_ref/u)^β, u the roll
-  speed.
-- Nip porosity ε_nip = ε_min' + (ε0 − ε_min')·exp(−δ/δ_c), ε_min' = P(ε_min + k_si,ε·x_Si) (saturates as the gap
-  closes; the carbon-binder nanopores stay open).
-- Nip thickness t_nip = t0·(1 − ε0)/(1 − ε_nip); spring-back t = t_nip + r_sb'·(t0 − t_nip), r_sb' = (r_sb +
-  k_si,sb·x_Si)·exp(z·σ_sb) (per sheet). The calendered porosity is therefore never below ε_min'.
-- **Density** ρ = ρ_s · (1 − ε0) · t0 / t [g/cm³] (coating only, foil excluded, as in the paper).
-- Measured disc: m_obs = m_AM·exp(z·σ_punch); ρ_obs = ρ·exp(z·σ_punch)·t/(t + z_t·σ_t)·exp(z·σ_ρ) (the disc's own
-  areal mass over its gauged thickness, at the sheet's calendered porosity); in a fraction p_out of rows per target
-  a gross error multiplies the value by 1 ± U(e_out) (density: only downward); targets rounded to 4 decimals.
-"""
 
 
 @dataclass(frozen=True)
@@ -566,7 +535,7 @@ def _stratified(rng: np.random.Generator, count: int) -> np.ndarray:
 def _sheet_plan(chemistry: str, rng: np.random.Generator) -> pd.DataFrame:
     """The campaign's sheets in coating order: formulation, comma gap and web speed, rounded as written to CSV."""
     spec = DATASETS[chemistry]
-    plan = _DESIGN_PLANS[chemistry]
+    plan = DESIGN_PLANS[chemistry]
     ranges = spec.ranges
     n = plan.sheets
 
@@ -603,7 +572,7 @@ def _sheet_plan(chemistry: str, rng: np.random.Generator) -> pd.DataFrame:
 
 def _pieces(chemistry: str, rng: np.random.Generator) -> list[list[int]]:
     """Replicate counts per calendered piece, per sheet, summing exactly to the paper's row count."""
-    plan = _DESIGN_PLANS[chemistry]
+    plan = DESIGN_PLANS[chemistry]
     rows = DATASETS[chemistry].paper_rows
     lo, hi = plan.replicates
     weights = np.asarray(plan.pieces_weights) / sum(plan.pieces_weights)
@@ -665,7 +634,7 @@ def design_campaign(chemistry: str, design_rng: np.random.Generator, effects_rng
     """
     _require_chemistry(chemistry)
     spec = DATASETS[chemistry]
-    plan = _DESIGN_PLANS[chemistry]
+    plan = DESIGN_PLANS[chemistry]
     sheets = _sheet_plan(chemistry, design_rng)
     pieces = _pieces(chemistry, design_rng)
     effects = _sheet_effects(chemistry, len(sheets), effects_rng)
@@ -782,119 +751,3 @@ def generate_electrode(chemistry: str, seed: int) -> pd.DataFrame:
     frame.insert(0, GROUP_ID, [group_label(chemistry, int(k)) for k in campaign.sheet])
     frame.insert(0, SAMPLE_ID, [f"{chemistry}-{i:04d}" for i in range(1, rows + 1)])
     return frame[list(COLUMNS)]
-
-
-def _format_value(value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, tuple):
-        return ", ".join(_format_value(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-# Typical published ranges of calendered lab electrodes, for the data card's comparison table. Approximate, from the
-# calendering and electrode-design literature; our own reading, not numbers from the paper.
-LITERATURE_RANGES: dict[tuple[str, str], str] = {
-    ("graphite", DENSITY.column): "≈ 0.85–1.0 (uncalendered) – 1.7; typical calendered 1.3–1.6",
-    ("graphite", MASS_LOADING.column): "≈ 2–15 (lab coatings; 5–12 typical)",
-    ("si_gra", DENSITY.column): "≈ 0.7–1.5 for lab nano-Si/graphite (Si packs loosely and resists compaction; "
-                                "Si anodes are left ≈ 40–55 % porous to buffer the Si swelling)",
-    ("si_gra", MASS_LOADING.column): "≈ 2–10",
-    ("nmc", DENSITY.column): "≈ 2.2–2.5 (uncalendered) – 3.5/3.6 (max); typical 2.8–3.4",
-    ("nmc", MASS_LOADING.column): "≈ 5–35 typical; the paper's widest gaps (comma 400 µm, roll gap up to 206 µm) "
-                                  "imply coatings near 40",
-}
-
-
-def data_card_section() -> str:
-    """Markdown for the data card: every constant and random effect with value, unit and source, plan, equations."""
-    lines = [
-        "### Electrode process model",
-        "",
-        "The `graphite`, `si_gra` and `nmc` sets are synthetic: a lab campaign of coated sheets over the paper's "
-        "feature ranges, targets from the process model below evaluated at each sheet's *actual* state (nominal "
-        "settings plus the random effects further down), then per-disc measurement scatter and a few gross errors. "
-        "`mass_loading_mg_cm2` is the active-material loading.",
-        "",
-        "#### Material densities",
-        "",
-        "| material | density (g/cm³) | source |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {name} | {value:g} | {_MATERIAL_SOURCES[name]} |"
-              for name, value in MATERIAL_DENSITIES_G_CM3.items()]
-    names = list(CHEMISTRIES)
-    lines += [
-        "",
-        "#### Per-chemistry constants",
-        "",
-        "| constant | symbol | unit | " + " | ".join(names) + " | source |",
-        "|---|---|---|" + "---|" * len(names) + "---|",
-    ]
-    for f in fields(ChemistryConstants):
-        if f.name == "name":
-            continue
-        values = " | ".join(_format_value(getattr(CHEMISTRIES[n], f.name)) for n in names)
-        lines.append(f"| {f.name} | {f.metadata['symbol']} | {f.metadata['unit']} | {values} | "
-                     f"{f.metadata['source']} |")
-    low, high = WET_FILM_FACTOR_BOUNDS
-    lines.append(f"| wet_film_factor_bounds | - | 1 | {low:g}–{high:g} (all) | | | "
-                 f"{SOURCES['wet_film_factor_bounds']} |")
-    lines += [
-        "",
-        "#### Random effects (scatter), each with its magnitude and source",
-        "",
-        "Standard deviations of normal draws (`ln units`: of a log-normal factor, ≈ relative sd). `sheet` effects are "
-        "drawn once per coated sheet (its slurry batch and coater run) and shared by all its rows; `campaign` "
-        "effects drift slowly across consecutive sheets; `disc` effects are drawn per measured row.",
-        "",
-        "| effect | level | unit | " + " | ".join(names) + " | source |",
-        "|---|---|---|" + "---|" * len(names) + "---|",
-    ]
-    for f in fields(ScatterConstants):
-        values = " | ".join(_format_value(getattr(SCATTER[n], f.name)) for n in names)
-        lines.append(f"| {f.name} | {f.metadata['level']} | {f.metadata['unit']} | {values} | "
-                     f"{f.metadata['source']} |")
-    lines += [
-        "",
-        "#### Design of experiments (our choices, mimicking lab practice)",
-        "",
-        "| setting | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for f in fields(_DesignPlan):
-        values = " | ".join(_format_value(getattr(_DESIGN_PLANS[n], f.name)) for n in names)
-        lines.append(f"| {f.name} | {values} |")
-    lines += [
-        "",
-        "Formulations (AM wt%, solid content), comma gaps and (NMC) web speeds are drawn per sheet by Latin-hypercube "
-        "stratification over the paper's ranges (solid content through a Beta quantile), so every sheet has its own "
-        "recipe; the range ends occur exactly. Each sheet is cut into 1–3 pieces calendered at different roll gaps "
-        "and/or speeds, and each piece is punched into 2–4 discs (rows), summing to the paper's row count. Roll gaps "
-        "lie between the deepest squeeze the lab asks of a coating (coated foil − max_roll_strain · t0) and a cap "
-        "tied to the sheet's measured coated-foil thickness, and aim at the paper's mean gap, so most pieces are "
-        "really compacted (thickness reduction ≥ 10 %) while a few are only lightly calendered.",
-        "",
-        "#### Why the targets differ from the source",
-        "",
-        "A graphite-trained model meets three different lines. **Si-Gra** is a graphite anode slurry with 8–15 wt% "
-        "nano-Si in 91 wt% active material: the Si thickens the slurry (higher intrinsic viscosity), takes binder "
-        "(the additives shift from carbon black to Na-CMC, which also thickens the liquid), so the comma transfers "
-        "less of the gap; its dried film is looser and the hard Si resists compaction and springs back, so Si-Gra "
-        "electrodes are less dense than graphite at the same settings, and more so as Si rises. Its `am_wt_pct` "
-        "column is the Si share, a different quantity from graphite's active-material fraction. **NMC111** runs on "
-        "another coater (its own wet-film transfer, reference speed and speed slope), from NMP/PVDF slurries at "
-        "42–66 % solids of a 4.7 g/cm³ powder onto 22 µm aluminium: loadings are higher and broader, the dried "
-        "film starts denser, the hard particles densify less per unit squeeze and spring back less, and the "
-        "electrode ends at 2.2–3.4 g/cm³. In every chemistry the carbon-binder domain keeps its nanopores through "
-        "calendering, so recipes with more additive are less dense. None of these differences is visible to a "
-        "model trained on graphite alone, which is what makes zero-shot prediction fail and transfer worth "
-        "measuring.",
-        "",
-        "#### Equations",
-        "",
-        _EQUATIONS,
-    ]
-    return "\n".join(lines)

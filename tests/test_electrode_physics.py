@@ -18,6 +18,7 @@ import pytest
 
 from cellmfg.domain import DATASETS
 from datagen.calibration import random_forest_scores
+from datagen.card import electrode_section
 from datagen.electrode_process import (
     CHEMISTRIES,
     COLUMNS,
@@ -30,7 +31,6 @@ from datagen.electrode_process import (
     SOURCES,
     ChemistryConstants,
     ScatterConstants,
-    data_card_section,
     density_cap,
     design_of_experiments,
     generate_electrode,
@@ -487,7 +487,7 @@ def test_measured_loading_follows_comma_gap_and_solid_content(
 
 
 def test_every_constant_has_a_source_and_is_on_the_data_card() -> None:
-    card = data_card_section()
+    card = electrode_section()
     for name, value in MATERIAL_DENSITIES_G_CM3.items():
         assert SOURCES[f"density:{name}"]
         assert f"| {name} | {value:g} |" in card

@@ -394,7 +394,9 @@ def test_domains_are_the_papers_footprints_scaled_alike() -> None:
         assert voxel == pytest.approx(diameter / VOXELS_PER_DIAMETER)  # every fibre resolved alike
         for x, y in DOMAINS.values():
             assert gdl._grid_shape((x, y), 100.0, voxel)[0] * voxel == pytest.approx(x, abs=voxel)
-    card = gdl.data_card_section()
+    from datagen.card import gdl_section
+
+    card = gdl_section()
     assert "2000 × 200" in card and f"d/{VOXELS_PER_DIAMETER}" in card and "periodic" in card
 
 
