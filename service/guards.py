@@ -172,12 +172,11 @@ class RequestGuard:
                                                 "body as application/json (or text/csv: a header line, then one "
                                                 "row per line)")
                     return
-            # --- design: the recipe-design routes take JSON only, refused here like the others (service.design) ---
+            # The recipe-design routes take JSON only (a design request has no CSV form).
             elif path.startswith("/design/") and body_type not in ("", "application/json"):
                 await send_error(send, 415, f"Content-Type {body_type!r} is not accepted: send the design request "
                                             "as application/json")
                 return
-            # --- end design ---
             if body_type not in CSV_MEDIA_TYPES and (path.startswith("/predict/") or path.startswith("/design/")):
                 await self._json_body(scope, receive, send, path)
                 return

@@ -64,11 +64,10 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
                 for status, description in _BODY_ERRORS.items():
                     responses[status] = {"description": description,
                                          "content": {"application/json": {"schema": _ERROR_REF}}}
-                # --- design: no recipe meets the targets (service.design) ---
+                # A design whose targets no recipe meets is a 422 (service.design), documented beside the 400s.
                 if path.startswith("/design/"):
                     responses["422"] = {"description": _INFEASIBLE_DESIGN,
                                         "content": {"application/json": {"schema": _ERROR_REF}}}
-                # --- end design ---
             if any(parameter.get("in") == "query" for parameter in operation.get("parameters", [])):
                 # A bad or missing query parameter is answered 400 in the service's shape
                 # (service.guards.invalid_parameters), never with FastAPI's 422 list.
