@@ -29,6 +29,9 @@ CONTRACT_ARTIFACT = "contract.json"
 PROMOTION_INPUTS_ARTIFACT = "promotion_inputs.json"  # written by training, read by the registry to build a contract
 ONNX_METADATA_KEY = "cellmfg_contract"
 ONNX_INPUT_NAME = "features"
+# An ensemble graph's outputs: the members' mean (what is served as the prediction) and their standard deviation.
+ONNX_PREDICTION_NAME = "prediction"
+ONNX_SPREAD_NAME = "spread"
 
 
 class ContractError(ValueError):
@@ -101,6 +104,30 @@ class Conformal(_Strict):
         default=None, description="mean (upper - lower) / |prediction| of those clipped intervals: the width a "
         "user can expect")
     n_evaluated: int | None = None
+    # Recipe-dependent width (normalised split-conformal). With scale "spread" the interval is
+    # p ± spread_quantile·(σ(x) + spread_offset·|p|), σ(x) the ensemble members' standard deviation (the graph's
+    # spread output); with "constant" it is p ± relative_quantile·|p| as before. Contracts written before ensembles
+    # carry none of these fields and mean "constant".
+    scale: Literal["constant", "spread"] = Field(
+        default="constant", description="what the served interval's width follows: a constant share of the "
+        "prediction, or the ensemble spread of this recipe (see scale_reason)")
+    scale_reason: str | None = Field(
+        default=None, description="why this scale was chosen: the stated rule and its figures on validation data")
+    ensemble_members: int | None = Field(default=None, description="nets averaged into the prediction")
+    spread_quantile: float | None = Field(
+        default=None, description="conformal quantile of |y - p| / (σ + spread_offset·|p|) over calibration groups")
+    spread_offset: float | None = Field(
+        default=None, description="added relative spread (median σ/|p| of the calibration rows), so a recipe on "
+        "which the members happen to agree still gets an interval")
+    constant_measured_coverage: float | None = Field(
+        default=None, description="held-out coverage of the constant-width interval (same splits, same model)")
+    constant_mean_relative_width: float | None = None
+    spread_measured_coverage: float | None = Field(
+        default=None, description="held-out coverage of the spread-scaled interval (same splits, same model)")
+    spread_mean_relative_width: float | None = None
+
+    def uses_spread(self) -> bool:
+        return self.scale == "spread" and self.spread_quantile is not None and self.spread_offset is not None
 
 
 class BaseModelRef(_Strict):
@@ -129,6 +156,8 @@ class Contract(_Strict):
     target: TargetSpec
     input_name: str = ONNX_INPUT_NAME
     output_name: str
+    # The graph output carrying the ensemble spread per row (None: a single net, no spread)
+    spread_output_name: str | None = None
     features: list[FeatureSpec]
     metrics: Metrics
     conformal: Conformal

@@ -38,6 +38,7 @@ COMMANDS: tuple[tuple[str, str, str, str], ...] = (
     ("service.cli", "serve", "serve", "Start the prediction service (BentoML + onnxruntime)."),
     ("service.cli", "predict", "predict", "Score a CSV with the served ONNX models, offline (no server)."),
     ("service.cli", "design", "design", "Find the settings that give a wanted electrode or GDL, offline."),
+    ("service.cli", "suggest", "suggest", "Suggest the next experiments (largest ensemble spread), offline."),
 )
 
 # Loggers of libraries that print INFO/WARNING lines a user of the command line need not read.

@@ -41,16 +41,41 @@ def promote_command(
     zero_shot_fallback: Annotated[bool, typer.Option(
         help="When a transfer does not beat its pretrained net as is, serve that net for the target instead.")]
     = True,
+    alias: Annotated[str, typer.Option(
+        help="Alias to move: champion (served), or challenger (scored in shadow beside the champion; its "
+             "features must be the champion's).")] = "champion",
+    challenger: Annotated[str | None, typer.Option(
+        help="Instead of --model: make this model's challenger champion if the live comparison on the line's "
+             "measurements shows it better (interval excluding 0), e.g. --challenger density_nmc.")] = None,
+    override: Annotated[bool, typer.Option(help="With --challenger: promote even when the live comparison does "
+                                                "not show it better; needs --reason.")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why --override (recorded as a tag on the version).")] = None,
+    ledger_url: Annotated[str | None, typer.Option(
+        help="With --challenger: the service that scores both (its GET /models/NAME/challenge); default "
+             "$CELLMFG_SERVICE_URL, else http://127.0.0.1:3000. $CELLMFG_API_TOKEN is sent when set.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export to ONNX, pass the parity and metric gates, register `{name}_onnx` and move `champion`; print the
-    chemistry (or GDL dataset) and the endpoints the model answers at."""
+    """Export to ONNX, pass the parity and metric gates, register `{name}_onnx` and move `champion` (or
+    `challenger`); print the chemistry (or GDL dataset) and the endpoints the model answers at. With
+    --challenger: the live gate instead (see `--challenger`)."""
     from cellmfg.domain import MODEL_NAMES
 
+    if challenger is not None:
+        if model is not None or all_models or version is not None:
+            _fail("--challenger takes no --model, --all or --version: it promotes the version holding the "
+                  "challenger alias", 2)
+        _promote_challenger(challenger, override, reason, ledger_url, as_json)
+        return
+    if override or reason is not None or ledger_url is not None:
+        _fail("--override, --reason and --ledger-url apply to --challenger", 2)
+    if alias not in ("champion", "challenger"):
+        _fail(f"--alias {alias!r}: allowed: champion, challenger", 2)
     if all_models == (model is not None):
         _fail("give exactly one of --model NAME or --all", 2)
     if all_models and version is not None:
         _fail("--version applies to one --model, not --all", 2)
+    if all_models and alias != "champion":
+        _fail("--alias challenger applies to one --model (a challenger from `train from-ledger`), not --all", 2)
     promote = _setup()
     names = list(MODEL_NAMES) if all_models else []
     if model is not None:
@@ -63,13 +88,15 @@ def promote_command(
     for name in names:
         try:
             try:
-                result = promote.promote(name, version)
+                result = promote.promote(name, version, alias)
             except promote.ZeroShotGateError as error:
                 if not zero_shot_fallback:
                     raise
                 err.print(f"{escape(f'{name}: {error}')}; serving the pretrained net as is instead",
                           highlight=False, soft_wrap=True)
-                result = promote.promote_zero_shot(name, version)
+                result = promote.promote_zero_shot(name, version, alias)
+        except promote.ChallengerInputError as error:
+            _fail(f"{name}: {error}", 2)
         except promote.GateError as error:
             failures.append({"name": name, "error": str(error)})
             err.print(f"[red]{escape(f'{name}: {error}')}[/]", highlight=False, soft_wrap=True)
@@ -77,8 +104,13 @@ def promote_command(
         results.append(result.to_json())
         if not as_json:
             if result.skipped:
-                print(f"{name}: version {result.keras_version} is already champion ({result.onnx_name} "
+                print(f"{name}: version {result.keras_version} is already {result.alias} ({result.onnx_name} "
                       f"v{result.onnx_version}); nothing to do")
+            elif result.alias == "challenger":
+                print(f"{name}: v{result.keras_version} → {result.onnx_name} v{result.onnx_version} @challenger "
+                      f"(parity {result.parity_max_relative_error:.1e}); the service scores it in shadow from its "
+                      f"next poll: GET /models/{result.onnx_name}/challenge")
+                continue
             else:
                 print(f"{name}: v{result.keras_version} → {result.onnx_name} v{result.onnx_version} @champion "
                       f"(parity {result.parity_max_relative_error:.1e}, test MAPE {result.test_mape_pct:.2f}%"
@@ -92,6 +124,64 @@ def promote_command(
         print(f"{len(results)} promoted, {len(failures)} failed in {seconds:.1f} s")
     if failures:
         raise typer.Exit(1)
+
+
+def _promote_challenger(name: str, override: bool, reason: str | None, ledger_url: str | None,
+                        as_json: bool) -> None:
+    """`promote --challenger NAME`: check the registry, read the service's live comparison, gate, move aliases."""
+    import os
+
+    if override and not (reason or "").strip():
+        _fail("--override needs --reason \"why\" (recorded on the version)", 2)
+    if reason is not None and not override:
+        _fail("--reason goes with --override", 2)
+    promote = _setup()
+    try:
+        promote.challenger_versions(name)
+        url = ledger_url or os.environ.get("CELLMFG_SERVICE_URL") or "http://127.0.0.1:3000"
+        comparison, compared = live_comparison(url, promote.onnx_name(promote.keras_name(name)),
+                                               os.environ.get("CELLMFG_API_TOKEN"))
+        result = promote.promote_challenger(name, comparison, compared, reason.strip() if override and reason
+                                            else None)
+    except promote.ChallengerInputError as error:
+        _fail(str(error), 2)
+    except (promote.LiveGateError, LiveComparisonUnavailableError) as error:
+        _fail(str(error), 1)
+    if as_json:
+        print(json.dumps(result.to_json()))
+        return
+    how = f"override: {result.override_reason}" if result.override_reason else result.reason
+    print(f"{result.onnx_name}: challenger v{result.champion_version} is champion (previous v{result.previous_version})"
+          f"; {how}")
+
+
+class LiveComparisonUnavailableError(RuntimeError):
+    """The service's live comparison could not be read."""
+
+
+def live_comparison(service_url: str, onnx_model: str, token: str | None) -> tuple[Any, tuple[str, str]]:
+    """The service's paired comparison of `onnx_model`'s champion and challenger (GET /models/NAME/challenge), and
+    the (champion, challenger) versions it is about."""
+    import httpx
+
+    from cellmfg.challenge import LiveComparison
+
+    url = f"{service_url.rstrip('/')}/models/{onnx_model}/challenge"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.get(url, headers=headers, timeout=60)
+    except httpx.HTTPError as error:
+        raise LiveComparisonUnavailableError(f"cannot read the live comparison at {url} ({type(error).__name__}: "
+                                             f"{error}); give the service's address with --ledger-url") from error
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text[:300]}
+    if response.status_code != 200:
+        raise LiveComparisonUnavailableError(f"{url} answered {response.status_code}: {body.get('error', body)}")
+    fields = set(LiveComparison.model_fields)
+    comparison = LiveComparison.model_validate({k: v for k, v in body.items() if k in fields})
+    return comparison, (str(body["champion"]["version"]), str(body["challenger"]["version"]))
 
 
 @app.command("rollback")

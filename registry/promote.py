@@ -34,9 +34,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from cellmfg import contract as contracts
+from cellmfg.challenge import LiveComparison
 from cellmfg.endpoints import Serving
 
-CHAMPION, PREVIOUS = "champion", "previous"
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 ONNX_SUFFIX = "_onnx"
 OPSET = 17
 PARITY_RTOL = 1e-5
@@ -51,6 +52,15 @@ class ZeroShotGateError(GateError):
     """A transfer model did not beat its own pretrained net applied as is."""
 
 
+class ChallengerInputError(GateError):
+    """A challenger that cannot be judged as asked (unknown model, no challenger, another contract than the
+    champion's, no outcomes yet); nothing changed in the registry."""
+
+
+class LiveGateError(GateError):
+    """The live comparison does not show the challenger better; the champion stays (the comparison is logged)."""
+
+
 @dataclass(frozen=True)
 class Promotion:
     name: str
@@ -62,6 +72,7 @@ class Promotion:
     test_mape_pct: float
     serving: Serving  # where the champion answers: the kind's endpoint for its dataset, and its own route
     skipped: bool = False
+    alias: str = CHAMPION  # the alias moved: champion, or challenger (served in shadow beside the champion)
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "serving": self.serving.to_json()}
@@ -157,7 +168,8 @@ def export_onnx(keras_model: Any, n_features: int) -> Any:
 
     @tf.function(input_signature=signature)
     def serve(features: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"prediction": keras_model(features, training=False)}
+        output = keras_model(features, training=False)  # an ensemble answers {"prediction", "spread"}
+        return dict(output) if isinstance(output, dict) else {contracts.ONNX_PREDICTION_NAME: output}
 
     onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
     return onnx_model
@@ -189,7 +201,22 @@ def parity_error(keras_model: Any, onnx_bytes: bytes, probe: np.ndarray) -> floa
     The denominator is floored at the mean |prediction|: a corner of the training box where a prediction passes
     near zero would otherwise turn float32 rounding (~1e-7 of the operands) into a large "relative" error.
     """
-    expected = np.asarray(keras_model(probe, training=False), dtype=float).reshape(-1)
+    output = keras_model(probe, training=False)
+    if isinstance(output, dict):  # an ensemble: every output (mean and spread) against its graph output, by name
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        if sorted(names) != sorted(output):
+            return float("inf")
+        got = dict(zip(names, session.run(None, {session.get_inputs()[0].name: probe.astype("float32")}),
+                       strict=True))
+        prediction = np.asarray(output[contracts.ONNX_PREDICTION_NAME], dtype=float).reshape(-1)
+        # Every output is judged relative to the prediction's scale (the spread is a share of it).
+        scale = np.maximum(np.abs(prediction), max(float(np.mean(np.abs(prediction))), 1e-12))
+        return max(float(np.max(np.abs(np.asarray(got[k], dtype=float).reshape(-1)
+                                       - np.asarray(v, dtype=float).reshape(-1)) / scale)) for k, v in output.items())
+    expected = np.asarray(output, dtype=float).reshape(-1)
     actual = onnx_predict(onnx_bytes, probe)
     scale = np.maximum(np.abs(expected), max(float(np.mean(np.abs(expected))), 1e-12))
     return float(np.max(np.abs(actual - expected) / scale))
@@ -258,6 +285,8 @@ def build_contract(model_version: Any, inputs: contracts.PromotionInputs, onnx_m
         name=onnx_name(served_as or model_version.name), task=inputs.task, dataset=inputs.dataset,
         kind=inputs.kind, role=chosen_role, target=inputs.target,
         output_name=onnx_model.graph.output[0].name, features=inputs.features,
+        spread_output_name=next((o.name for o in onnx_model.graph.output
+                                 if o.name == contracts.ONNX_SPREAD_NAME), None),
         metrics=inputs.metrics, conformal=inputs.conformal, shap_background=inputs.shap_background,
         lineage=contracts.Lineage(
             keras_model_name=model_version.name, keras_model_version=str(model_version.version),
@@ -384,33 +413,44 @@ def zero_shot_candidate(name: str, version: str | None = None) -> Candidate:
     return Candidate(base, zero_shot_inputs(promotion_inputs(base), promotion_inputs(transfer)), "zero_shot", name)
 
 
-def promote(name: str, version: str | None = None) -> Promotion:
-    """Promote the model's own candidate (see the module docstring for the recipe)."""
-    return promote_candidate(transfer_candidate(name, version))
+def promote(name: str, version: str | None = None, alias: str = CHAMPION) -> Promotion:
+    """Promote the model's own candidate (see the module docstring for the recipe) to `alias`."""
+    return promote_candidate(transfer_candidate(name, version), alias)
 
 
-def promote_zero_shot(name: str, version: str | None = None) -> Promotion:
+def promote_zero_shot(name: str, version: str | None = None, alias: str = CHAMPION) -> Promotion:
     """Serve a target with its pretrained source net when no transfer beats it (the zero-shot gate failed)."""
-    return promote_candidate(zero_shot_candidate(name, version))
+    return promote_candidate(zero_shot_candidate(name, version), alias)
 
 
-def promote_candidate(candidate: Candidate) -> Promotion:
-    """The one recipe for every kind of candidate."""
-    # 1. the candidate is picked; skip it when it already is the champion (same Keras model, version and role)
+def promote_candidate(candidate: Candidate, alias: str = CHAMPION) -> Promotion:
+    """The one recipe for every kind of candidate. With `alias` challenger the export is registered beside the
+    champion for shadow scoring: its features must be the champion's, its metric gate leaves out the comparison
+    with the champion's validation MAPE (measured on other rows; the live comparison decides), and only the
+    `challenger` alias moves."""
+    if alias not in (CHAMPION, CHALLENGER):
+        raise GateError(f"alias {alias!r}: allowed: {CHAMPION}, {CHALLENGER}")
+    # 1. the candidate is picked; skip it when it already holds the alias (same Keras model, version and role)
     name, source = candidate.served_as, candidate.model_version
     champion = champion_contract(name)
-    if champion is not None and champion.role == candidate.role and \
-            champion.lineage.keras_model_name == source.name and \
-            champion.lineage.keras_model_version == str(source.version):
-        return Promotion(name, str(source.version), onnx_name(name), _alias_version(onnx_name(name), CHAMPION)
-                         or "", None, 0.0, champion.metrics.test_mape_pct, serving_of(name, champion), skipped=True)
+    if alias == CHALLENGER:
+        if champion is None:
+            raise ChallengerInputError(f"{onnx_name(name)} has no champion to challenge; promote one first")
+        same_features(champion, candidate.inputs.features, f"{source.name} v{source.version}")
+    holder = champion if alias == CHAMPION else registered_contract(name, CHALLENGER)
+    if holder is not None and holder.role == candidate.role and \
+            holder.lineage.keras_model_name == source.name and \
+            holder.lineage.keras_model_version == str(source.version):
+        return Promotion(name, str(source.version), onnx_name(name), _alias_version(onnx_name(name), alias)
+                         or "", None, 0.0, holder.metrics.test_mape_pct, serving_of(name, holder), skipped=True,
+                         alias=alias)
     # 2. export it to ONNX
     keras_model = load_keras(source)
     onnx_model = export_onnx(keras_model, len(candidate.inputs.features))
     # 3. parity gate on probe rows from every dataset the inputs describe
     parity = parity_gate(keras_model, onnx_model.SerializeToString(), probe_set(candidate.inputs))
     # 4. metric gate: validation estimates only, against the current champion
-    metric_gate(candidate.inputs, champion, candidate.role)
+    metric_gate(candidate.inputs, champion if alias == CHAMPION else None, candidate.role)
     # 5. write the contract, log the ONNX model under the served name, read it back and verify
     contract = build_contract(source, candidate.inputs, onnx_model, served_as=name, role=candidate.role)
     onnx_bytes, contract = embed_contract(onnx_model, contract)
@@ -418,9 +458,137 @@ def promote_candidate(candidate: Candidate) -> Promotion:
     _verify_logged(contracts.LoadedModel(name=contract.name, version=new_version, alias="", contract=contract,
                                          onnx_bytes=onnx_bytes), _uri())
     # 6. move the aliases
-    former = move_aliases(contract.name, new_version)
+    if alias == CHALLENGER:
+        _client().set_registered_model_alias(contract.name, CHALLENGER, new_version)
+        former = None
+    else:
+        former = move_aliases(contract.name, new_version)
     return Promotion(name, str(source.version), contract.name, new_version, former, parity,
-                     contract.metrics.test_mape_pct, serving_of(name, contract))
+                     contract.metrics.test_mape_pct, serving_of(name, contract), alias=alias)
+
+
+# -- champion and challenger: the live gate ----------------------------------------------------------------------
+
+
+def registered_contract(name: str, alias: str) -> contracts.Contract | None:
+    """The contract of the ONNX version holding `alias`, or None when no version holds it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return contracts.fetch_registered(_uri(), onnx_name(keras_name(name)), alias).contract
+    except MlflowException:
+        return None
+
+
+def same_features(champion: contracts.Contract, features: list[contracts.FeatureSpec], what: str) -> None:
+    """A challenger must read the champion's features, in order and in the same units: the service feeds it the
+    rows it answers the champion with."""
+    mine = [(f.name, f.unit) for f in features]
+    theirs = [(f.name, f.unit) for f in champion.features]
+    if mine != theirs:
+        raise ChallengerInputError(
+            f"{what}: its contract's features {[f'{n} [{u}]' for n, u in mine]} differ from the champion's "
+            f"{[f'{n} [{u}]' for n, u in theirs]} ({champion.name} v{champion.lineage.keras_model_version}); a "
+            "challenger must read the same features in the same order and units; nothing changed")
+
+
+@dataclass(frozen=True)
+class ChallengerPromotion:
+    """What `promote_challenger` did: the ONNX version now champion, the one now previous, and why."""
+
+    onnx_name: str
+    champion_version: str
+    previous_version: str
+    comparison: dict[str, Any]
+    reason: str
+    override_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return vars(self)
+
+
+def challenger_versions(name: str) -> tuple[str, str]:
+    """(champion, challenger) ONNX versions of `name`, after checking both exist and read the same features;
+    ChallengerInputError (nothing changed) otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    model = onnx_name(keras_name(name))
+    try:
+        _client().get_registered_model(model)
+    except MlflowException as error:
+        known = sorted(m.name.removesuffix(ONNX_SUFFIX) for m in _client().search_registered_models()
+                       if m.name.endswith(ONNX_SUFFIX))
+        raise ChallengerInputError(f"--challenger {keras_name(name)}: no registered model {model}; promoted models: "
+                                   f"{', '.join(known) or 'none'}") from error
+    champion, challenger = _alias_version(model, CHAMPION), _alias_version(model, CHALLENGER)
+    if champion is None:
+        raise ChallengerInputError(f"{model} has no champion; nothing to challenge")
+    if challenger is None:
+        raise ChallengerInputError(f"{model} has no challenger: train one with `cellmfg train from-ledger --model "
+                                   f"{keras_name(name)}` and register it with `cellmfg registry promote --model "
+                                   f"models:/{keras_name(name)}@challenger --alias challenger`")
+    champion_contract_, challenger_contract = registered_contract(name, CHAMPION), registered_contract(name, CHALLENGER)
+    if champion_contract_ is None or challenger_contract is None:
+        raise ChallengerInputError(f"{model}: the champion's or the challenger's contract cannot be read")
+    same_features(champion_contract_, challenger_contract.features, f"{model} v{challenger} (challenger)")
+    return champion, challenger
+
+
+def promote_challenger(name: str, comparison: LiveComparison, compared: tuple[str, str],
+                       override_reason: str | None = None) -> ChallengerPromotion:
+    """Make the challenger champion when the live comparison shows it better (interval below 0), or when
+    `override_reason` says why anyway (recorded as a tag). `compared` = (champion, challenger) ONNX versions the
+    comparison is about: they must be the registry's now. The comparison is logged as metrics on the challenger
+    version's run whatever the verdict. Raises ChallengerInputError or LiveGateError; then no alias moved."""
+    from cellmfg.challenge import promotion_verdict
+
+    model = onnx_name(keras_name(name))
+    champion, challenger = challenger_versions(name)
+    if compared != (champion, challenger):
+        raise ChallengerInputError(f"{model}: the live comparison is of champion v{compared[0]} with challenger "
+                                   f"v{compared[1]}, the registry's are v{champion} and v{challenger}; retry after "
+                                   "the service's next poll (CELLMFG_POLL_SECONDS)")
+    if comparison.n == 0:
+        raise ChallengerInputError(f"{model}: no outcomes yet for rows both v{champion} and v{challenger} scored: "
+                                   "post the QC lab's measurements (POST /outcomes) first; nothing changed")
+    promotable, reason = promotion_verdict(comparison)
+    log_live_comparison(model, challenger, comparison)
+    if not promotable and not override_reason:
+        raise LiveGateError(f"{model} v{challenger} not promoted: {reason}")
+    client = _client()
+    if override_reason:
+        client.set_model_version_tag(model, challenger, "promotion_override_reason", override_reason)
+    client.set_model_version_tag(model, challenger, "promoted_by", "live_comparison" if promotable else "override")
+    client.set_registered_model_alias(model, PREVIOUS, champion)
+    client.set_registered_model_alias(model, CHAMPION, challenger)
+    client.delete_registered_model_alias(model, CHALLENGER)
+    keras_version = sync_keras_champion(model)
+    keras = keras_name(model)
+    if keras_version is not None and _alias_version(keras, CHALLENGER) == keras_version:
+        client.delete_registered_model_alias(keras, CHALLENGER)  # it is the champion now
+    return ChallengerPromotion(model, challenger, champion, comparison.model_dump(), reason,
+                               override_reason if not promotable else None)
+
+
+def log_live_comparison(model: str, version: str, comparison: LiveComparison) -> None:
+    """The live comparison as metrics on the version's run (one step per judgement, so the history stays) and as
+    tags on the version (the latest, readable in the registry's UI)."""
+    import time
+
+    client = _client()
+    model_version = client.get_model_version(model, version)
+    values = {"live_n": comparison.n, "live_groups": comparison.n_groups,
+              "live_champion_mape_pct": comparison.champion_mape_pct,
+              "live_challenger_mape_pct": comparison.challenger_mape_pct,
+              "live_difference_pct": comparison.difference_pct,
+              "live_difference_low_pct": comparison.interval_pct[0] if comparison.interval_pct else None,
+              "live_difference_high_pct": comparison.interval_pct[1] if comparison.interval_pct else None}
+    stamp = int(time.time() * 1000)
+    for key, value in values.items():
+        if value is not None:
+            if model_version.run_id:
+                client.log_metric(model_version.run_id, key, float(value), timestamp=stamp, step=comparison.n)
+            client.set_model_version_tag(model, version, key, f"{float(value):.6g}")
 
 
 def _verify_logged(expected: contracts.LoadedModel, uri: str) -> None:

@@ -35,21 +35,26 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
-# --- design: a schema-valid design request can still be refused by what no schema holds: a bound outside the
-# served models' training range, min above max, a parameter both fixed and bounded (400), or targets no recipe
-# reaches (422, with the reachable range). Those answers are documented; schemathesis may expect them here.
+# A schema-valid design or suggestion request can still be refused by what no schema holds: a bound outside the
+# served models' training range, min above max, a parameter both fixed and bounded (400), or targets (a window) no
+# recipe reaches (422, with the reachable range). Those answers are documented; schemathesis may expect them here.
 DESIGN_CONFIG = """
 [[operations]]
-include-path-regex = "^/design/"
+include-path-regex = "^/(design|suggest)/"
 checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 422]
 """
-# --- end design ---
 # The outcomes a QC lab posts refer to answered predictions: a schema-valid body naming an id the service never
 # answered is refused (400, every problem listed), which no schema can express.
 OUTCOMES_CONFIG = """
 [[operations]]
 include-path-regex = "^/outcomes$"
 checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 404]
+"""
+# A model with no challenger (or none served) is answered 404 naming it; no schema says which models have one.
+CHALLENGE_CONFIG = """
+[[operations]]
+include-path-regex = "^/models/[^/]+/challenge$"
+checks.positive_data_acceptance.expected-statuses = [200, 401, 404]
 """
 
 
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         config = folder / "schemathesis.toml"
         # The token reaches schemathesis through its environment, named in the config file: never in argv.
         config.write_text(('headers = { Authorization = "Bearer ${CELLMFG_FUZZ_TOKEN}" }\n' if token else "")
-                          + DESIGN_CONFIG + OUTCOMES_CONFIG)
+                          + DESIGN_CONFIG + OUTCOMES_CONFIG + CHALLENGE_CONFIG)
         command = [str(SCHEMATHESIS), "--no-color", "--config-file", str(config), "run", f"{url}/docs.json",
                    "--checks", "all", "--max-examples", str(args.max_examples), "--seed", str(args.seed),
                    "--workers", str(args.workers), "--request-timeout", "120", "--report", "json",

@@ -22,11 +22,11 @@ from cellmfg.contract import contract_summary
 from cellmfg.domain import Kind, feature_columns
 from service.config import Settings
 from service.csvio import CSV_MEDIA_TYPE, CsvInputError, Scored, models_header, score_csv, scored_json, wants_csv
-from service.design import Designer  # design
-from service.design_schemas import DesignBound, DesignTarget, design_problem  # design
+from service.design import Designer
+from service.design_schemas import DesignBound, DesignTarget, design_problem
 from service.explain import Explainers
 from service.guards import CSV_MEDIA_TYPES, media_type
-from service.ledger import OutcomesRejectedError
+from service.ledger import LedgerUnreachableError, OutcomesRejectedError
 from service.ledger.ids import new_prediction_ids
 from service.model_store import ModelStore, ServedModel
 from service.outcomes import OutcomesInputError, outcomes_csv, parse_outcomes, rejected_body
@@ -34,14 +34,24 @@ from service.predict import Predictor, RequestRejectedError
 from service.recording import (
     LedgerUnavailableError,
     Recorder,
+    ShadowScore,
     attach_ids,
+    attach_shadow,
     batch_of,
     client_column,
     design_records,
     live_block,
+    shadow_batch,
+    shadow_scores,
 )
 from service.schemas import ModelRequest, use_dataset_provider, use_model_provider
-from service.sources import open_source, redact_strings
+from service.sources import ModelSource, RegistrySource, open_source, redact_strings
+from service.suggest import Suggester
+from service.suggest_schemas import WindowBound, suggest_problem
+
+# The registry alias a challenger holds (`cellmfg train from-ledger`, then `cellmfg registry promote --alias
+# challenger`): the service shadow-scores it beside the champion and records both in the ledger.
+CHALLENGER_ALIAS = "challenger"
 
 # Requests up to this many rows and this many model rows (explanations included) are answered on the event loop:
 # a thread hop (~0.5-1.5 ms with a busy loop) would cost more than the work, which stays under ~0.5 ms (one row
@@ -73,15 +83,23 @@ class Answers:
         gc.freeze()  # start-up objects live forever: keep them out of every full collection
         self.explainers = Explainers()
         self.predictor = Predictor(self.store, self.explainers, settings)
-        self.designer = Designer(self.predictor)  # design
+        self.designer = Designer(self.predictor)
+        self.suggester = Suggester(self.predictor)
         # The prediction ledger: opened (and migrated) before the first answer, so none goes out unrecorded.
         self.recorder = Recorder(settings, self.store.models) if settings.ledger_url is not None else None
+        # Challengers, shadow-scored beside the champions: from a registry only (a bundle holds one alias), and
+        # never when this service itself follows the challenger alias.
+        self.challengers = challenger_store(self.store.source, settings)
         self.store.start_polling(settings.poll_seconds)
+        if self.challengers is not None:
+            self.challengers.start_polling(settings.poll_seconds)
         if self.recorder is not None:
             self.recorder.start()
 
     def stop(self) -> None:
         self.store.stop()
+        if self.challengers is not None:
+            self.challengers.stop()
         if self.recorder is not None:
             self.recorder.close()  # commits what is queued
         # A stopped service names no served models or datasets any more (documents and messages built later in
@@ -90,26 +108,31 @@ class Answers:
         use_model_provider(None)
 
     async def predict(self, kind: Kind, dataset: str, rows: list[dict[str, float]], explain: bool, interval: bool,
-                      accept: str | None = None, operator: str | None = None) -> Response:
-        """The answer of /predict/electrode or /predict/gdl: JSON, or CSV when `accept` asks for it."""
+                      accept: str | None = None, operator: str | None = None, shadow: bool = False) -> Response:
+        """The answer of /predict/electrode or /predict/gdl: JSON, or CSV when `accept` asks for it. `shadow` adds
+        the challengers' predictions to a JSON answer (they are recorded either way)."""
         try:
             # Resolved once: the size and the models decide where the request runs, and those models answer it.
             self.predictor.check_size(len(rows))
             answering = self.predictor.answering(kind, dataset)
             if _inline(len(rows), self.predictor.model_rows(answering, len(rows), explain)):
                 payload, computed = self.predictor.compute_rows(answering, rows, explain, interval)
+                scores = self._shadow_scores(computed)
             else:
                 payload, computed = await anyio.to_thread.run_sync(self.predictor.compute_rows, answering, rows,
                                                                    explain, interval)
-            await self._record(payload, computed, "json", dataset, operator, rows)
+                scores = await anyio.to_thread.run_sync(self._shadow_scores, computed)
+            await self._record(payload, computed, "json", dataset, operator, rows, scores)
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
+        if shadow:
+            attach_shadow(payload, scores)
         if wants_csv(accept):
             features = feature_columns(kind)
             return _csv(scored_json(payload, rows, features, interval, explain))
         return _json(payload)
 
-    # --- design: recipe design, the inverse of /predict (service.design) ---
+    # Recipe design, the inverse of /predict (service.design), and experiment suggestions (service.suggest).
     async def design(self, kind: Kind, dataset: str, targets: dict[str, DesignTarget], fixed: dict[str, float],
                      bounds: dict[str, DesignBound], k: int, explain: bool, operator: str | None = None) -> Response:
         problem = design_problem(kind, dataset, targets, fixed, bounds, k, explain)
@@ -121,7 +144,21 @@ class Answers:
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
         return _json(payload)
-    # --- end design ---
+
+    async def suggest(self, kind: Kind, dataset: str, k: int, fixed: dict[str, float],
+                      bounds: dict[str, DesignBound], window: dict[str, WindowBound], explain: bool,
+                      operator: str | None = None) -> Response:
+        """POST /suggest/*: the next experiments (service.suggest); each suggestion is recorded in the ledger with
+        its prediction_id, so its measurement can be posted back."""
+        problem = suggest_problem(kind, dataset, k, fixed, bounds, window, explain)
+        try:
+            payload = await anyio.to_thread.run_sync(self.suggester.suggest, problem)
+            if self.recorder is not None and payload.get("suggestions"):
+                await self._commit(design_records(kind, dataset, payload, operator, entries="suggestions",
+                                                  endpoint="suggest"))
+        except RequestRejectedError as rejected:
+            return _json(rejected.body(), rejected.status)
+        return _json(payload)
 
     def describe_models(self) -> dict[str, Any]:
         """GET /models: every loaded model with its contract's summary, the served datasets and what is missing."""
@@ -147,10 +184,11 @@ class Answers:
         }, self.store.source.redact)
 
     async def predict_model(self, model_name: str, request: Request, explain: bool = False,
-                            interval: bool = False) -> Response:
+                            interval: bool = False, shadow: bool = False) -> Response:
         """POST /predict/{model_name}: a JSON body {"rows": [...], "explain": ..., "interval": ...} or a CSV one."""
         if media_type(request.headers.get("content-type")) in CSV_MEDIA_TYPES:
-            return await self.answer_csv(request, model=model_name, explain=explain, interval=interval)
+            return await self.answer_csv(request, model=model_name, explain=explain, interval=interval,
+                                         shadow=shadow)
         try:
             body = ModelRequest.model_validate_json(await request.body())
         except ValidationError as error:
@@ -163,13 +201,17 @@ class Answers:
             if _inline(len(body.rows), self.predictor.model_rows(answering, len(body.rows), body.explain)):
                 payload, computed = self.predictor.compute_model_rows(answering, body.rows, body.explain,
                                                                       body.interval)
+                scores = self._shadow_scores(computed)
             else:
                 payload, computed = await anyio.to_thread.run_sync(self.predictor.compute_model_rows, answering,
                                                                    body.rows, body.explain, body.interval)
+                scores = await anyio.to_thread.run_sync(self._shadow_scores, computed)
             await self._record(payload, computed, "predict", answering[0].model.contract.dataset, body.operator,
-                               body.rows)
+                               body.rows, scores)
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
+        if shadow:
+            attach_shadow(payload, scores)
         if wants_csv(request.headers.get("accept")):
             features = answering[0].model.feature_names
             rows = [{f: row[f] for f in features} for row in body.rows]
@@ -178,7 +220,7 @@ class Answers:
 
     async def answer_csv(self, request: Request, *, kind: Kind | None = None, dataset: str = "", field: str = "",
                          model: str | None = None, explain: bool = False, interval: bool = False,
-                         operator: str | None = None) -> Response:
+                         operator: str | None = None, shadow: bool = False) -> Response:
         """A CSV body for a kind's dataset or for one model; errors name line and column (service.csvio)."""
         if kind is not None and not dataset:
             served = ", ".join(self.store.catalogue.datasets(kind))
@@ -190,14 +232,19 @@ class Answers:
             scored = await anyio.to_thread.run_sync(
                 lambda: score_csv(self.predictor, data, kind=kind, dataset=dataset or None, model=model,
                                   explain=explain, interval=interval))
+            scores = [] if scored.computed is None else \
+                await anyio.to_thread.run_sync(self._shadow_scores, scored.computed)
             if self.recorder is not None and scored.computed is not None:
                 computed = scored.computed
                 ids = new_prediction_ids(len(computed.x))
-                await self._commit(batch_of(
-                    computed, ids, endpoint="csv", operator=operator or None,
-                    dataset=dataset or computed.answering[0].model.contract.dataset,
-                    sample_ids=scored.client_column("sample_id"), group_ids=scored.client_column("group_id")))
+                batch = batch_of(computed, ids, endpoint="csv", operator=operator or None,
+                                 dataset=dataset or computed.answering[0].model.contract.dataset,
+                                 sample_ids=scored.client_column("sample_id"),
+                                 group_ids=scored.client_column("group_id"))
+                await self._commit(batch.with_shadow(shadow_batch(batch, scores)))
                 attach_ids(scored.answer["predictions"], ids)
+            if shadow:  # in the JSON answer only: the scored CSV keeps its documented columns
+                attach_shadow(scored.answer, scores)
         except CsvInputError as error:
             return _json({"error": error.message, "detail": error.detail}, error.status)
         except RequestRejectedError as rejected:
@@ -209,15 +256,22 @@ class Answers:
 
     # -- the prediction ledger
 
+    def _shadow_scores(self, computed: Any) -> list[ShadowScore]:
+        """The challengers' predictions of an answer's rows (none without challengers)."""
+        if self.challengers is None:
+            return []
+        return shadow_scores(computed, self.challengers.get)
+
     async def _record(self, payload: dict[str, Any], computed: Any, endpoint: str, dataset: str,
-                      operator: str | None, rows: list[Any]) -> None:
-        """Commit the answer's rows to the ledger, then give each answered row its prediction_id."""
+                      operator: str | None, rows: list[Any], scores: list[ShadowScore] | None = None) -> None:
+        """Commit the answer's rows (and the challengers' shadow rows, in the same transaction) to the ledger,
+        then give each answered row its prediction_id."""
         if self.recorder is None:
             return
         ids = new_prediction_ids(len(computed.x))
-        await self._commit(batch_of(computed, ids, endpoint=endpoint, dataset=dataset, operator=operator,
-                                    sample_ids=client_column(rows, "sample_id"),
-                                    group_ids=client_column(rows, "group_id")))
+        batch = batch_of(computed, ids, endpoint=endpoint, dataset=dataset, operator=operator,
+                         sample_ids=client_column(rows, "sample_id"), group_ids=client_column(rows, "group_id"))
+        await self._commit(batch.with_shadow(shadow_batch(batch, scores or [])))
         attach_ids(payload["predictions"], ids)
 
     async def _commit(self, rows: Any) -> None:
@@ -247,6 +301,8 @@ class Answers:
             return _json({"error": error.message, "detail": error.detail}, 400)
         except OutcomesRejectedError as rejected:
             return _json(rejected_body(rejected, lines), 400)
+        except LedgerUnreachableError as error:  # a remote ledger's outage (service.ledger.spool)
+            return _json({"error": str(error)}, 503)
         return _json({"written": receipt.written, "unchanged": receipt.unchanged, "items": len(items)})
 
     async def get_outcomes(self, model: str, since: datetime | None) -> Response:
@@ -260,6 +316,45 @@ class Answers:
         except RequestRejectedError as rejected:
             return _json(rejected.body(), rejected.status)
         return Response(outcomes_csv(table), media_type=CSV_MEDIA_TYPE)
+
+
+    async def challenge(self, model_name: str) -> Response:
+        """GET /models/{name}/challenge: the served champion against its shadow-scored challenger on the rows both
+        predicted and the lab measured: n, the paired MAPE difference and its grouped bootstrap interval."""
+        from cellmfg.challenge import paired_comparison, promotion_verdict
+        from service.ledger.shadow import paired_outcomes
+
+        name = model_name if model_name.endswith("_onnx") else f"{model_name}_onnx"
+        try:
+            recorder = self._ledger()
+            champion = self.store.get(name)
+            if champion is None:
+                served = ", ".join(m.name for m in self.store.models())
+                raise RequestRejectedError(404, f"model = {model_name!r} is not served; served models: {served}")
+            challenger = self.challengers.get(name) if self.challengers is not None else None
+            if challenger is None:
+                raise RequestRejectedError(404, f"{name} has no challenger loaded: register one with `cellmfg train "
+                                                f"from-ledger --model {name.removesuffix('_onnx')}` and `cellmfg "
+                                                "registry promote --alias challenger`")
+            pairs = await anyio.to_thread.run_sync(paired_outcomes, recorder.ledger.engine, name, challenger.version,
+                                                   champion.version)
+        except RequestRejectedError as rejected:
+            return _json(rejected.body(), rejected.status)
+        comparison = paired_comparison(pairs.measured, pairs.champion, pairs.challenger, pairs.groups)
+        promotable, reason = promotion_verdict(comparison)
+        return _json({"model": name, "champion": champion.ref(), "challenger": challenger.ref(),
+                      **comparison.model_dump(), "promotable": promotable, "reason": reason})
+
+
+def challenger_store(source: ModelSource, settings: Settings) -> ModelStore | None:
+    """The store of challengers (every ONNX model holding the challenger alias) beside a registry's champions;
+    loaded now (a failure is logged and retried by its poller, never a reason not to serve)."""
+    if not isinstance(source, RegistrySource) or settings.alias == CHALLENGER_ALIAS:
+        return None
+    store = ModelStore(RegistrySource(source.tracking_uri, CHALLENGER_ALIAS), None, settings.ort_threads,
+                       publish_catalogue=False)
+    store.load_all()
+    return store
 
 
 def _csv(scored: Scored) -> Response:

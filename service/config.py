@@ -69,6 +69,9 @@ class Settings:
       CELLMFG_LEDGER_REFRESH_SECONDS  how often live accuracy, drift and ledger counts are recomputed for GET
                             /models and /metrics, and retention runs (default 30)
       CELLMFG_LEDGER_SQLITE_SYNC  NORMAL (default; survives kill -9, not a power cut) or FULL (fsync per commit)
+      CELLMFG_LEDGER_SPOOL_DIR  with a PostgreSQL ledger: where answers are committed while the database is away
+                            (an SQLite spool, forwarded once it is back; default CELLMFG_LEDGER_DIR's folder);
+                            `off`: no spool, an outage turns answers into 503s
     Security (read by service.security): CELLMFG_API_TOKEN, CELLMFG_API_TOKEN_FILE, CELLMFG_OPEN_PATHS,
     CELLMFG_MAX_BODY_BYTES.
     """
@@ -87,6 +90,8 @@ class Settings:
     ledger_retention_days: float | None = None
     ledger_sqlite_sync: Literal["NORMAL", "FULL"] = DEFAULT_LEDGER_SQLITE_SYNC
     ledger_refresh_seconds: float = DEFAULT_LEDGER_REFRESH_SECONDS
+    # The outage spool of a remote ledger (service.ledger.spool); None: none (an SQLite ledger needs none)
+    ledger_spool_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +120,7 @@ class Settings:
             ledger_retention_days=variables.CELLMFG_LEDGER_RETENTION_DAYS,
             ledger_sqlite_sync=variables.CELLMFG_LEDGER_SQLITE_SYNC,
             ledger_refresh_seconds=variables.CELLMFG_LEDGER_REFRESH_SECONDS,
+            ledger_spool_dir=ledger_spool_dir(variables, env),
         )
 
 
@@ -129,9 +135,24 @@ def ledger_url(variables: _Variables, env: Mapping[str, str]) -> str | None:
         return None
     if variables.CELLMFG_LEDGER_URL:
         return variables.CELLMFG_LEDGER_URL
+    return f"sqlite:///{_ledger_folder(variables, env) / LEDGER_FILE}"  # the folder is made when the ledger opens
+
+
+def _ledger_folder(variables: _Variables, env: Mapping[str, str]) -> Path:
     folder = Path(variables.CELLMFG_LEDGER_DIR).expanduser() if variables.CELLMFG_LEDGER_DIR else \
         Path(env.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser() / "cellmfg-ledger"
-    return f"sqlite:///{folder.resolve() / LEDGER_FILE}"  # the folder is made when the ledger opens
+    return folder.resolve()
+
+
+def ledger_spool_dir(variables: _Variables, env: Mapping[str, str]) -> Path | None:
+    """Where a remote ledger spools answers during an outage: None for no ledger, an SQLite ledger (a local file
+    needs no spool) or CELLMFG_LEDGER_SPOOL_DIR=off."""
+    url = ledger_url(variables, env)
+    if url is None or url.startswith("sqlite") or variables.CELLMFG_LEDGER_SPOOL_DIR.lower() == LEDGER_OFF:
+        return None
+    if variables.CELLMFG_LEDGER_SPOOL_DIR:
+        return Path(variables.CELLMFG_LEDGER_SPOOL_DIR).expanduser().resolve()
+    return _ledger_folder(variables, env)
 
 
 class EnvironmentVariables(BaseSettings):
@@ -192,3 +213,4 @@ class _Variables(EnvironmentVariables):
     CELLMFG_LEDGER_RETENTION_DAYS: float | None = Field(None, gt=0, allow_inf_nan=False)
     CELLMFG_LEDGER_REFRESH_SECONDS: float = Field(DEFAULT_LEDGER_REFRESH_SECONDS, gt=0, allow_inf_nan=False)
     CELLMFG_LEDGER_SQLITE_SYNC: Literal["NORMAL", "FULL"] = DEFAULT_LEDGER_SQLITE_SYNC
+    CELLMFG_LEDGER_SPOOL_DIR: str = ""

@@ -400,4 +400,4 @@ def scored_json(answer: dict[str, Any], rows: list[dict[str, float]], features: 
 def _target_columns(answer: dict[str, Any]) -> list[str]:
     first = answer["predictions"][0] if answer["predictions"] else {}
     return [key for key in first
-            if key not in {"in_domain", "out_of_domain", "interval", "explanation", "prediction_id"}]
+            if key not in {"in_domain", "out_of_domain", "interval", "spread", "explanation", "prediction_id"}]

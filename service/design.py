@@ -27,9 +27,9 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,6 +55,20 @@ CLOSE_ENOUGH = 0.05  # a refinement stops once every target is this close, in un
 RANK_RESOLUTION = 0.1  # distances within the same tenth of the tolerance rank as equal; the interval decides
 FD_STEP = 1e-4  # finite-difference step in box units (the nets are piecewise linear; float32 has ~7 digits)
 ROUND_DIGITS_OF_RANGE = 3  # settings rounded to 1/1000 of their range: what a lab can dial in
+
+
+# The models as one vectorised function: rows [n, F] float64 -> predictions [n, T] (the refinements take this).
+Evaluate = Callable[[np.ndarray], np.ndarray]
+
+
+class SearchBox(Protocol):
+    """What the search box is made from: fixed parameters and narrower bounds (a design or a suggestion request)."""
+
+    @property
+    def fixed(self) -> Mapping[str, float]: ...
+
+    @property
+    def bounds(self) -> Mapping[str, tuple[float, float]]: ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ class DesignInfeasibleError(RequestRejectedError):
 
 
 @dataclass(frozen=True)
-class _Space:
+class SearchSpace:
     """The searched box. Rows are full feature vectors in contract order; the free ones vary."""
 
     columns: list[str]
@@ -191,9 +205,10 @@ class Designer:
         if unknown:
             raise RequestRejectedError(400, f"targets.{unknown[0]}: not predicted for {problem.dataset}; the served "
                                             f"models predict {', '.join(served_columns)}",
-                                       [_detail("unknown_target", ("targets", c), f"targets.{c}: not predicted for "
-                                                f"{problem.dataset}") for c in unknown])
-        space = _space(problem, models)
+                                       [problem_detail("unknown_target", ("targets", c),
+                                                       f"targets.{c}: not predicted for {problem.dataset}")
+                                        for c in unknown])
+        space = search_space(problem, models)
         evaluate = _Evaluator(models)
         target_index = np.array([served_columns.index(t.column) for t in problem.targets])
         wanted = np.array([t.value for t in problem.targets])
@@ -203,9 +218,9 @@ class Designer:
             return _clipped((predictions[:, target_index] - wanted), tolerance, MAX_RESIDUAL)
 
         # 1-2. Quasi-random design of the box, every discrete combination, in one call per model.
-        combos = _combinations(space)
-        design_units = _design_units(len(space.continuous), len(combos))
-        x = np.concatenate([space.rows(design_units, combo) for combo in combos])
+        combos = discrete_combinations(space)
+        units = design_units(len(space.continuous), len(combos))
+        x = np.concatenate([space.rows(units, combo) for combo in combos])
         p = evaluate(x)
 
         # 3. Local refinement towards the targets, then of each target's extremes.
@@ -217,7 +232,7 @@ class Designer:
             # A design point already within CLOSE_ENOUGH of every target is as good as a refinement would make it.
             refined_x = [_refine_to_targets(space, evaluate, x[i], target_index, wanted, tolerance) for i in starts
                          if np.max(np.abs(r0[i])) > CLOSE_ENOUGH]
-        reachable_x = _reachable(space, evaluate, x, p, target_index.tolist())
+        reachable_x = reachable_ends(space, evaluate, x, p, target_index.tolist())
 
         # 4. Round everything to settable values, evaluate once more, rank and pick diverse recipes.
         candidates = space.rounded(np.concatenate([x, *(r[None, :] for r in refined_x), reachable_x]))
@@ -226,22 +241,22 @@ class Designer:
         distance = np.max(np.abs(r), axis=1)
         width = _relative_width(answering, p, target_index, wanted)
         reachable = {
-            c: {"min": float(p[:, j].min()), "max": float(p[:, j].max()), "unit": _unit(models[j])}
+            c: {"min": float(p[:, j].min()), "max": float(p[:, j].max()), "unit": target_unit(models[j])}
             for j, c in enumerate(served_columns) if c in {t.column for t in problem.targets}}
 
         feasible = np.flatnonzero(distance <= 1.0)
         order = feasible[np.lexsort((width[feasible], np.floor(distance[feasible] / RANK_RESOLUTION)))]
-        chosen = _diverse(space, candidates, order, problem.k)
+        chosen = diverse(space, candidates, order, problem.k)
         if not chosen:
             closest = int(np.argmin(distance))
-            answer = self.predictor.predict_rows(answering, [_settings(space, candidates[closest])], explain=False,
+            answer = self.predictor.predict_rows(answering, [settings_of(space, candidates[closest])], explain=False,
                                                  interval=True)
             nearest = _recipe(problem, space, candidates[closest], answer["predictions"][0], 0)
             del nearest["rank"]  # not a recipe that meets the targets, so it has no rank among them
             raise _infeasible(problem, reachable, nearest)
 
         # 5. The answer rows come from the /predict code path, on the models the search used.
-        settings = [_settings(space, candidates[i]) for i in chosen]
+        settings = [settings_of(space, candidates[i]) for i in chosen]
         answer = self.predictor.predict_rows(answering, settings, explain=problem.explain, interval=True)
         recipes = [_recipe(problem, space, candidates[i], row, rank)
                    for rank, (i, row) in enumerate(zip(chosen, answer["predictions"], strict=True), start=1)]
@@ -254,12 +269,12 @@ class Designer:
             "models": answer["models"],
             "intervals": answer.get("intervals"),
             "targets": {t.column: {"value": t.value, "tolerance_pct": t.tolerance_pct,
-                                   "unit": _unit(models[served_columns.index(t.column)]),
+                                   "unit": target_unit(models[served_columns.index(t.column)]),
                                    "low": t.value - t.tolerance, "high": t.value + t.tolerance}
                         for t in problem.targets},
             "recipes": recipes,
             "reachable": reachable,
-            "search": _summary(problem, space, len(candidates), evaluate.rows, len(refined_x),
+            "search": search_summary(problem, space, len(candidates), evaluate.rows, len(refined_x),
                                time.perf_counter() - started),
         }
 
@@ -268,7 +283,7 @@ class Designer:
 # The search space
 
 
-def _space(problem: DesignProblem, models: list[ServedModel]) -> _Space:
+def search_space(problem: SearchBox, models: list[ServedModel]) -> SearchSpace:
     """The box of free parameters, after checking fixed values and bounds against the models (400 naming the
     field when a bound leaves the training range)."""
     columns = models[0].feature_names
@@ -286,7 +301,7 @@ def _space(problem: DesignProblem, models: list[ServedModel]) -> _Space:
     for name, (lo, hi) in problem.bounds.items():
         j = columns.index(name)
         if lo < train_low[j] or hi > train_high[j]:
-            problems.append(_detail(
+            problems.append(problem_detail(
                 "bound_outside_training_range", ("bounds", name),
                 f"bounds.{name} = [{lo:g}, {hi:g}]: must lie inside the models' training range "
                 f"[{train_low[j]:g}, {train_high[j]:g}] {models[0].contract.features[j].unit}; outside it the "
@@ -306,7 +321,7 @@ def _space(problem: DesignProblem, models: list[ServedModel]) -> _Space:
             if len(levels) == 0:
                 raise RequestRejectedError(400, f"bounds.{columns[j]} = [{low[j]:g}, {high[j]:g}]: holds none of "
                                                 f"the settings {train_low[j]:g}, {train_high[j]:g} the data has",
-                                           [_detail("no_setting_in_bound", ("bounds", columns[j]),
+                                           [problem_detail("no_setting_in_bound", ("bounds", columns[j]),
                                                     f"bounds.{columns[j]}: no allowed setting inside")])
             discrete[j] = levels
     # A free parameter whose range is a single value (coating speed on graphite: always 0.3) is held there.
@@ -314,17 +329,17 @@ def _space(problem: DesignProblem, models: list[ServedModel]) -> _Space:
     base = low.copy()
     span = high - low
     decimals = np.array([ROUND_DIGITS_OF_RANGE - math.floor(math.log10(s)) if s > 0 else 0 for s in span])
-    return _Space(columns=columns, base=base, low=low, high=high, continuous=continuous, discrete=discrete,
+    return SearchSpace(columns=columns, base=base, low=low, high=high, continuous=continuous, discrete=discrete,
                   decimals=decimals, train_low=train_low, train_high=train_high, common_low=common_low,
                   common_high=common_high,
                   disjoint=[c for c, d in zip(columns, disjoint.tolist(), strict=True) if d and c not in problem.fixed])
 
 
-def _combinations(space: _Space) -> list[tuple[float, ...]]:
+def discrete_combinations(space: SearchSpace) -> list[tuple[float, ...]]:
     return list(itertools.product(*(levels.tolist() for levels in space.discrete.values())))
 
 
-def _design_units(dimensions: int, combinations: int) -> np.ndarray:
+def design_units(dimensions: int, combinations: int) -> np.ndarray:
     """Sobol points of the unit box plus its corners (extremes of monotone responses sit there)."""
     if dimensions == 0:
         return np.zeros((1, 0))
@@ -350,7 +365,7 @@ def _relative_width(answering: list[Any], p: np.ndarray, target_index: np.ndarra
     return width
 
 
-def _unit(model: ServedModel) -> str:
+def target_unit(model: ServedModel) -> str:
     return model.contract.target.unit
 
 
@@ -358,7 +373,7 @@ def _unit(model: ServedModel) -> str:
 # Local refinement (scipy.optimize), with finite-difference derivatives from one batched call
 
 
-def _with_gradient(space: _Space, evaluate: _Evaluator, u: np.ndarray,
+def _with_gradient(space: SearchSpace, evaluate: Evaluate, u: np.ndarray,
                    settings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predictions [1 + d, T] at u and at u + step along each continuous axis (stepping inwards at the top)."""
     d = len(u)
@@ -376,11 +391,11 @@ def _clipped(deviation: np.ndarray, tolerance: np.ndarray, limit: float) -> np.n
         return np.clip(deviation / tolerance, -limit, limit)
 
 
-def _discrete_settings(space: _Space, x: np.ndarray) -> np.ndarray:
+def _discrete_settings(space: SearchSpace, x: np.ndarray) -> np.ndarray:
     return np.array([x[j] for j in space.discrete])
 
 
-def _refine_to_targets(space: _Space, evaluate: _Evaluator, x0: np.ndarray, target_index: np.ndarray,
+def _refine_to_targets(space: SearchSpace, evaluate: Evaluate, x0: np.ndarray, target_index: np.ndarray,
                        wanted: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
     """Least-squares deviation from the targets (in tolerances) over the continuous parameters from x0."""
     settings = _discrete_settings(space, x0)
@@ -408,7 +423,7 @@ def _refine_to_targets(space: _Space, evaluate: _Evaluator, x0: np.ndarray, targ
     return space.rows(np.clip(result.x, 0.0, 1.0)[None, :], settings)[0]
 
 
-def _refine_extreme(space: _Space, evaluate: _Evaluator, x0: np.ndarray, column: int, sign: float) -> np.ndarray:
+def _refine_extreme(space: SearchSpace, evaluate: Evaluate, x0: np.ndarray, column: int, sign: float) -> np.ndarray:
     """The lowest (sign +1) or highest (sign -1) prediction of one target over the continuous parameters."""
     settings = _discrete_settings(space, x0)
 
@@ -427,7 +442,8 @@ def _refine_extreme(space: _Space, evaluate: _Evaluator, x0: np.ndarray, column:
     return space.rows(np.clip(result.x, 0.0, 1.0)[None, :], settings)[0]
 
 
-def _reachable(space: _Space, evaluate: _Evaluator, x: np.ndarray, p: np.ndarray, columns: list[int]) -> np.ndarray:
+def reachable_ends(space: SearchSpace, evaluate: Evaluate, x: np.ndarray, p: np.ndarray,
+                   columns: list[int]) -> np.ndarray:
     """Rows at the refined lowest and highest prediction of each wanted target (the reachable range's ends)."""
     if not len(space.continuous):
         return np.empty((0, x.shape[1]))
@@ -442,7 +458,7 @@ def _reachable(space: _Space, evaluate: _Evaluator, x: np.ndarray, p: np.ndarray
 # Picking recipes
 
 
-def _diverse(space: _Space, x: np.ndarray, order: np.ndarray, k: int) -> list[int]:
+def diverse(space: SearchSpace, x: np.ndarray, order: np.ndarray, k: int) -> list[int]:
     """Greedy: walk `order` (best first) and keep a row unless it lies within MIN_SEPARATION (Chebyshev, box
     units) of one already kept."""
     chosen: list[int] = []
@@ -457,23 +473,24 @@ def _diverse(space: _Space, x: np.ndarray, order: np.ndarray, k: int) -> list[in
     return chosen
 
 
-def _diverse_best(space: _Space, x: np.ndarray, loss: np.ndarray, n: int) -> list[int]:
-    return _diverse(space, x, np.argsort(loss, kind="stable"), n)
+def _diverse_best(space: SearchSpace, x: np.ndarray, loss: np.ndarray, n: int) -> list[int]:
+    return diverse(space, x, np.argsort(loss, kind="stable"), n)
 
 
-def _settings(space: _Space, x: np.ndarray) -> dict[str, float]:
+def settings_of(space: SearchSpace, x: np.ndarray) -> dict[str, float]:
     return dict(zip(space.columns, x.tolist(), strict=True))
 
 
-def _recipe(problem: DesignProblem, space: _Space, x: np.ndarray, row: dict[str, Any], rank: int) -> dict[str, Any]:
+def _recipe(problem: DesignProblem, space: SearchSpace, x: np.ndarray, row: dict[str, Any],
+            rank: int) -> dict[str, Any]:
     """One answer entry: the settings, the /predict row for them, and how far that row is from each target."""
     deviation = {t.column: (row[t.column] - t.value) / abs(t.value) * 100.0 for t in problem.targets}
     distance = max(abs(row[t.column] - t.value) / t.tolerance for t in problem.targets)
-    return {"rank": rank, "settings": _settings(space, x), "distance": distance, "deviation_pct": deviation,
+    return {"rank": rank, "settings": settings_of(space, x), "distance": distance, "deviation_pct": deviation,
             "prediction": row}
 
 
-def _summary(problem: DesignProblem, space: _Space, candidates: int, model_rows: int, refined: int,
+def search_summary(problem: SearchBox, space: SearchSpace, candidates: int, model_rows: int, refined: int,
              seconds: float) -> dict[str, Any]:
     columns = space.columns
     # Free: every parameter not fixed by the caller, a single-value range (coating speed on graphite) included.
@@ -494,7 +511,7 @@ def _summary(problem: DesignProblem, space: _Space, candidates: int, model_rows:
     }
 
 
-def _detail(kind: str, loc: tuple[str, ...], message: str) -> dict[str, Any]:
+def problem_detail(kind: str, loc: tuple[str, ...], message: str) -> dict[str, Any]:
     return {"type": kind, "loc": list(loc), "msg": message}
 
 

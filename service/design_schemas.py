@@ -59,7 +59,7 @@ class DesignTarget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     value: Number = Field(description="wanted value, in the target's unit")
-    # Checked with a message naming the field (`_check_design`); the schema says the same for the docs.
+    # Checked with a message naming the field (`check_design`); the schema says the same for the docs.
     tolerance_pct: Number = Field(
         DEFAULT_TOLERANCE_PCT,
         json_schema_extra={"minimum": MIN_TOLERANCE_PCT, "maximum": MAX_TOLERANCE_PCT},
@@ -86,7 +86,7 @@ _K_DESCRIPTION = (f"at most this many recipes, diverse rather than near-duplicat
 _EXPLAIN_DESCRIPTION = "add the exact SHAP explanation of each recipe's predictions, as /predict does"
 
 
-def _problem(kind: str, loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
+def field_problem(kind: str, loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDetails:
     return InitErrorDetails(type=PydanticCustomError(kind, "{message}", {"message": message}), loc=loc, input=value)
 
 
@@ -94,7 +94,7 @@ def _range_text(q: Quantity) -> str:
     return q.physical_range_text()
 
 
-def _check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str, float],
+def check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str, float],
                   bounds: dict[str, DesignBound]) -> list[InitErrorDetails]:
     """Every problem of a parsed design request that the domain alone can tell, each naming its field."""
     problems: list[InitErrorDetails] = []
@@ -107,15 +107,15 @@ def _check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str,
         q = target_quantities.get(column)
         if q is None:
             what = "a feature, not a target" if column in features else "unknown target"
-            problems.append(_problem("unknown_target", loc, f"targets.{column}: {what}; allowed targets: "
+            problems.append(field_problem("unknown_target", loc, f"targets.{column}: {what}; allowed targets: "
                                      f"{', '.join(target_quantities)}", column))
             continue
         if not (q.physical_min < target.value <= q.physical_max):
-            problems.append(_problem("value_out_of_range", (*loc, "value"),
+            problems.append(field_problem("value_out_of_range", (*loc, "value"),
                                      f"targets.{column}.value = {target.value:g}: outside the physical range "
                                      f"({q.physical_min:g}, {q.physical_max:g}] {q.unit}", target.value))
         if not (MIN_TOLERANCE_PCT <= target.tolerance_pct <= MAX_TOLERANCE_PCT):
-            problems.append(_problem("tolerance_out_of_range", (*loc, "tolerance_pct"),
+            problems.append(field_problem("tolerance_out_of_range", (*loc, "tolerance_pct"),
                                      f"targets.{column}.tolerance_pct = {target.tolerance_pct:g}: must be more than "
                                      f"0, from {MIN_TOLERANCE_PCT:g} to {MAX_TOLERANCE_PCT:g} (% of the wanted "
                                      f"value)", target.tolerance_pct))
@@ -123,47 +123,47 @@ def _check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str,
         q = features.get(name)
         if q is None:
             what = "a target, not a parameter" if name in quantities else "unknown parameter"
-            problems.append(_problem("unknown_feature", ("fixed", name),
+            problems.append(field_problem("unknown_feature", ("fixed", name),
                                      f"fixed.{name}: {what}; allowed parameters: {feature_list}", name))
         elif not (q.physical_min <= value <= q.physical_max):
-            problems.append(_problem("value_out_of_range", ("fixed", name),
+            problems.append(field_problem("value_out_of_range", ("fixed", name),
                                      f"fixed.{name} = {value:g}: outside the physical bounds {_range_text(q)}", value))
     for name, bound in bounds.items():
         q = features.get(name)
         if q is None:
             what = "a target, not a parameter" if name in quantities else "unknown parameter"
-            problems.append(_problem("unknown_feature", ("bounds", name),
+            problems.append(field_problem("unknown_feature", ("bounds", name),
                                      f"bounds.{name}: {what}; allowed parameters: {feature_list}", name))
         elif name in fixed:
-            problems.append(_problem("fixed_and_bounded", ("bounds", name),
+            problems.append(field_problem("fixed_and_bounded", ("bounds", name),
                                      f"bounds.{name}: the parameter is also fixed (fixed.{name} = {fixed[name]:g}); "
                                      f"give one or the other", bound.model_dump()))
         elif bound.min > bound.max:
-            problems.append(_problem("empty_bound", ("bounds", name),
+            problems.append(field_problem("empty_bound", ("bounds", name),
                                      f"bounds.{name}: min {bound.min:g} is larger than max {bound.max:g}",
                                      bound.model_dump()))
     return problems
 
 
-def _capped(problems: list[InitErrorDetails]) -> list[InitErrorDetails]:
+def capped_problems(problems: list[InitErrorDetails]) -> list[InitErrorDetails]:
     """At most MAX_ERRORS_REPORTED problems, then one entry saying how many more there are (as /predict does)."""
     if len(problems) <= MAX_ERRORS_REPORTED:
         return problems
     more = len(problems) - MAX_ERRORS_REPORTED
     return [*problems[:MAX_ERRORS_REPORTED],
-            _problem("too_many_errors", (), f"{more} more problems not listed; fix the ones above first", None)]
+            field_problem("too_many_errors", (), f"{more} more problems not listed; fix the ones above first", None)]
 
 
-def _oversized(data: Any) -> list[InitErrorDetails]:
+def oversized_mappings(data: Any) -> list[InitErrorDetails]:
     """A `targets`, `fixed` or `bounds` with more entries than a design request can have, before anything else."""
     if not isinstance(data, dict):
         return []
-    return [_problem("too_long", (name,), f"{name}: {len(value)} entries; at most {MAX_DESIGN_ENTRIES} (one per "
+    return [field_problem("too_long", (name,), f"{name}: {len(value)} entries; at most {MAX_DESIGN_ENTRIES} (one per "
                                           f"target or parameter)", None)
             for name in _MAPPINGS if isinstance(value := data.get(name), dict) and len(value) > MAX_DESIGN_ENTRIES]
 
 
-def _reworded(title: str, error: ValidationError) -> ValidationError:
+def reworded(title: str, error: ValidationError) -> ValidationError:
     """pydantic's own errors (a string for a number, a missing field) with the field path in the message."""
     details = []
     errors = error.errors(include_url=False)
@@ -172,9 +172,9 @@ def _reworded(title: str, error: ValidationError) -> ValidationError:
         where = ".".join(str(part) for part in loc) or "request"
         value = e.get("input")
         sent = "" if e["type"] == "missing" else f" (got {short_repr(value)})"
-        details.append(_problem(e["type"], loc, f"{where}: {e['msg']}{sent}", value))
+        details.append(field_problem(e["type"], loc, f"{where}: {e['msg']}{sent}", value))
     if len(errors) > MAX_ERRORS_REPORTED:
-        details.append(_problem("too_many_errors", (), f"{len(errors) - MAX_ERRORS_REPORTED} more problems not "
+        details.append(field_problem("too_many_errors", (), f"{len(errors) - MAX_ERRORS_REPORTED} more problems not "
                                                        "listed; fix the ones above first", None))
     return ValidationError.from_exception_data(title, details)
 
@@ -223,16 +223,16 @@ class _DesignRequest(IODescriptor):
     @model_validator(mode="wrap")
     @classmethod
     def _name_the_field(cls, data: Any, handler: Any) -> Any:
-        oversized = _oversized(data)
+        oversized = oversized_mappings(data)
         if oversized:
             raise ValidationError.from_exception_data(cls.__name__, oversized)
         try:
             parsed = handler(data)
         except ValidationError as error:
-            raise _reworded(cls.__name__, error) from None
-        problems = _check_design(cls.design_kind(), parsed.targets, parsed.fixed, parsed.bounds)
+            raise reworded(cls.__name__, error) from None
+        problems = check_design(cls.design_kind(), parsed.targets, parsed.fixed, parsed.bounds)
         if problems:
-            raise ValidationError.from_exception_data(cls.__name__, _capped(problems))
+            raise ValidationError.from_exception_data(cls.__name__, capped_problems(problems))
         return parsed
 
 

@@ -39,6 +39,8 @@ CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv"})
 UTF8_BOM = b"\xef\xbb\xbf"
 # The largest design request is 2 targets and 11 parameters (~1 KiB); 64 KiB leaves room for any formatting.
 MAX_DESIGN_BODY_BYTES = 64 * 1024
+# Routes that search the models (recipe design, experiment suggestions): small JSON requests only.
+SEARCH_ROUTES = ("/design/", "/suggest/")
 # Bodies up to this size are checked for repeated keys on the event loop (<1 ms); larger ones (a 10,000-row batch,
 # ~30 ms) in a worker thread, so other requests go on meanwhile.
 INLINE_CHECK_BYTES = 64 * 1024
@@ -157,7 +159,7 @@ class RequestGuard:
             body_type = media_type(content_types[0].decode("latin-1") if content_types else None)
             encodings = [e.decode("latin-1").strip().lower() for e in header_values(scope, b"content-encoding")]
             encoding = next((e for e in encodings if e not in ("", "identity")), None)
-            if encoding is not None and (path.startswith("/predict/") or path.startswith("/design/")):
+            if encoding is not None and (path.startswith("/predict/") or path.startswith(SEARCH_ROUTES)):
                 await send_error(send, 415, f"Content-Encoding {encoding!r} is not accepted: send the request body "
                                             "uncompressed (no Content-Encoding)")
                 return
@@ -172,12 +174,12 @@ class RequestGuard:
                                                 "body as application/json (or text/csv: a header line, then one "
                                                 "row per line)")
                     return
-            # The recipe-design routes take JSON only (a design request has no CSV form).
-            elif path.startswith("/design/") and body_type not in ("", "application/json"):
-                await send_error(send, 415, f"Content-Type {body_type!r} is not accepted: send the design request "
-                                            "as application/json")
+            # The recipe-design and suggestion routes take JSON only (their requests have no CSV form).
+            elif path.startswith(SEARCH_ROUTES) and body_type not in ("", "application/json"):
+                await send_error(send, 415, f"Content-Type {body_type!r} is not accepted: send the "
+                                            f"{_search_noun(path)} request as application/json")
                 return
-            if body_type not in CSV_MEDIA_TYPES and (path.startswith("/predict/") or path.startswith("/design/")):
+            if body_type not in CSV_MEDIA_TYPES and (path.startswith("/predict/") or path.startswith(SEARCH_ROUTES)):
                 await self._json_body(scope, receive, send, path)
                 return
         await self.app(scope, receive, send)
@@ -185,9 +187,10 @@ class RequestGuard:
     async def _json_body(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         """Read a JSON body, refuse what its parsers would misread, and pass it on without a byte-order mark."""
         body = await read_body(receive)
-        if path.startswith("/design/") and len(body) > MAX_DESIGN_BODY_BYTES:
-            await send_error(send, 413, f"a design request of {len(body)} bytes; the limit is "
-                                        f"{MAX_DESIGN_BODY_BYTES} bytes (a design request names at most a few "
+        if path.startswith(SEARCH_ROUTES) and len(body) > MAX_DESIGN_BODY_BYTES:
+            noun = _search_noun(path)
+            await send_error(send, 413, f"a {noun} request of {len(body)} bytes; the limit is "
+                                        f"{MAX_DESIGN_BODY_BYTES} bytes (a {noun} request names at most a few "
                                         "targets and parameters)")
             return
         if body.startswith(UTF8_BOM):
@@ -204,6 +207,10 @@ class RequestGuard:
                 {"type": "duplicate_key", "loc": [key], "msg": message}]})
             return
         await self.app(scope, _replaying(body, receive), send)
+
+
+def _search_noun(path: str) -> str:
+    return "design" if path.startswith("/design/") else "suggestion"
 
 
 async def invalid_parameters(request: Any, exc: Any) -> Any:

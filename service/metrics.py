@@ -50,6 +50,15 @@ DESIGN_SECONDS = Histogram(
     "cellmfg_design_seconds", "Time to search and answer one design request, per dataset", ["dataset"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 # -- end recipe design
+# -- experiment suggestions (service.suggest): dataset names are the served ones (the request schema checks them)
+SUGGESTIONS = Counter("cellmfg_suggestions", "Experiment suggestions answered, per dataset and strategy",
+                      ["dataset", "strategy"])
+SUGGESTIONS_INFEASIBLE = Counter(
+    "cellmfg_suggestions_infeasible", "Suggestion requests whose wanted window no recipe can reach (answered 422)",
+    ["dataset"])
+SUGGEST_SECONDS = Histogram(
+    "cellmfg_suggest_seconds", "Time to search and answer one suggestion request, per dataset", ["dataset"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0))
 
 
 # -- prediction ledger (service.recording): labels are served model names and their contract's features only.
@@ -59,6 +68,9 @@ LEDGER_ROWS = Gauge("cellmfg_ledger_rows", "Rows in the prediction ledger, per t
                     multiprocess_mode="livemax")
 LEDGER_SIZE_BYTES = Gauge("cellmfg_ledger_size_bytes", "Size of the prediction ledger's database",
                           multiprocess_mode="livemax")
+LEDGER_SPOOLED_ROWS = Gauge("cellmfg_ledger_spooled_rows", "Answered rows committed to the local outage spool and not "
+                            "yet forwarded to the ledger's database (PostgreSQL unreachable)",
+                            multiprocess_mode="livemax")
 LIVE_OUTCOMES = Gauge("cellmfg_live_outcomes", "Measured predictions of the served version of a model", ["model"],
                       multiprocess_mode="livemax")
 LIVE_MAPE = Gauge("cellmfg_live_mape_pct", "MAPE (%) of the last 50 measured predictions of the served version",

@@ -222,8 +222,10 @@ class ModelStore:
     """
 
     def __init__(self, source: ModelSource, names: Iterable[str] | None = None, threads: int = 1,
-                 required: Iterable[str] = ()) -> None:
+                 required: Iterable[str] = (), publish_catalogue: bool = True) -> None:
         self.source = source
+        # False for the challengers' store (shadow scoring): the catalogue gauges count the served models only.
+        self.publish_catalogue = publish_catalogue
         self.pinned = tuple(names) if names is not None else None
         self.required = tuple(dict.fromkeys((*(self.pinned or ()), *required)))
         self.threads = threads
@@ -273,6 +275,8 @@ class ModelStore:
         return {name: self._problems.get(name, "not loaded yet") for name in self.names if name not in current}
 
     def _publish(self) -> None:
+        if not self.publish_catalogue:
+            return
         missing = len(self.problems())
         metrics.CATALOGUE_MODELS.labels(state="served").set(len(self.names) - missing)
         metrics.CATALOGUE_MODELS.labels(state="missing").set(missing)

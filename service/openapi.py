@@ -42,7 +42,9 @@ _BODY_ERRORS = {
 _QUERY_ERROR = "A missing or invalid query parameter: one entry per problem, naming the parameter and the value"
 _AUTH_ERROR = "Missing or invalid bearer token (only when the server sets CELLMFG_API_TOKEN)"
 _INFEASIBLE_DESIGN = ("No recipe meets every target within its tolerance: the error names each target's reachable "
-                      "range; `reachable` and `closest` (the recipe found closest) come with it")  # design
+                      "range; `reachable` and `closest` (the recipe found closest) come with it")
+_UNREACHABLE_WINDOW = ("No recipe in the searched box can reach a wanted window: the error names each such window and "
+                       "its target's reachable range (`reachable`)")
 
 
 def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[str, Any]:
@@ -64,9 +66,13 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
                 for status, description in _BODY_ERRORS.items():
                     responses[status] = {"description": description,
                                          "content": {"application/json": {"schema": _ERROR_REF}}}
-                # A design whose targets no recipe meets is a 422 (service.design), documented beside the 400s.
+                # A design whose targets no recipe meets, or a suggestion window none reaches, is a 422
+                # (service.design, service.suggest), documented beside the 400s.
                 if path.startswith("/design/"):
                     responses["422"] = {"description": _INFEASIBLE_DESIGN,
+                                        "content": {"application/json": {"schema": _ERROR_REF}}}
+                elif path.startswith("/suggest/"):
+                    responses["422"] = {"description": _UNREACHABLE_WINDOW,
                                         "content": {"application/json": {"schema": _ERROR_REF}}}
             if any(parameter.get("in") == "query" for parameter in operation.get("parameters", [])):
                 # A bad or missing query parameter is answered 400 in the service's shape

@@ -7,6 +7,7 @@ The result is a plain dict in the documented response shape (`service.schemas.El
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import operator
@@ -50,6 +51,8 @@ class Computed:
     x: np.ndarray  # float64 [n, n_features] in the answering models' feature order
     in_domain: np.ndarray  # bool [n]
     predictions: dict[str, np.ndarray]  # target column -> float64 [n], as answered (clipped to physical range)
+    # target column -> float64 [n]: the ensemble spread the interval was scaled by (absent for a single net)
+    spreads: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,9 +195,13 @@ class Predictor:
         all_in = bool(in_domain.all())
 
         predictions: dict[str, np.ndarray] = {}
+        spreads: dict[str, np.ndarray] = {}  # ensembles only: the ledger records their intervals on every row
         clipped: dict[int, dict[str, float]] = {}  # row -> target -> the model's raw, impossible output
         for a in answering:
-            predictions[a.target.column] = physical(a.model.predict(x32), a.target, clipped)
+            output, spread = predict_with_spread(a.model, x32)
+            predictions[a.target.column] = physical(output, a.target, clipped)
+            if spread is not None:
+                spreads[a.target.column] = spread
         result_rows = _rows(predictions, in_domain.tolist())
         for i, raw in clipped.items():
             result_rows[i]["clipped"] = raw
@@ -206,9 +213,13 @@ class Predictor:
 
         if interval:
             for a in answering:
-                lows, highs = conformal_interval(a.model, a.target, predictions[a.target.column])
+                column = a.target.column
+                lows, highs = conformal_interval(a.model, a.target, predictions[column], spreads.get(column))
                 for row, lo, hi in zip(result_rows, lows.tolist(), highs.tolist(), strict=True):
-                    row.setdefault("interval", {})[a.target.column] = [lo, hi]
+                    row.setdefault("interval", {})[column] = [lo, hi]
+                if column in spreads:
+                    for row, value in zip(result_rows, spreads[column].tolist(), strict=True):
+                        row.setdefault("spread", {})[column] = value
 
         if explain:
             for a in answering:
@@ -232,7 +243,7 @@ class Predictor:
         answer = {"models": {a.target.task: a.model.ref() for a in answering}, "predictions": result_rows}
         if interval:  # what the intervals are worth, as the contract measured it
             answer["intervals"] = {a.target.column: interval_summary(a.model) for a in answering}
-        return answer, Computed(answering, x, in_domain, predictions)
+        return answer, Computed(answering, x, in_domain, predictions, spreads)
 
     def compute_rows(self, answering: list[_Answering], rows: list[dict[str, float]], explain: bool = False,
                      interval: bool = False) -> tuple[dict[str, Any], Computed]:
@@ -260,19 +271,45 @@ def physical(p: np.ndarray, target: Target, clipped: dict[int, dict[str, float]]
     return np.where(impossible, np.clip(p, q.physical_min, q.physical_max), p)
 
 
-def conformal_interval(model: ServedModel, target: Target, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The split-conformal interval p ± |p|·q, clipped to the target's physical range (a mass loading below 0 or a
-    tortuosity below 1 cannot happen, so no interval should offer them)."""
-    half = np.abs(p) * model.contract.conformal.relative_quantile
+def predict_with_spread(model: ServedModel, x32: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(prediction, ensemble spread) as float64 [n] from ONE onnxruntime call; spread None for a single net."""
+    spread_name = model.contract.spread_output_name
+    if spread_name is None:
+        return model.predict(x32), None
+    mean, spread = model.session.run([model.contract.output_name, spread_name], {model.contract.input_name: x32})
+    return (np.asarray(mean, dtype=np.float64).reshape(len(x32)),
+            np.asarray(spread, dtype=np.float64).reshape(len(x32)))
+
+
+def conformal_interval(model: ServedModel, target: Target, p: np.ndarray, spread: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The split-conformal interval, clipped to the target's physical range (a mass loading below 0 or a
+    tortuosity below 1 cannot happen, so no interval should offer them): p ± q·(σ + β|p|) where the contract's
+    scale is the ensemble spread σ (normalised conformal), else p ± |p|·q (constant relative width)."""
+    conformal = model.contract.conformal
+    if spread is not None and conformal.uses_spread():
+        assert conformal.spread_quantile is not None and conformal.spread_offset is not None
+        half = conformal.spread_quantile * (spread + conformal.spread_offset * np.abs(p))
+    else:
+        half = np.abs(p) * conformal.relative_quantile
     q = target.quantity
     return (np.clip(p - half, q.physical_min, q.physical_max), np.clip(p + half, q.physical_min, q.physical_max))
 
 
 def interval_summary(model: ServedModel) -> dict[str, Any]:
-    """What the contract says about a model's intervals: nominal and measured coverage, expected relative width."""
+    """What the contract says about a model's intervals: nominal and measured coverage, expected relative width,
+    and what the width follows (constant share or ensemble spread), with both schemes' figures for an ensemble."""
     conformal = model.contract.conformal
+    spread_served = conformal.uses_spread() and model.contract.spread_output_name is not None
     return {"coverage": conformal.coverage, "measured_coverage": conformal.measured_coverage,
-            "mean_relative_width": conformal.mean_relative_width, "relative_quantile": conformal.relative_quantile}
+            "mean_relative_width": conformal.mean_relative_width, "relative_quantile": conformal.relative_quantile,
+            "scale": "spread" if spread_served else "constant", "scale_reason": conformal.scale_reason,
+            "ensemble_members": conformal.ensemble_members, "spread_quantile": conformal.spread_quantile,
+            "spread_offset": conformal.spread_offset,
+            "constant_measured_coverage": conformal.constant_measured_coverage,
+            "constant_mean_relative_width": conformal.constant_mean_relative_width,
+            "spread_measured_coverage": conformal.spread_measured_coverage,
+            "spread_mean_relative_width": conformal.spread_mean_relative_width}
 
 
 def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:

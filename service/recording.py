@@ -11,21 +11,24 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cellmfg.contract import FeatureSpec
-from cellmfg.domain import TARGETS, Kind, targets_for
+from cellmfg.domain import TARGETS, Kind, Target, targets_for
 from service import metrics
 from service.config import ConfigError, Settings
 from service.ledger import Ledger, LedgerStats, ModelOutputs, PredictionBatch, PredictionOutput, PredictionRecord
-from service.ledger.ids import new_prediction_id
+from service.ledger.ids import new_prediction_id, new_prediction_ids
 from service.ledger.live import DEFAULT_LAST_N, FeatureReference, LiveReport
+from service.ledger.tenure import TenureTracker
 from service.model_store import ServedModel
-from service.predict import Computed, conformal_interval
+from service.predict import Computed, conformal_interval, physical
 
 log = logging.getLogger("cellmfg.ledger")
 
@@ -76,24 +79,83 @@ def batch_of(computed: Computed, ids: list[uuid.UUID], *, endpoint: str, dataset
     outputs = []
     for a in computed.answering:
         values = computed.predictions[a.target.column]
-        low, high = conformal_interval(a.model, a.target, values)  # always: coverage is measured on every row
+        low, high = conformal_interval(a.model, a.target, values,  # always: coverage is measured on every row
+                                       computed.spreads.get(a.target.column))
         outputs.append(ModelOutputs.model_construct(
             target=a.target.column, unit=a.target.unit, model_name=a.model.name, model_version=a.model.version,
             model_alias=a.model.alias, values=values.tolist(), interval_low=low.tolist(), interval_high=high.tolist()))
     return PredictionBatch.model_construct(
         created_at=datetime.now(UTC), dataset=dataset, endpoint=endpoint, operator=operator, prediction_ids=ids,
         sample_ids=sample_ids, group_ids=group_ids, feature_columns=list(computed.answering[0].model.feature_names),
-        inputs=computed.x.tolist(), in_domain=computed.in_domain.tolist(), outputs=outputs)
+        inputs=computed.x.tolist(), in_domain=computed.in_domain.tolist(), outputs=outputs, shadow_of=None,
+        shadow=None)
+
+
+@dataclass(frozen=True)
+class ShadowScore:
+    """A challenger's predictions of an answer's rows for one target, beside the champion's (never answered unless
+    the client asks for them)."""
+
+    target: Target
+    model: ServedModel
+    values: np.ndarray  # float64 [n], clipped to the physical range as the champion's answer is
+
+
+def shadow_scores(computed: Computed, challenger_of: Callable[[str], ServedModel | None]) -> list[ShadowScore]:
+    """The challenger's prediction for every answered target whose model has a challenger loaded that reads the
+    same features in the same order (another contract cannot be fed the champion's rows, and is not shadowed)."""
+    scores = []
+    x32: np.ndarray | None = None
+    for a in computed.answering:
+        challenger = challenger_of(a.model.name)
+        if challenger is None or challenger.version == a.model.version \
+                or challenger.feature_names != a.model.feature_names:
+            continue
+        if x32 is None:
+            x32 = computed.x.astype(np.float32)
+        scores.append(ShadowScore(a.target, challenger, physical(challenger.predict(x32), a.target, {})))
+    return scores
+
+
+def shadow_batch(batch: PredictionBatch, scores: list[ShadowScore]) -> PredictionBatch | None:
+    """The ledger rows of the challengers' shadow predictions of `batch`'s rows: new ids, each row linked to the
+    champion's row it shadows, the same time, inputs and domain flags, no client fields (an outcome posted by
+    sample id must find the answered row only)."""
+    if not scores:
+        return None
+    outputs = []
+    for score in scores:
+        low, high = conformal_interval(score.model, score.target, score.values)
+        outputs.append(ModelOutputs.model_construct(
+            target=score.target.column, unit=score.target.unit, model_name=score.model.name,
+            model_version=score.model.version, model_alias=score.model.alias, values=score.values.tolist(),
+            interval_low=low.tolist(), interval_high=high.tolist()))
+    return PredictionBatch.model_construct(
+        created_at=batch.created_at, dataset=batch.dataset, endpoint=batch.endpoint, operator=None,
+        prediction_ids=new_prediction_ids(len(batch)), sample_ids=None, group_ids=None,
+        feature_columns=batch.feature_columns, inputs=batch.inputs, in_domain=batch.in_domain, outputs=outputs,
+        shadow_of=batch.prediction_ids, shadow=None)
+
+
+def attach_shadow(payload: dict[str, Any], scores: list[ShadowScore]) -> None:
+    """Show the challengers' predictions in the answer (asked for with ?shadow=true): `challengers` names the
+    versions per task, and each row's `shadow` gives the challenger's value per target."""
+    payload["challengers"] = {score.target.task: score.model.ref() for score in scores}
+    rows = payload["predictions"]
+    for score in scores:
+        for row, value in zip(rows, score.values.tolist(), strict=True):
+            row.setdefault("shadow", {})[score.target.column] = value
 
 
 def design_records(kind: Kind, dataset: str, payload: dict[str, Any], operator: str | None,
-                   ) -> list[PredictionRecord]:
-    """One ledger row per recipe a design answer returns (its settings and its /predict row); the recipe gets its
-    prediction_id in place."""
+                   entries: str = "recipes", endpoint: str = "design") -> list[PredictionRecord]:
+    """One ledger row per recipe a design answer returns (its settings and its /predict row), or per suggestion of a
+    suggestion answer (`entries` "suggestions", `endpoint` "suggest"); each gets its prediction_id in place, so the
+    lab can post the measurement against it."""
     now = datetime.now(UTC)
     by_task = {t.task: t for t in targets_for(kind)}
     records = []
-    for recipe in payload.get("recipes", []):
+    for recipe in payload.get(entries, []):
         row = recipe["prediction"]
         prediction_id = new_prediction_id()
         outputs = []
@@ -105,7 +167,7 @@ def design_records(kind: Kind, dataset: str, payload: dict[str, Any], operator: 
                 model_alias=ref.get("alias"), value=row[target.column],
                 interval_low=interval[0] if interval else None, interval_high=interval[1] if interval else None))
         records.append(PredictionRecord(
-            prediction_id=prediction_id, created_at=now, dataset=dataset, endpoint="design", operator=operator,
+            prediction_id=prediction_id, created_at=now, dataset=dataset, endpoint=endpoint, operator=operator,
             sample_id=None, group_id=None,
             inputs={k: float(v) for k, v in recipe["settings"].items()}, in_domain=bool(row["in_domain"]),
             outputs=tuple(outputs)))
@@ -140,7 +202,8 @@ class Recorder:
             except OSError as error:
                 raise ConfigError(f"CELLMFG_LEDGER_DIR={str(folder)!r}: cannot create the ledger's folder: "
                                   f"{error}") from None
-        self.ledger = Ledger.open(settings.ledger_url, sqlite_synchronous=settings.ledger_sqlite_sync)
+        self.ledger = Ledger.open(settings.ledger_url, sqlite_synchronous=settings.ledger_sqlite_sync,
+                                  spool_dir=settings.ledger_spool_dir, on_spooled=metrics.LEDGER_SPOOLED_ROWS.set)
         self._models = models  # () -> the served models
         # Live figures and counts are recomputed at most this often (GET /models, the housekeeping thread) and
         # after every post that wrote outcomes: each is a few queries over the measured rows of one model.
@@ -148,6 +211,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._stats: LedgerStats | None = None
         self._live: dict[str, _LiveEntry] = {}
+        self._tenure = TenureTracker()  # when each served version was promoted, as the ledger saw it
         self._refreshed = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -202,7 +266,8 @@ class Recorder:
             for model in self._models():
                 references = feature_references(model)
                 report = self.ledger.live(model.name, model.version, references, last_n=DEFAULT_LAST_N,
-                                          drift_rows=DRIFT_ROWS)
+                                          drift_rows=DRIFT_ROWS, promoted_at=self._tenure.since(
+                                              self.ledger.engine, model.name, model.version, model.alias))
                 live[model.name] = _LiveEntry(model.version, report, test_mape_upper_pct(model),
                                               all(has_quantiles(f) for f in model.contract.features))
             self._stats, self._live, self._refreshed = stats, live, time.monotonic()
@@ -241,6 +306,7 @@ def live_block(entry: _LiveEntry | None) -> dict[str, Any] | None:
         "interval_coverage": accuracy.interval_coverage,
         "n_with_interval": accuracy.n_with_interval,
         "share_in_domain": accuracy.share_in_domain,
+        "error_series": accuracy.recent_errors.model_dump(),
         "drift": {feature: {"n": d.n, "share_outside": d.share_outside, "psi": d.psi if entry.psi_known else None}
                   for feature, d in entry.report.drift.items()},
     }

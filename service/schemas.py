@@ -11,7 +11,7 @@ is allowed, since pydantic's own messages leave the value out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
 from bentoml import IODescriptor
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema, model_validator
@@ -282,6 +282,11 @@ _IN_DOMAIN = ("every feature lies inside the training range of the answering mod
               "were off by 50-80 %")
 
 
+_SPREAD = ("only with interval=true, for targets answered by an ensemble: target -> the standard deviation of its "
+           "members' predictions for this recipe (same unit as the target); where the contract's interval scale is "
+           "'spread' the interval's half-width is spread_quantile·(spread + spread_offset·|prediction|)")
+
+
 class ElectrodePrediction(BaseModel):
     prediction_id: str | None = Field(None, description=_PREDICTION_ID)
     density_g_cm3: float | None = Field(None, description="calendered electrode density [g/cm³]; absent when the "
@@ -293,6 +298,7 @@ class ElectrodePrediction(BaseModel):
     interval: dict[str, tuple[float, float]] | None = Field(
         None, description="only with interval=true: target -> [low, high], a split-conformal prediction interval "
                           "(coverage in GET /models), clipped to the target's physical range")
+    spread: dict[str, float] | None = Field(None, description=_SPREAD)
     explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
     clipped: dict[str, float] | None = Field(None, description=_CLIPPED)
 
@@ -305,6 +311,7 @@ class GdlPrediction(BaseModel):
     interval: dict[str, tuple[float, float]] | None = Field(
         None, description="only with interval=true: target -> [low, high], a split-conformal prediction interval "
                           "(coverage in GET /models), clipped to the target's physical range")
+    spread: dict[str, float] | None = Field(None, description=_SPREAD)
     explanation: dict[str, Explanation] | None = Field(None, description="only with explain=true: target -> SHAP")
     clipped: dict[str, float] | None = Field(None, description=_CLIPPED)
 
@@ -325,7 +332,20 @@ class IntervalSummary(BaseModel):
     measured_coverage: float | None = Field(description="share of held-out rows inside their interval (contract)")
     mean_relative_width: float | None = Field(description="mean (high - low) / |prediction| on held-out rows: the "
                                                           "width to expect")
-    relative_quantile: float
+    relative_quantile: float = Field(description="constant-width half-width as a share of |prediction|")
+    scale: Literal["constant", "spread"] = Field(
+        "constant", description="what the interval width follows: a constant share of the prediction, or the "
+        "ensemble spread of each recipe (normalised conformal)")
+    scale_reason: str | None = Field(None, description="the stated rule and its validation figures")
+    ensemble_members: int | None = Field(None, description="nets averaged into the prediction (None: a single net)")
+    spread_quantile: float | None = None
+    spread_offset: float | None = None
+    constant_measured_coverage: float | None = Field(
+        None, description="the constant-width interval's held-out coverage, for comparison")
+    constant_mean_relative_width: float | None = None
+    spread_measured_coverage: float | None = Field(
+        None, description="the spread-scaled interval's held-out coverage, for comparison")
+    spread_mean_relative_width: float | None = None
 
 
 _INTERVALS = "only with interval=true: target column -> what its intervals are worth, from the model's contract"

@@ -43,9 +43,8 @@ from service.ui import DOCS_PATHS, UI_PATHS  # page
 
 log = logging.getLogger("cellmfg.service")
 
-# --- page: its static files and the API docs hold no data, and a browser cannot send a token for them (service.ui) ---
+# The page: its static files and the API docs hold no data, and a browser cannot send a token for them (service.ui).
 DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics", *UI_PATHS, *DOCS_PATHS)
-# --- end page ---
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 MIN_TOKEN_LENGTH = 16
 # An over-size body is read and thrown away up to this many bytes (and for at most DRAIN_SECONDS) before the 413

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from service.config import Settings
-from service.design_schemas import (  # design
+from service.design_schemas import (
     DesignBound,
     DesignTarget,
     ElectrodeDesignRequest,
@@ -55,6 +55,13 @@ from service.schemas import (
     ModelsResponse,
 )
 from service.security import SecurityMiddleware
+from service.suggest_schemas import (
+    ElectrodeSuggestRequest,
+    ElectrodeSuggestResponse,
+    GdlSuggestRequest,
+    GdlSuggestResponse,
+    WindowBound,
+)
 from service.ui import DocsPage, mount_ui  # page
 
 if TYPE_CHECKING:
@@ -76,9 +83,8 @@ _OUTCOMES_DOCS: dict[str, Any] = {"requestBody": {"required": True, "content": {
                        '"units": {"density_g_cm3": "g/cm3"}, "measured_at": "2026-01-05T10:00:00Z"}]}'}},
     "text/csv": {"schema": {"type": "string", "description": "prediction_id,density_g_cm3,note\\n<an answered id>,"
                             "3.05,sheet 7"}}}}}
-# --- page: the static page at /ui/ and /docs -> the API docs at / (service.ui) ---
+# The static page at /ui/, and /docs -> the API docs at / (service.ui).
 mount_ui(models_app)
-# --- end page ---
 
 
 @bentoml.service(
@@ -141,16 +147,18 @@ class CellMfgService:
         column.
         """
         return _with_status(await self.answers.predict("electrode", chemistry, rows, explain, interval,
-                                                       ctx.request.headers.get("accept"), operator), ctx)
+                                                       ctx.request.headers.get("accept"), operator,
+                                                       _shadow_asked(ctx)), ctx)
 
     @bentoml.api(route="/predict/gdl", input_spec=GdlRequest, output_spec=GdlResponse)
     async def predict_gdl(self, dataset: str, rows: list[dict[str, float]], explain: bool = False,
                           interval: bool = False, operator: str | None = None, *, ctx: bentoml.Context) -> Response:
         """Gas-diffusion-layer tortuosity per row, from the dataset's model; the same extras as the electrodes."""
         return _with_status(await self.answers.predict("gdl", dataset, rows, explain, interval,
-                                                       ctx.request.headers.get("accept"), operator), ctx)
+                                                       ctx.request.headers.get("accept"), operator,
+                                                       _shadow_asked(ctx)), ctx)
 
-    # --- design: recipe design, the inverse of /predict (service.design) ---
+    # Recipe design, the inverse of /predict (service.design), and experiment suggestions (service.suggest).
     @bentoml.api(route="/design/electrode", input_spec=ElectrodeDesignRequest, output_spec=ElectrodeDesignResponse)
     async def design_electrode(self, chemistry: str, targets: dict[str, DesignTarget],
                                fixed: dict[str, float] | None = None, bounds: dict[str, DesignBound] | None = None,
@@ -173,7 +181,31 @@ class CellMfgService:
                          operator: str | None = None) -> Response:
         """GDL structures that give the wanted tortuosity; the same search and answer as /design/electrode."""
         return await self.answers.design("gdl", dataset, targets, fixed or {}, bounds or {}, k, explain, operator)
-    # --- end design ---
+
+    @bentoml.api(route="/suggest/electrode", input_spec=ElectrodeSuggestRequest,
+                 output_spec=ElectrodeSuggestResponse)
+    async def suggest_electrode(self, chemistry: str, k: int = 4, fixed: dict[str, float] | None = None,
+                                bounds: dict[str, DesignBound] | None = None,
+                                window: dict[str, WindowBound] | None = None, explain: bool = False,
+                                operator: str | None = None) -> Response:
+        """Which electrode recipes to measure next: k diverse recipes where the models' ensemble disagrees most, or,
+        with a wanted `window` per target, the largest chance that the measurement lands inside it.
+
+        Each suggestion comes with the row /predict answers for it (prediction, 90 % interval, ensemble spread,
+        domain check), its score and why it was chosen, and a prediction_id to post its measurement against
+        (POST /outcomes). Models without an ensemble spread answer space-filling recipes and say so. Bad input is
+        answered 400 naming the field; a window no recipe reaches 422 with the reachable range.
+        """
+        return await self.answers.suggest("electrode", chemistry, k, fixed or {}, bounds or {}, window or {},
+                                          explain, operator)
+
+    @bentoml.api(route="/suggest/gdl", input_spec=GdlSuggestRequest, output_spec=GdlSuggestResponse)
+    async def suggest_gdl(self, dataset: str, k: int = 4, fixed: dict[str, float] | None = None,
+                          bounds: dict[str, DesignBound] | None = None, window: dict[str, WindowBound] | None = None,
+                          explain: bool = False, operator: str | None = None) -> Response:
+        """GDL structures to measure next; the same search and answer as /suggest/electrode."""
+        return await self.answers.suggest("gdl", dataset, k, fixed or {}, bounds or {}, window or {}, explain,
+                                          operator)
 
     @models_app.get("/models", response_model=ModelsResponse, tags=["Service APIs"],
                     summary="Loaded models: version, alias, test MAPE, lineage and feature ranges")
@@ -186,23 +218,39 @@ class CellMfgService:
                      summary="Any one served model, with the rows its contract names (JSON or CSV)",
                      openapi_extra=_MODEL_ROUTE_DOCS)
     async def predict_model(self, model_name: str, request: Request, explain: bool = False,
-                            interval: bool = False) -> Response:
+                            interval: bool = False, shadow: bool = False) -> Response:
         """One served model by name (GET /models lists them with their features), for targets and feature sets
         beyond the kind endpoints. JSON body {"rows": [...], "explain": false, "interval": false}, or a CSV body
-        with `?explain=&interval=`; `Accept: text/csv` answers CSV."""
-        return await self.answers.predict_model(model_name, request, explain, interval)
+        with `?explain=&interval=`; `Accept: text/csv` answers CSV. `?shadow=true` adds the challenger's
+        prediction to a JSON answer."""
+        return await self.answers.predict_model(model_name, request, explain, interval, shadow)
 
     @models_app.post(CSV_ROUTES["/predict/electrode"], include_in_schema=False)
     async def predict_electrode_csv(self, request: Request, chemistry: str = "", explain: bool = False,
-                                    interval: bool = False, operator: str = "") -> Response:
+                                    interval: bool = False, operator: str = "", shadow: bool = False) -> Response:
         return await self.answers.answer_csv(request, kind="electrode", dataset=chemistry, field="chemistry",
-                                             explain=explain, interval=interval, operator=operator[:200] or None)
+                                             explain=explain, interval=interval, operator=operator[:200] or None,
+                                             shadow=shadow)
 
     @models_app.post(CSV_ROUTES["/predict/gdl"], include_in_schema=False)
     async def predict_gdl_csv(self, request: Request, dataset: str = "", explain: bool = False,
-                              interval: bool = False, operator: str = "") -> Response:
+                              interval: bool = False, operator: str = "", shadow: bool = False) -> Response:
         return await self.answers.answer_csv(request, kind="gdl", dataset=dataset, field="dataset", explain=explain,
-                                             interval=interval, operator=operator[:200] or None)
+                                             interval=interval, operator=operator[:200] or None, shadow=shadow)
+
+    # -- champion and challenger (service.answers.Answers.challenge)
+
+    @models_app.get("/models/{model_name}/challenge", tags=["Service APIs"], response_model=None,
+                    summary="The champion against its shadow-scored challenger on the line's measured rows",
+                    openapi_extra={"responses": {"404": {
+                        "description": "No served model of that name, no challenger loaded, or the ledger is off",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CellMfgError"}}}}}})
+    async def model_challenge(self, model_name: str) -> Response:
+        """Rows both the champion and its challenger (the version holding the `challenger` alias, scored in
+        shadow beside every request) predicted and the QC lab measured: n, each MAPE, the paired difference
+        challenger - champion (points; below 0 the challenger is better) with its 95 % bootstrap interval over
+        groups, and whether `cellmfg registry promote --challenger` would promote it (and why)."""
+        return await self.answers.challenge(model_name)
 
     # -- the prediction ledger's outcomes (service.outcomes)
 
@@ -225,6 +273,16 @@ class CellMfgService:
         """Rows the model predicted whose target has been measured: sample_id (the prediction_id), group_id, the
         inputs and the latest measured targets; `since` (ISO 8601) keeps rows measured at or after it."""
         return await self.answers.get_outcomes(model, since)
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def _shadow_asked(ctx: bentoml.Context) -> bool:
+    """`?shadow=true` on a kind endpoint: show the challengers' predictions in the JSON answer. A query parameter,
+    not a body field, so the documented request bodies stay as they are; an unreadable value shows nothing."""
+    value = ctx.request.query_params.get("shadow", "").strip().lower()
+    return value in _TRUE
 
 
 # Routes BentoML itself serves (probes, metrics, the docs page and its assets) beside the service's APIs.

@@ -29,8 +29,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::P
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 OPERATIONS = {"GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "POST /predict/electrode",
               "POST /predict/gdl", "GET /models", "POST /predict/{model_name}",
-              "POST /design/electrode", "POST /design/gdl",  # design: the recipe-design endpoints
-              "POST /outcomes", "GET /outcomes"}  # the prediction ledger's outcomes
+              "POST /design/electrode", "POST /design/gdl",  # the recipe-design endpoints
+              "POST /suggest/electrode", "POST /suggest/gdl",  # which experiment next
+              "POST /outcomes", "GET /outcomes",  # the prediction ledger's outcomes
+              "GET /models/{model_name}/challenge"}  # champion against challenger
 # A running service documents one operation per served model (the fakes: the paper's eight) instead of the template.
 LIVE_OPERATIONS = (OPERATIONS - {"POST /predict/{model_name}"}) | {f"POST /predict/{n}" for n in SERVED_MODEL_NAMES}
 

@@ -11,9 +11,11 @@
   Secret, while predictions need it, and /metrics is an open path; the placeholder token stops the service;
   settings are the service's own variables; writable paths are emptyDirs; the plant has autoscaling, a disruption
   budget, an Ingress.
+- The prediction ledger: PostgreSQL in the base and the plant (URL in the ConfigMap without a password, PGPASSWORD
+  from a Secret); the lab-server's SQLite file on a PersistentVolumeClaim, in one pod only (one replica, Recreate).
 - The README's recipe for the real token (an overlay of one's own with `behavior: replace`) renders as documented.
 - Integration tier: the service (two workers) serves predictions and /metrics from a read-only root with only the
-  Deployment's emptyDir paths writable (a private mount namespace; needs root and unshare).
+  Deployment's emptyDir and ledger-volume paths writable (a private mount namespace; needs root and unshare).
 
 Rendering needs kubectl with its built-in kustomize (here v1.32 with kustomize v5.5): without it these tests skip
 and say so. No cluster is involved: the manifests are rendered and validated, not applied.
@@ -32,6 +34,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jsonschema
@@ -179,6 +182,22 @@ def configmap_env(resources: list[dict[str, Any]]) -> dict[str, str]:
         env.update(maps[source])
     env.update({e["name"]: e["value"] for e in spec.get("env", []) if "value" in e})
     return env
+
+
+def secret_env(resources: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], str]]:
+    """The container's variables read from a Secret: name -> (its secretKeyRef, the value in the rendered Secret);
+    fails when the Secret or its key is not rendered."""
+    secrets = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Secret"}
+    found = {}
+    for entry in container(resources).get("env", []):
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref is None:
+            continue
+        assert ref["name"] in secrets, f"{entry['name']} reads Secret {ref['name']}, which the overlay does not render"
+        data = secrets[ref["name"]]["data"]
+        assert ref["key"] in data, f"{entry['name']} reads key {ref['key']!r} of Secret {ref['name']}: no such key"
+        found[entry["name"]] = (ref, base64.b64decode(data[ref["key"]]).decode())
+    return found
 
 
 def token_secret(resources: list[dict[str, Any]]) -> tuple[dict[str, Any], str, str]:
@@ -334,13 +353,14 @@ def test_probes_answer_without_the_token_on_the_real_service(
     env.pop("MLFLOW_TRACKING_URI")
     env.pop("BENTOML_PORT", None)
     env |= {"CELLMFG_BUNDLE": str(write_fake_bundle(tmp_path / "bundle")), "CELLMFG_POLL_SECONDS": "0",
-            "CELLMFG_API_TOKEN_FILE": str(token_file)}
+            "CELLMFG_API_TOKEN_FILE": str(token_file),
+            # The overlay's ledger (a PostgreSQL server, a PVC path) is not here: a file of the test's own.
+            "CELLMFG_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger' / 'ledger.sqlite3'}"}
     security = SecuritySettings.from_env(env)
     assert security.auth_enabled
     assert probe_paths | scraped <= security.open_paths
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("CELLMFG_LEDGER_DIR", str(tmp_path / "ledger"))  # the prediction ledger not in ~/bentoml
     body = {"chemistry": "nmc", "rows": example_rows("electrode", "nmc", 1)}
     with TestClient(in_process_app()) as client:
         for path in sorted(probe_paths):
@@ -367,9 +387,11 @@ def test_settings_are_the_services_own_and_valid(overlay: str) -> None:
     settings = Settings.from_env(env)
     assert settings.tracking_uri and settings.tracking_uri.startswith("http")
     assert int(env["CELLMFG_WORKERS"]) >= 1
-    # The Secret's key is the file CELLMFG_API_TOKEN_FILE names; every Secret rendered is mounted.
+    # The Secret's key is the file CELLMFG_API_TOKEN_FILE names; every Secret rendered is mounted or read by the
+    # container's environment (the ledger's password).
     secret, _, _ = token_secret(resources)
-    assert [r["metadata"]["name"] for r in resources if r["kind"] == "Secret"] == [secret["metadata"]["name"]]
+    used = {secret["metadata"]["name"], *(ref["name"] for ref, _ in secret_env(resources).values())}
+    assert sorted(r["metadata"]["name"] for r in resources if r["kind"] == "Secret") == sorted(used)
 
 
 def test_the_placeholder_token_stops_the_service(tmp_path: Path) -> None:
@@ -383,8 +405,9 @@ def test_the_placeholder_token_stops_the_service(tmp_path: Path) -> None:
 
 
 def test_the_readme_recipe_replaces_the_token(tmp_path: Path) -> None:
-    """README "Kubernetes": its own overlay, outside git, replaces the Secret from a file and sets MLflow and the
-    image; rendered here as written there (only its path to the repository changed)."""
+    """README "Kubernetes": its own overlay, outside git, replaces the token's and the ledger password's Secrets
+    from files and sets MLflow, the ledger and the image; rendered here as written there (only its path to the
+    repository changed)."""
     readme = (PROJECT_ROOT / "README.md").read_text()
     match = re.search(r"cat > kustomization.yaml <<'EOF'\n(.*?)\nEOF\n", readme, re.DOTALL)
     assert match, "README.md has no kustomization.yaml for an overlay of one's own"
@@ -392,6 +415,7 @@ def test_the_readme_recipe_replaces_the_token(tmp_path: Path) -> None:
     own = tmp_path / "my-plant"
     own.mkdir()
     (own / "api_token").write_text(TOKEN + "\n")  # as `print` writes it: the service strips the newline
+    (own / "ledger_password").write_text("ledger-password-0123")  # as `printf '%s'` writes it
     base = recipe["resources"][0]
     overlay = base[base.index("deploy/k8s/"):]
     recipe["resources"] = [os.path.relpath(PROJECT_ROOT / overlay, own)]
@@ -404,6 +428,9 @@ def test_the_readme_recipe_replaces_the_token(tmp_path: Path) -> None:
     settings = {r["metadata"]["name"].rsplit("-", 1)[0]: r["data"] for r in resources if r["kind"] == "ConfigMap"}
     wanted_uri = recipe["configMapGenerator"][0]["literals"][0].split("=", 1)[1]
     assert settings["cellmfg-settings"]["MLFLOW_TRACKING_URI"] == wanted_uri
+    wanted_ledger = recipe["configMapGenerator"][0]["literals"][1].split("=", 1)[1]
+    assert settings["cellmfg-settings"]["CELLMFG_LEDGER_URL"] == wanted_ledger
+    assert secret_env(resources)["PGPASSWORD"][1] == "ledger-password-0123"
     image = recipe["images"][0]
     assert container(resources)["image"] == f"{image['newName']}:{image['newTag']}"
 
@@ -443,7 +470,10 @@ def test_termination_leaves_time_to_drain(overlay: str) -> None:
     request_timeout = float(service.config["traffic"]["timeout"])
     assert pod["terminationGracePeriodSeconds"] >= float(command[1]) + request_timeout
     strategy = only(resources, "Deployment")["spec"]["strategy"]
-    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    if overlay == "lab-server":  # its SQLite ledger must never be open in two pods (test_the_ledger_...)
+        assert strategy == {"type": "Recreate"}
+    else:
+        assert strategy["rollingUpdate"]["maxUnavailable"] == 0
 
 
 def test_the_lab_server_runs_one_replica_without_autoscaling() -> None:
@@ -452,6 +482,43 @@ def test_the_lab_server_runs_one_replica_without_autoscaling() -> None:
     kinds = {r["kind"] for r in resources}
     # A budget over one replica would block every drain; no autoscaler or Ingress on one machine.
     assert not kinds & {"HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress", "ServiceMonitor"}
+
+
+def test_the_ledger_is_postgresql_with_its_password_from_a_secret_in_the_base_and_the_plant() -> None:
+    """Issue 25: the prediction ledger's URL is in the ConfigMap, without a password (a ConfigMap is readable by
+    anyone who may read the namespace); libpq reads the password as PGPASSWORD from a Secret."""
+    for resources in (render(K8S_DIR / "base"), rendered("plant")):
+        env = configmap_env(resources)
+        url = env["CELLMFG_LEDGER_URL"]
+        settings = Settings.from_env(env)
+        assert settings.ledger_url == url and url.startswith("postgresql+psycopg://")
+        parts = urlsplit(url)
+        assert parts.password is None and parts.username and parts.path == "/ledger"
+        password = secret_env(resources)["PGPASSWORD"][1]
+        assert password and password not in url
+        assert "PGPASSWORD" not in env, "the password belongs in the Secret, not the ConfigMap"
+    # The plant's own server, not the base's placeholder host.
+    assert urlsplit(configmap_env(rendered("plant"))["CELLMFG_LEDGER_URL"]).hostname != "postgres"
+
+
+def test_the_lab_server_keeps_its_ledger_in_sqlite_on_a_volume_claim_in_one_pod() -> None:
+    """SQLite is safe for the processes of one pod, not across pods: one replica, Recreate (no second pod during a
+    rollout), and the file on a PersistentVolumeClaim mounted where CELLMFG_LEDGER_URL points (an emptyDir would
+    lose the ledger with the pod)."""
+    resources = rendered("lab-server")
+    url = configmap_env(resources)["CELLMFG_LEDGER_URL"]
+    assert Settings.from_env(configmap_env(resources)).ledger_url == url
+    assert url.startswith("sqlite:////"), url  # an absolute path
+    folder = PurePosixPath(url.removeprefix("sqlite:///")).parent
+    deployment = only(resources, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = [m for m in container(resources)["volumeMounts"] if PurePosixPath(m["mountPath"]) == folder]
+    assert len(mounts) == 1 and not mounts[0].get("readOnly"), f"nothing writable is mounted at {folder}"
+    claim = volumes[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"]
+    pvc = only(resources, "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == claim and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001  # the volume is writable
 
 
 def test_the_plant_scales_and_survives_disruptions() -> None:
@@ -482,13 +549,16 @@ def test_the_plant_scales_and_survives_disruptions() -> None:
 @pytest.fixture
 def read_only_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """`cellmfg serve` in a mount namespace where / is read-only and only the lab-server Deployment's emptyDir
-    mount paths are writable (tmpfs), as in the pod; yields its URL and token. Needs root and unshare(1)."""
+    and PersistentVolumeClaim mount paths are writable (tmpfs), as in the pod; yields its URL and token. Needs root
+    and unshare(1)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to mount a read-only root in a private mount namespace")
     resources = rendered("lab-server")
     pod = only(resources, "Deployment")["spec"]["template"]["spec"]
-    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
-    writable = [m["mountPath"] for m in container(resources)["volumeMounts"] if m["name"] in empty_dirs]
+    # The emptyDirs and the ledger's PersistentVolumeClaim: fresh tmpfs mounts here (their mount points made first).
+    volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v or "persistentVolumeClaim" in v}
+    writable = [m["mountPath"] for m in container(resources)["volumeMounts"] if m["name"] in volumes]
+    made = [Path(path) for path in writable if not Path(path).exists()]
     # Outside every writable path, since those are fresh tmpfs mounts in the namespace.
     folder = Path("/var/tmp") / f"cellmfg-k8s-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -498,7 +568,8 @@ def read_only_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = clean_env(**{k: v for k, v in configmap_env(resources).items() if k != "MLFLOW_TRACKING_URI"})
     env |= {"CELLMFG_BUNDLE": str(folder / "bundle"), "CELLMFG_API_TOKEN_FILE": str(folder / "api_token"),
             "BENTOML_HOME": dockerfile_env("BENTOML_HOME"), "HOME": "/home/cellmfg", "CELLMFG_WORKERS": "2"}
-    mounts = "".join(f"mount -t tmpfs -o size=256m,mode=1777 tmpfs {path} && " for path in writable)
+    mounts = "".join(f"mkdir -p {path} && mount -t tmpfs -o size=256m,mode=1777 tmpfs {path} && "
+                     for path in writable)
     keep = unhide = ""
     if any(PROJECT_ROOT.is_relative_to(path) for path in writable):
         # A checkout under /tmp (CI's may be) would vanish under the pod's fresh /tmp: kept through a bind mount
@@ -528,6 +599,9 @@ def read_only_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 process.kill()
                 process.wait()
             shutil.rmtree(folder, ignore_errors=True)
+            for path in made:  # the empty mount points made on the host
+                if path.exists():
+                    path.rmdir()
 
 
 @pytest.mark.integration

@@ -201,7 +201,7 @@ def test_sqlite_ledger_runs_in_wal_with_full_sync_busy_timeout_and_foreign_keys(
 
 
 def test_the_migrated_schema_equals_the_table_models_at_the_head_revision(ledger: Ledger) -> None:
-    assert current_revision(ledger.engine) == "0001"
+    assert current_revision(ledger.engine) == "0002"
     with ledger.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []

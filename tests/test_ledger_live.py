@@ -13,6 +13,7 @@ from service.ledger.live import (
     FeatureReference,
     ScoredOutcomes,
     bootstrap_mape_interval,
+    error_series,
     feature_drift,
     input_drift,
     interval_coverage,
@@ -82,6 +83,8 @@ def test_live_accuracy_over_the_last_n_and_since_promotion() -> None:
     assert (live.last_n.n, live.last_n.mape_pct) == (2, pytest.approx(45.0))
     assert live.since_promotion is not None
     assert (live.since_promotion.n, live.since_promotion.mape_pct) == (2, pytest.approx(45.0))
+    assert live.since_promotion.since == "2026-05-01T03:00:00+00:00"
+    assert live.since_promotion.interval_pct is not None
     assert live.last_n.interval_pct is not None and 40 - 1e-9 <= live.last_n.interval_pct[0] <= 45
     assert (live.interval_coverage, live.n_with_interval) == (0.75, 4)  # row 4 (measured 1.0) outside [0, 0.5]
     assert live.share_in_domain == pytest.approx(0.6)
@@ -130,3 +133,29 @@ def test_feature_drift_reports_the_share_outside_the_training_range() -> None:
     assert drift.psi is not None and drift.psi > 0
     both = input_drift({"roll_gap_um": np.array([50.0])}, {"roll_gap_um": reference, "comma_gap_um": reference})
     assert both["roll_gap_um"].share_outside == 0.0 and both["comma_gap_um"].n == 0
+
+
+def test_the_error_series_is_in_order_of_prediction_with_a_trailing_rolling_mape() -> None:
+    # Measured in the order 10, 20, 30, 40, 50 % error, but predicted at hours 4, 0, 1, 2, 3: by prediction time
+    # the errors are 20, 30, 40, 50, 10; a window of 2 averages each with the one before (the first alone).
+    data = scored(predicted=[1.1, 1.2, 1.3, 1.4, 1.5], measured=[1.0] * 5, hours=[4, 0, 1, 2, 3])
+    series = error_series(data, limit=5, window=2)
+    hour = 3600
+    start = int(T0.timestamp())
+    assert series.predicted_at == (start, start + hour, start + 2 * hour, start + 3 * hour, start + 4 * hour)
+    assert series.ape_pct == pytest.approx((20.0, 30.0, 40.0, 50.0, 10.0))
+    assert series.rolling_mape_pct == pytest.approx((20.0, 25.0, 35.0, 45.0, 30.0))
+    # Bounded: the last `limit` measured (40 and 50 %, predicted at hours 2 and 3), whatever their prediction time.
+    last_two = error_series(data, limit=2, window=20)
+    assert last_two.ape_pct == pytest.approx((40.0, 50.0)) and last_two.rolling_mape_pct == pytest.approx((40.0, 45.0))
+    assert error_series(scored([], [])).ape_pct == ()
+    with pytest.raises(ValueError, match="window 0"):
+        error_series(data, window=0)
+
+
+def test_the_error_series_keeps_four_significant_digits_and_the_default_bound() -> None:
+    n = 250
+    data = scored(predicted=[1.0 + 1 / 3] * n, measured=[1.0] * n)
+    live = live_accuracy(data, resamples=50)
+    assert len(live.recent_errors.ape_pct) == 200 and live.recent_errors.window == 20
+    assert live.recent_errors.ape_pct[0] == 33.33  # 33.333… % to four digits

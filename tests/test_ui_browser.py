@@ -772,6 +772,14 @@ def test_a_measurement_is_recorded_for_a_predicted_recipe_and_shown_as_live_accu
     assert live["n_outcomes"] >= 1
     row = tab.page.locator("#live-body tr[data-model='density_nmc_onnx']")
     assert row.locator("td").nth(2).inner_text() == str(live["n_outcomes"])
+    # Its error over time: one dot per outcome of the API's series, the rolling MAPE and the contract's test band.
+    since = live["mape_since_promotion"]
+    assert row.locator("td").nth(8).inner_text().startswith(f"{_shown(since['mape_pct']):g} %")
+    chart = tab.page.locator("#live-body figure[data-model='density_nmc_onnx'] svg.live-chart")
+    series = live["error_series"]
+    assert chart.locator("circle.ape").count() == len(series["ape_pct"]) == min(live["n_outcomes"], 200)
+    assert float(chart.get_attribute("data-rolling") or "nan") == series["rolling_mape_pct"][-1]
+    assert float((chart.get_attribute("data-band") or "nan,nan").split(",")[1]) == live["test_mape_upper_pct"]
     exported = httpx.get(f"{server.url}/outcomes", params={"model": "density_nmc_onnx"}, timeout=30).text
     assert prediction_id in exported and repr(shown * 1.1) in exported
     tab.page.screenshot(path=str(shots / "9-record-measurement.png"), full_page=True)
@@ -804,3 +812,36 @@ def test_a_model_promoted_after_the_page_opened_appears_when_the_tab_regains_foc
         page.close()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plan tab: which experiments next (POST /suggest/electrode)
+
+
+def test_the_plan_tab_shows_the_api_suggestions(tab: Page, server: ServerProcess) -> None:
+    tab.open()
+    _choose_nmc(tab)
+    calls = tab.calls_during(lambda: tab.page.click("#tab-plan"))
+    assert calls == [], "switching to the plan tab needs no API call"
+    assert tab.page.is_hidden("#view-predict") and tab.page.is_visible("#plan-form")
+    tab.page.fill("#plan-k", "3")
+    tab.page.check("#pfix-am_wt_pct")
+    tab.page.fill("#pfv-am_wt_pct", "94")
+    tab.page.click("#plan-run")
+    tab.page.wait_for_selector("#plan-body table.plan-table tbody tr")
+    body = {"chemistry": "nmc", "k": 3, "fixed": {"am_wt_pct": 94.0}, "window": {}}
+    answer = httpx.post(f"{server.url}/suggest/electrode", json=body, timeout=60).raise_for_status().json()
+    rows = tab.page.locator("#plan-body table.plan-table tbody tr")
+    assert rows.count() == len(answer["suggestions"]) == 3
+    free = list(answer["search"]["free"])
+    for i, suggestion in enumerate(answer["suggestions"]):
+        cells = rows.nth(i).locator("td")
+        assert float(cells.nth(0).inner_text()) == _shown(suggestion["settings"][free[0]])
+    assert answer["strategy_reason"] in tab.page.inner_text("#plan-body")
+    # A window upside down is refused by the service and the field is marked.
+    tab.page.fill("#pwl-density_g_cm3", "3")
+    tab.page.fill("#pwh-density_g_cm3", "2")
+    tab.page.click("#plan-run")
+    tab.page.wait_for_selector("#pwl-density_g_cm3[aria-invalid=true]")
+    assert "low 3 is not below high 2" in tab.page.inner_text("#de-pwl-density_g_cm3")
+    _forget_refusal(tab, 400)

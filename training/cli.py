@@ -253,6 +253,124 @@ def train_transfer(
     _print_result(result.summary, serving, as_json)
 
 
+@train_app.command("from-ledger")
+def train_from_ledger(
+    model: Annotated[str, typer.Option(help="The served model to challenge, as its Keras name: density_nmc.")],
+    since: Annotated[str | None, typer.Option(
+        help="Only outcomes recorded at or after this time (ISO 8601 with a time zone, e.g. 2026-01-01T00:00:00Z; "
+             "default: every outcome).")] = None,
+    ledger_url: Annotated[str | None, typer.Option(
+        help="The service whose prediction ledger to read (its GET /outcomes); default $CELLMFG_SERVICE_URL, else "
+             "http://127.0.0.1:3000. $CELLMFG_API_TOKEN is sent when set.")] = None,
+    ledger_csv: Annotated[Path | None, typer.Option(
+        help="Instead of --ledger-url: rows `cellmfg ledger export --model NAME_onnx` wrote.")] = None,
+    data_csv: Annotated[Path | None, typer.Option(
+        "--data", help="The original target rows (default: the champion's own training CSV, as logged).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        help="Where the combined training CSV is kept (default: runs/from-ledger-{model}-{UTC time}/).")] = None,
+    preset: PresetOption = "paper",
+    seed: SeedOption = None,
+    test_fraction: TestFractionOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a challenger on the champion's rows plus the line's measured ledger rows (a sheet's rows never
+    split), from the same base net with every alternative on the same grouped splits, as `train transfer` does;
+    register it as a new version of the model with alias `challenger` and its lineage (ledger rows, time window,
+    parent champion). Then `cellmfg registry promote --model models:/NAME@challenger --alias challenger` lets
+    the service score it in shadow."""
+    import os
+
+    from training import from_ledger as fl
+
+    start = _since(since)
+    if ledger_url is not None and ledger_csv is not None:
+        fail("give --ledger-url or --ledger-csv, not both", 2)
+    config = _config(preset, seed, test_fraction)
+    import dataclasses
+
+    import mlflow
+
+    from training import jobs, nets, tracking
+
+    nets.single_threaded()  # before loading the base net initialises TensorFlow
+    tracking.configure()
+    client = mlflow.tracking.MlflowClient()
+    try:
+        parent = fl.parent_champion(client, model)
+        onnx_model = f"{model}{fl.ONNX_SUFFIX}"
+        if ledger_csv is not None:
+            if not ledger_csv.is_file():
+                raise fl.FromLedgerError(f"--ledger-csv {ledger_csv}: no such file")
+            source, text = str(ledger_csv), ledger_csv.read_text(encoding="utf-8-sig")
+        else:
+            source = ledger_url or os.environ.get("CELLMFG_SERVICE_URL") or fl.DEFAULT_SERVICE_URL
+            text = fl.fetch_ledger(source, onnx_model, start, os.environ.get("CELLMFG_API_TOKEN"))
+        ledger = fl.read_ledger_csv(text, source)
+        original_path = fl.original_data_path(parent, data_csv)
+    except fl.FromLedgerError as error:
+        fail(str(error), 2)
+    original, target_spec = _load_user_csv(original_path, parent.target_column or "density_g_cm3")
+    try:
+        combined = fl.combine(original.frame, original.kind, target_spec.column, ledger, source)
+    except fl.FromLedgerError as error:
+        fail(str(error), 2)
+    folder = out_dir or PROJECT_ROOT / "runs" / f"from-ledger-{model}-{_utc_stamp()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    combined_path = folder / f"{parent.dataset}.csv"
+    combined.frame.to_csv(combined_path, index=False)
+    loaded, _ = _load_user_csv(combined_path, target_spec.column)
+    serving = _serving(model, target_spec, loaded.kind, parent.dataset)
+    base_ref = _load_base(f"models:/{parent.base_name}/{parent.base_version}", loaded, combined_path)
+    base_ref = dataclasses.replace(base_ref, source=_base_source(base_ref, target_spec))
+    data = _prepare(loaded, target_spec, parent.dataset)
+    lineage = {**combined.lineage(), "ledger_source": source, "ledger_since": start.isoformat() if start else "",
+               "parent_champion_onnx_version": parent.onnx_version,
+               "parent_champion_keras_version": parent.keras_version, "parent_champion_role": parent.role,
+               "trained_from": "ledger"}
+    tracking.use_experiment(target_spec.task)
+    with tracking.run(f"from-ledger-{model}", tags={"task": target_spec.task, **lineage}), progress(2) as bar:
+        mlflow.log_artifact(str(combined_path), "data")
+        result = jobs.run_target(data, base_ref, config, model, bar)
+    version = result.registered_version
+    if version is None:  # registration is what this command is for; log_task registers a named model
+        fail(f"{model}: the trained net was not registered")
+    tracking.tag_model_version(model, version, lineage)
+    client.set_registered_model_alias(model, fl.CHALLENGER_ALIAS, version)
+    if as_json:
+        print(json.dumps({**result.summary.model_dump(mode="json"), "serving": serving.to_json(),
+                          "alias": fl.CHALLENGER_ALIAS, "lineage": lineage, "data": str(combined_path)}))
+        return
+    from training import report
+
+    print(report.markdown([result.summary]))
+    print(f"Registered {model} v{version} @{fl.CHALLENGER_ALIAS}: {combined.original_rows} original rows + "
+          f"{combined.ledger_rows} ledger rows in {combined.ledger_groups} groups (parent champion "
+          f"{onnx_model} v{parent.onnx_version}); training rows in {combined_path}.")
+    print(f"Score it in shadow: cellmfg registry promote --model models:/{model}@{fl.CHALLENGER_ALIAS} "
+          f"--alias {fl.CHALLENGER_ALIAS}")
+
+
+def _since(text: str | None) -> Any:
+    """--since as an aware datetime, or a clear error."""
+    from datetime import datetime
+
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--since {text!r}: not an ISO 8601 time; allowed: e.g. 2026-01-01T00:00:00Z", 2)
+    if moment.tzinfo is None:
+        fail(f"--since {text!r}: no time zone; allowed: an ISO 8601 time with one, e.g. 2026-01-01T00:00:00Z", 2)
+    return moment
+
+
+def _utc_stamp() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 def _prepare(loaded: Any, target: Any, name: str) -> Any:
     """The dataset, or a clear error when its groups cannot be split (too few distinct samples)."""
     from training import fit

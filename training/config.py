@@ -46,6 +46,9 @@ class TrainConfig:
     inner_folds: int = 2  # grouped validation folds inside each training part, for every choice
     repeats: int = 20  # grouped outer splits; the first one's model is registered
     coverage: float = 0.9  # nominal coverage of the conformal intervals
+    # Adapters (and scratch/pooled nets) trained per configuration with different initial weights and batch orders;
+    # their mean is the prediction and their spread scales the conformal interval (1: a single net, constant width)
+    ensemble_members: int = 5
     bootstrap_resamples: int = 4000  # for the paired-difference intervals
     # Family-wise confidence of a task's paired intervals: each of its m intervals is at 1 - (1 - this)/m
     family_confidence: float = 0.95
@@ -85,6 +88,7 @@ def _quick() -> TrainConfig:
     return TrainConfig(
         preset="quick", repeats=3, inner_folds=2, random_forest_trees=20, shap_background_rows=20,
         bootstrap_resamples=500, learning_curve_fractions=(0.5, 1.0),
+        ensemble_members=2,  # the ensemble path (graph, spread, normalised interval) at the least training cost
         nets={"density": small, "mass_loading": small, "tortuosity": small},
         adapter=AdapterConfig(widths=(8,), learning_rates=(5e-3,), epochs=5),
     )

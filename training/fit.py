@@ -11,6 +11,13 @@ Per outer split (the first one's models are the registered ones):
   split at group level (`evaluate` explains the scheme) and give the zero-shot gate a figure no choice touched;
 - every method predicts the test part; its MAPE and its conformal coverage and width are measured there.
 
+Ensembles (`TrainConfig.ensemble_members` K > 1): the transfer, scratch and pooled nets are K nets of the chosen
+configuration, differing in initial weights and batch order; their mean is the prediction and their standard
+deviation (the spread) scales a second, normalised conformal interval, calibrated and measured like the constant one;
+a stated rule on the calibration rows decides which one is served (`measure_spread`, `evaluate.calibrate_spread`).
+The registered transfer is the ensemble, one graph: the frozen base once, the K adapters fused
+(`nets.transfer_ensemble_model`).
+
 Source tasks: the pretrained net (`pretrained`) against the baselines, plus a source-size learning curve.
 Target tasks: `transfer` (the adapter design validation chose), `transfer_paper` (the paper's adapter),
 `transfer_residual` (ours), `zero_shot`, `zero_shot_recalibrated` (a·ŷ + b on the training part), `pooled`
@@ -19,6 +26,7 @@ Target tasks: `transfer` (the adapter design validation chose), `transfer_paper`
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +110,13 @@ class MethodRun:
     # [splits, rows]: each training row predicted by a model fitted without its inner fold (for the nets, the
     # configuration chosen on the other folds: `evaluate.cross_selected_out_of_fold`); NaN outside the training part
     out_of_fold: np.ndarray | None = None
+    # Ensembles (`members` > 1): `predictions` and `out_of_fold` are the members' means, these their standard
+    # deviations ([splits, rows], NaN where out_of_fold is); the first split's members' weights for the served graph
+    members: int = 1
+    spread: np.ndarray | None = None
+    out_of_fold_spread: np.ndarray | None = None
+    member_layers: list[list[tuple[np.ndarray, np.ndarray]]] | None = None
+    member_skip_weights: list[float] | None = None
 
     def selection_free_mape(self, y: np.ndarray, splits: list[evaluate.Split]) -> np.ndarray:
         """Per split: MAPE of the out-of-fold predictions on the training part (what the zero-shot gate compares)."""
@@ -122,6 +137,15 @@ class Measured:
     quantiles: np.ndarray
     group_coverage: np.ndarray  # share of test groups with every row inside its interval
     calibration_groups: int  # groups the first split's quantile was calibrated on
+    # Ensembles only (else None): per split, the spread-scaled (normalised) interval's held-out figures, whether the
+    # rule (`evaluate.SpreadCalibration`) chose it, and the figures of the interval the rule chose; the first
+    # split's calibration is the one served
+    spread_coverage: np.ndarray | None = None
+    spread_relative_width: np.ndarray | None = None
+    uses_spread: np.ndarray | None = None
+    chosen_coverage: np.ndarray | None = None
+    chosen_relative_width: np.ndarray | None = None
+    calibration: evaluate.SpreadCalibration | None = None
 
 
 @dataclass
@@ -187,12 +211,14 @@ def _stack(inputs: np.ndarray, y: np.ndarray, jobs: list[_Job], hidden_layers: i
 def nested_nets(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split], families: dict[str, list[Choice]],
                 hidden_layers: int, epochs: int, batch_size: int, seed: int, skip: np.ndarray | None = None,
                 skip_methods: tuple[str, ...] = (), mask_constant: bool = True,
-                extra_train: list[np.ndarray] | None = None) -> dict[str, MethodRun]:
+                extra_train: list[np.ndarray] | None = None, members: int = 1,
+                ensemble_families: tuple[str, ...] = ()) -> dict[str, MethodRun]:
     """Nested selection and refit for every family (method name → its candidates) on every split, in two stacks.
 
     Families may share candidates (`transfer` chooses among both adapters' candidates): each is trained once.
     `extra_train`: further training-row sets fitted with the first family's first-split choice in the refit stack
     (the learning curve), returned as `MethodRun.extra_predictions`.
+    `members` > 1 turns each family of `ensemble_families` into an ensemble (`_ensembles`).
     """
     unique = list(dict.fromkeys(c for cs in families.values() for c in cs))
     candidates = [(s, c) for s in range(len(splits)) for c in unique]
@@ -225,12 +251,16 @@ def nested_nets(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split],
                     hidden_layers, epochs, batch_size, seed + 1, skip, mask_constant)
     index_of = {item: i for i, item in enumerate(refits)}
     out: dict[str, MethodRun] = {}
+    cross: dict[str, list[tuple[np.ndarray, list[Choice]]]] = {}
     for family, family_candidates in families.items():
-        chosen = [picks[(s, family)] for s in range(len(splits))]
         ordered = sorted(family_candidates, key=lambda c: (c.learning_rate, c.width))  # the picks' tie-break
-        selection_free = np.stack([
-            evaluate.cross_selected_out_of_fold(y, split.folds, np.stack([predicted[(s, c)] for c in ordered]))[0]
-            for s, split in enumerate(splits)])
+        selected = [evaluate.cross_selected_out_of_fold(y, split.folds, np.stack([predicted[(s, c)]
+                                                                                  for c in ordered]))
+                    for s, split in enumerate(splits)]
+        cross[family] = [(oof, [ordered[int(p)] for p in fold_picks]) for oof, fold_picks in selected]
+    for family in families:
+        chosen = [picks[(s, family)] for s in range(len(splits))]
+        selection_free = np.stack([oof for oof, _ in cross[family]])
         positions = [index_of[(s, c)] for s, c in enumerate(chosen)]
         first_job = positions[0]
         out[family] = MethodRun(
@@ -241,6 +271,54 @@ def nested_nets(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split],
             input_mask=(~nets.constant_columns(inputs[splits[0].train])) if mask_constant else None,
             extra_predictions=second.predictions[len(refits):] if family == first_family else None,
             out_of_fold=selection_free)
+    ensembled = [f for f in families if f in ensemble_families]
+    if members > 1 and ensembled:
+        out.update(_ensembles(inputs, y, splits, {f: out[f] for f in ensembled}, cross, members, hidden_layers,
+                              epochs, batch_size, seed + 2, skip, skip_methods, mask_constant))
+    return out
+
+
+def _ensembles(inputs: np.ndarray, y: np.ndarray, splits: list[evaluate.Split], runs: dict[str, MethodRun],
+               cross: dict[str, list[tuple[np.ndarray, list[Choice]]]], members: int, hidden_layers: int,
+               epochs: int, batch_size: int, seed: int, skip: np.ndarray | None, skip_methods: tuple[str, ...],
+               mask_constant: bool) -> dict[str, MethodRun]:
+    """Each run's chosen configurations refit `members` − 1 more times (other initial weights and batch orders: each
+    net of a stack draws its own), in one stack: per split on its training part (beside the refit already trained,
+    member 0), and per inner fold with the configuration chosen on the other folds (beside the fold model behind
+    the run's out-of-fold predictions), so the ensemble's out-of-fold mean and spread are as untouched by choices
+    and calibration rows as the single net's were."""
+    extra = members - 1
+    none = np.asarray([], dtype=int)
+    jobs: list[_Job] = []
+    starts: dict[str, int] = {}
+    for family, run in runs.items():
+        starts[family] = len(jobs)
+        for split, choice in zip(splits, run.choices, strict=True):
+            assert choice is not None
+            jobs += [_Job(split.train, none, choice, choice.method in skip_methods)] * extra
+        for split, (_, fold_choices) in zip(splits, cross[family], strict=True):
+            for fold, choice in enumerate(fold_choices):
+                jobs += [_Job(split.fold_train(fold), split.folds[fold], choice, choice.method in skip_methods)] * extra
+    trained = _stack(inputs, y, jobs, hidden_layers, epochs, batch_size, seed, skip, mask_constant)
+    out: dict[str, MethodRun] = {}
+    for family, run in runs.items():
+        start = starts[family]
+        refits = [run.predictions] + [np.stack([trained.predictions[start + s * extra + m] for s in range(len(splits))])
+                                      for m in range(extra)]
+        assert run.out_of_fold is not None and run.layers is not None
+        held_out = [run.out_of_fold] + [np.full_like(run.out_of_fold, np.nan) for _ in range(extra)]
+        job = start + len(splits) * extra
+        for s, split in enumerate(splits):
+            for fold_rows in split.folds:
+                for m in range(extra):
+                    held_out[1 + m][s, fold_rows] = trained.predictions[job + m, fold_rows]
+                job += extra
+        refit_members, fold_members = np.stack(refits), np.stack(held_out)
+        out[family] = dataclasses.replace(
+            run, predictions=refit_members.mean(axis=0), out_of_fold=fold_members.mean(axis=0), members=members,
+            spread=nets.ensemble_spread(refit_members), out_of_fold_spread=nets.ensemble_spread(fold_members),
+            member_layers=[run.layers] + [trained.layer_weights(start + m) for m in range(extra)],
+            member_skip_weights=[run.skip_weight] + [float(trained.skip_weight[start + m]) for m in range(extra)])
     return out
 
 
@@ -300,8 +378,46 @@ def measure(data: Dataset, splits: list[evaluate.Split], run: MethodRun, coverag
         whole.append(result.group_coverage)
         widths.append(result.mean_relative_width)
         rows += result.rows
-    return Measured(np.asarray(mapes), np.asarray(covered), np.asarray(widths), rows, np.asarray(quantiles),
-                    np.asarray(whole), len(np.unique(data.groups[splits[0].train])))
+    measured = Measured(np.asarray(mapes), np.asarray(covered), np.asarray(widths), rows, np.asarray(quantiles),
+                        np.asarray(whole), len(np.unique(data.groups[splits[0].train])))
+    return measure_spread(data, splits, run, coverage, measured)
+
+
+def measure_spread(data: Dataset, splits: list[evaluate.Split], run: MethodRun, coverage: float,
+                   measured: Measured) -> Measured:
+    """An ensemble's normalised (spread-scaled) interval per split, calibrated like the constant one (group level,
+    out-of-fold rows of the training part), the rule's choice between the two on those rows, and both measured on
+    the test groups. Unchanged for a single net, or where the spread is zero on every calibration row."""
+    if run.spread is None or run.out_of_fold_spread is None or run.out_of_fold is None:
+        return measured
+    quantity = data.target.quantity
+    spread_cov, spread_width, uses, chosen_cov, chosen_width = [], [], [], [], []
+    first: evaluate.SpreadCalibration | None = None
+    for index, split in enumerate(splits):
+        train, test = split.train, split.test
+        calibration = evaluate.calibrate_spread(data.y[train], run.out_of_fold[index, train],
+                                                run.out_of_fold_spread[index, train], data.groups[train], coverage)
+        if index == 0:
+            first = calibration
+        if calibration is None:
+            spread_cov.append(np.nan)
+            spread_width.append(np.nan)
+            uses.append(False)
+            chosen_cov.append(measured.coverage[index])
+            chosen_width.append(measured.relative_width[index])
+            continue
+        result = evaluate.held_out_spread_coverage(
+            data.y[test], run.predictions[index, test], run.spread[index, test], data.groups[test],
+            calibration.quantile, calibration.offset, quantity.physical_min, quantity.physical_max)
+        spread_cov.append(result.coverage)
+        spread_width.append(result.mean_relative_width)
+        uses.append(calibration.uses_spread)
+        chosen_cov.append(result.coverage if calibration.uses_spread else measured.coverage[index])
+        chosen_width.append(result.mean_relative_width if calibration.uses_spread else measured.relative_width[index])
+    return dataclasses.replace(
+        measured, spread_coverage=np.asarray(spread_cov), spread_relative_width=np.asarray(spread_width),
+        uses_spread=np.asarray(uses), chosen_coverage=np.asarray(chosen_cov),
+        chosen_relative_width=np.asarray(chosen_width), calibration=first)
 
 
 def _paired(measured: dict[str, Measured], main: str, splits: list[evaluate.Split], config: TrainConfig
@@ -374,10 +490,13 @@ def target_task(data: Dataset, base: keras.Model, source: Dataset | None, base_i
     families = {f"transfer_{kind}": _grid(f"transfer_{kind}", adapter.widths, adapter.learning_rates)
                 for kind in adapter.adapters}
     families["transfer"] = [c for cs in families.values() for c in cs]
+    members = config.ensemble_members
     runs = nested_nets(hidden, data.y, splits, families, 1, adapter.epochs, net.batch_size, config.seed,
-                       skip=zero_shot, skip_methods=("transfer_residual",), mask_constant=False)
+                       skip=zero_shot, skip_methods=("transfer_residual",), mask_constant=False, members=members,
+                       ensemble_families=("transfer",))
     runs.update(nested_nets(data.scaled, data.y, splits, {"scratch": _grid("scratch", net.widths, net.learning_rates)},
-                            net.hidden_layers, net.epochs, net.batch_size, config.seed))
+                            net.hidden_layers, net.epochs, net.batch_size, config.seed, members=members,
+                            ensemble_families=("scratch",)))
     if source is not None:
         runs["pooled"] = pooled(data, source, splits, config)
     count = len(splits)
@@ -403,7 +522,11 @@ def target_task(data: Dataset, base: keras.Model, source: Dataset | None, base_i
     choice = main.choices[0]
     assert choice is not None and main.layers is not None
     design: nets.Adapter = "residual" if choice.method == "transfer_residual" else "paper"
-    model = nets.transfer_model(base, design, main.layers, main.skip_weight, name)
+    if main.member_layers is not None and main.member_skip_weights is not None:
+        # The served net is the ensemble the figures describe: its mean predicts, its spread scales the interval.
+        model = nets.transfer_ensemble_model(base, design, main.member_layers, main.member_skip_weights, name)
+    else:
+        model = nets.transfer_model(base, design, main.layers, main.skip_weight, name)
     return TaskOutcome(data, "transfer", "transfer", splits, runs, measured,
                        _paired(measured, "transfer", splits, config), model, base_input_mask)
 
@@ -424,17 +547,26 @@ def pooled(data: Dataset, source: Dataset, splits: list[evaluate.Split], config:
     choice = Choice("pooled", min(net.learning_rates), max(net.widths))
     source_rows = np.arange(len(source.y))
     none = np.asarray([], dtype=int)
-    jobs = [_Job(np.concatenate([source_rows, target_rows[s.train]]), none, choice, False) for s in splits]
-    # One more net per inner fold (all source rows + the other folds' target rows), for out-of-fold residuals.
+    members = max(config.ensemble_members, 1)
+    # `members` nets per split (the ensemble; each net of a stack starts from its own weights), then as many per
+    # inner fold (all source rows + the other folds' target rows), for out-of-fold residuals and spreads.
     folds = [(index, fold) for index, s in enumerate(splits) for fold in range(len(s.folds))]
+    jobs = [_Job(np.concatenate([source_rows, target_rows[s.train]]), none, choice, False)
+            for _ in range(members) for s in splits]
     jobs += [_Job(np.concatenate([source_rows, target_rows[splits[i].fold_train(f)]]), none, choice, False)
-             for i, f in folds]
+             for _ in range(members) for i, f in folds]
     trained = _stack(inputs, y, jobs, net.hidden_layers, net.epochs, 2 * net.batch_size, config.seed + 3, None,
                      True)
     predictions = trained.predictions[:, target_rows]
-    held_out = np.full((len(splits), len(data.y)), np.nan)
-    for job, (index, fold) in enumerate(folds, start=len(splits)):
+    count = len(splits)
+    refits = predictions[: members * count].reshape(members, count, len(data.y))
+    held_out = np.full((members, count, len(data.y)), np.nan)
+    for job, (member, (index, fold)) in enumerate(((m, f) for m in range(members) for f in folds),
+                                                  start=members * count):
         rows = splits[index].folds[fold]
-        held_out[index, rows] = predictions[job, rows]
-    return MethodRun("pooled", predictions[: len(splits)], [choice] * len(splits), np.full(len(splits), np.nan),
-                     train_loss=trained.train_loss[0], out_of_fold=held_out)
+        held_out[member, index, rows] = predictions[job, rows]
+    ensemble = members > 1
+    return MethodRun("pooled", refits.mean(axis=0), [choice] * count, np.full(count, np.nan),
+                     train_loss=trained.train_loss[0], out_of_fold=held_out.mean(axis=0), members=members,
+                     spread=nets.ensemble_spread(refits) if ensemble else None,
+                     out_of_fold_spread=nets.ensemble_spread(held_out) if ensemble else None)

@@ -14,7 +14,7 @@ from cellmfg import contract as contracts
 from cellmfg.domain import all_quantities
 from training import evaluate, explain, nets, plots, tracking
 from training.config import TrainConfig
-from training.fit import Dataset, MethodRun, TaskOutcome
+from training.fit import Dataset, Measured, MethodRun, TaskOutcome
 
 log = logging.getLogger("cellmfg.training")
 PROBE_ROWS = 200
@@ -40,6 +40,7 @@ def _summary_metrics(outcome: TaskOutcome, method: str) -> dict[str, float]:
            "interval_mean_relative_width": float(np.nanmean(measured.relative_width)),
            "interval_group_coverage": float(np.nanmean(measured.group_coverage)),
            "interval_relative_quantile_first_split": float(measured.quantiles[0])}
+    out.update(spread_metrics(measured, run.members))
     if np.isfinite(run.validation_mape[0]):
         out["validation_mape_pct"] = float(run.validation_mape[0])
     paired = outcome.paired.get(method)
@@ -50,20 +51,73 @@ def _summary_metrics(outcome: TaskOutcome, method: str) -> dict[str, float]:
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
+def spread_metrics(measured: Measured, members: int) -> dict[str, float]:
+    """An ensemble's interval figures for MLflow: the constant-width interval is `interval_*`; these add the
+    spread-scaled one, the share of splits whose rule chose it, and the interval the rule chose."""
+    if measured.chosen_coverage is None or measured.chosen_relative_width is None or measured.uses_spread is None:
+        return {}
+    out = {"ensemble_members": float(members),
+           "interval_spread_coverage": _mean(measured.spread_coverage),
+           "interval_spread_mean_relative_width": _mean(measured.spread_relative_width),
+           "interval_spread_chosen_share": float(np.mean(measured.uses_spread)),
+           "interval_chosen_coverage": _mean(measured.chosen_coverage),
+           "interval_chosen_mean_relative_width": _mean(measured.chosen_relative_width)}
+    if measured.calibration is not None:
+        out.update({"interval_spread_quantile_first_split": measured.calibration.quantile,
+                    "interval_spread_offset_first_split": measured.calibration.offset})
+    return out
+
+
+def _mean(values: np.ndarray | None) -> float:
+    finite = np.asarray([] if values is None else values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
 def conformal(outcome: TaskOutcome, method: str, coverage: float) -> contracts.Conformal:
     """The served quantile: the first split's, calibrated at group level on the out-of-fold residuals of its
     training part (the registered net is that split's refit), with the coverage and width the same scheme reached
-    on the test groups of every split (rows no calibration or choice saw)."""
-    measured = outcome.measured[method]
+    on the test groups of every split (rows no calibration or choice saw).
+
+    For an ensemble, also the spread-scaled quantile and the rule's choice between the two (made on the first
+    split's calibration rows only, `evaluate.SpreadCalibration`); `measured_coverage` and `mean_relative_width` are
+    then those of the interval the rule chose in each split, and both schemes' own figures sit beside them."""
+    measured, run = outcome.measured[method], outcome.runs[method]
     single = len(np.unique(outcome.data.groups)) == len(outcome.data.y)
     scheme = ("row level (every group is a single row)" if single
               else "group level (one score per group: its largest relative residual)")
-    return contracts.Conformal(
+    constant = contracts.Conformal(
         coverage=coverage, relative_quantile=float(measured.quantiles[0]), n_calibration=measured.calibration_groups,
         method=f"conformal on relative residuals, {scheme}, calibrated on the out-of-fold residuals of the first "
                "grouped split's training part (n_calibration groups); ends clipped to the target's physical range",
         measured_coverage=float(np.nanmean(measured.coverage)),
         mean_relative_width=float(np.nanmean(measured.relative_width)), n_evaluated=measured.coverage_rows)
+    calibration = measured.calibration
+    if run.members < 2 or measured.chosen_coverage is None or measured.chosen_relative_width is None:
+        return constant.model_copy(update={"scale_reason": "a single net (no ensemble spread): constant width"})
+    both = {"ensemble_members": run.members,
+            "constant_measured_coverage": constant.measured_coverage,
+            "constant_mean_relative_width": constant.mean_relative_width,
+            "spread_measured_coverage": _finite_or_none(_mean(measured.spread_coverage)),
+            "spread_mean_relative_width": _finite_or_none(_mean(measured.spread_relative_width)),
+            "measured_coverage": _mean(measured.chosen_coverage),
+            "mean_relative_width": _mean(measured.chosen_relative_width)}
+    if calibration is None:
+        return constant.model_copy(update={**both, "scale_reason": "the ensemble members agree on every "
+                                           "calibration row (zero spread): constant width"})
+    update = {**both, "scale": "spread" if calibration.uses_spread else "constant",
+              "scale_reason": calibration.reason(), "spread_quantile": calibration.quantile,
+              "spread_offset": calibration.offset}
+    if calibration.uses_spread:
+        update["method"] = (f"normalised conformal: scores |y - p| / (σ + β|p|), σ the spread of the "
+                            f"{run.members} ensemble members, β = spread_offset; {scheme.replace('relative', 'such')}, "
+                            "calibrated on the out-of-fold residuals and spreads of the first grouped split's "
+                            "training part (n_calibration groups); ends clipped to the target's physical range")
+    return constant.model_copy(update=update)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def _metrics_model(outcome: TaskOutcome, method: str) -> contracts.Metrics:

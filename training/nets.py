@@ -31,6 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from cellmfg.contract import ONNX_PREDICTION_NAME as PREDICTION_OUTPUT
+from cellmfg.contract import ONNX_SPREAD_NAME as SPREAD_OUTPUT
+
 MAPE_EPSILON = 1e-7
 ADAM_BETA_1, ADAM_BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-7  # Keras' Adam defaults
 Adapter = Literal["paper", "residual"]
@@ -296,15 +299,89 @@ def transfer_model(base: keras.Model, adapter: Adapter, layers: list[tuple[np.nd
     return keras.Model(inputs, output, name=name)
 
 
+def transfer_ensemble_model(base: keras.Model, adapter: Adapter, members: list[list[tuple[np.ndarray, np.ndarray]]],
+                            skip_weights: list[float], name: str) -> keras.Model:
+    """K adapters of one design and width on ONE frozen base, as one graph: the base runs once, the K heads run as
+    one fused layer pair, and the model answers {"prediction": mean of the heads, "spread": their standard
+    deviation} ([batch, 1] each). Built from stock layers only (and keras.ops.sqrt), so MLflow loads it and tf2onnx
+    exports it without this module.
+
+    Fused heads: every adapter reads the same frozen hidden layer, so their first kernels concatenate into one
+    Dense(K·width); their output kernels form a block-diagonal Dense(K) (plus, for `residual`, one row of skip
+    weights read from the frozen prediction). Each head's output is exactly `transfer_model`'s for that member.
+    """
+    count = len(members)
+    if count < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {count}")
+    body = frozen_body(base)
+    inputs = keras.Input(shape=(base.inputs[0].shape[-1],), name="features")
+    frozen_hidden, frozen_prediction = body(inputs)
+    width = members[0][0][0].shape[1]
+    if any(m[0][0].shape[1] != width for m in members):
+        raise ValueError("ensemble members must share one adapter width")
+    dense = keras.layers.Dense(count * width, activation="relu", name="adapter")
+    hidden = dense(frozen_hidden)
+    dense.set_weights([np.hstack([m[0][0] for m in members]).astype("float32"),
+                       np.concatenate([m[0][1] for m in members]).astype("float32")])
+    kernel = np.zeros((count * width + (1 if adapter == "residual" else 0), count), dtype="float32")
+    for k, member in enumerate(members):
+        kernel[k * width:(k + 1) * width, k] = member[1][0][:, 0]
+    if adapter == "residual":
+        kernel[-1, :] = np.asarray(skip_weights, dtype="float32")
+        hidden = keras.layers.Concatenate(name="adapter_head")([hidden, frozen_prediction])
+    heads_layer = keras.layers.Dense(count, name="adapter_heads")
+    heads = heads_layer(hidden)
+    heads_layer.set_weights([kernel, np.concatenate([m[1][1] for m in members]).astype("float32")])
+    return keras.Model(inputs, ensemble_outputs(heads, count), name=name)
+
+
+def ensemble_outputs(heads: keras.KerasTensor, count: int) -> dict[str, keras.KerasTensor]:
+    """{"prediction": mean, "spread": sample standard deviation} of [batch, K] heads, as frozen linear layers."""
+    mean_layer = keras.layers.Dense(1, use_bias=False, trainable=False, name=PREDICTION_OUTPUT)
+    mean = mean_layer(heads)
+    mean_layer.set_weights([np.full((count, 1), 1.0 / count, dtype="float32")])
+    centre_layer = keras.layers.Dense(count, use_bias=False, trainable=False, name="ensemble_deviation")
+    deviation = centre_layer(heads)
+    centre_layer.set_weights([(np.eye(count) - 1.0 / count).astype("float32")])
+    squared = keras.layers.Multiply(name="ensemble_squared")([deviation, deviation])
+    variance_layer = keras.layers.Dense(1, use_bias=False, trainable=False, name="ensemble_variance")
+    variance = variance_layer(squared)
+    variance_layer.set_weights([np.full((count, 1), 1.0 / (count - 1), dtype="float32")])
+    return {PREDICTION_OUTPUT: mean, SPREAD_OUTPUT: keras.ops.sqrt(variance)}
+
+
+def ensemble_spread(member_predictions: np.ndarray) -> np.ndarray:
+    """[K, N] member predictions -> [N] sample standard deviation (the graph's spread output); 0 for one member."""
+    members = np.asarray(member_predictions, dtype=float)
+    if len(members) < 2:
+        return np.zeros(members.shape[1:])
+    return np.asarray(np.std(members, axis=0, ddof=1))
+
+
+def _prediction_of(output: object) -> object:
+    """The prediction of a single net or an ensemble (whose output is a dict with the spread beside it)."""
+    return output[PREDICTION_OUTPUT] if isinstance(output, dict) else output
+
+
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Predictions as a flat float64 array (one call, no Keras progress output)."""
-    return np.asarray(model(np.asarray(x, dtype="float32"), training=False), dtype=float).reshape(-1)
+    return np.asarray(_prediction_of(model(np.asarray(x, dtype="float32"), training=False)),
+                      dtype=float).reshape(-1)
+
+
+def predict_with_spread(model: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(prediction, spread) as flat float64 arrays; spread None for a single net."""
+    output = model(np.asarray(x, dtype="float32"), training=False)
+    if not isinstance(output, dict):
+        return np.asarray(output, dtype=float).reshape(-1), None
+    return (np.asarray(output[PREDICTION_OUTPUT], dtype=float).reshape(-1),
+            np.asarray(output[SPREAD_OUTPUT], dtype=float).reshape(-1))
 
 
 def compiled_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     """`predict` traced once for any batch size: SHAP calls the net a hundred times, ~0.1 s each in eager mode."""
     signature = [tf.TensorSpec([None, int(model.inputs[0].shape[-1])], tf.float32)]
-    graph = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    graph = tf.function(lambda x: _prediction_of(model(x, training=False)), input_signature=signature)
 
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(graph(tf.constant(np.asarray(x, dtype="float32"))), dtype=float).reshape(-1)

@@ -102,7 +102,9 @@ def log_keras_model(model: Any, x_example: np.ndarray, registered_name: str | No
     Returns the model URI and the registered version (None when not registered).
     """
     example = np.asarray(x_example[:3], dtype="float32")
-    signature = infer_signature(example, np.asarray(model(example), dtype="float32"))
+    output = model(example)  # an ensemble answers {"prediction", "spread"}
+    signature = infer_signature(example, {k: np.asarray(v, dtype="float32") for k, v in output.items()}
+                                if isinstance(output, dict) else np.asarray(output, dtype="float32"))
     with _model_dir_exists_before_example(), mlflow_setup.registration_notices_off():
         info = mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
                                       pip_requirements=KERAS_PIP_REQUIREMENTS,

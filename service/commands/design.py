@@ -10,7 +10,7 @@ import typer
 from service.commands.offline import offline_predictor, offline_settings
 
 
-def _pairs(option: str, items: list[str]) -> list[tuple[str, str]]:
+def name_value_pairs(option: str, items: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
         name, sep, value = item.partition("=")
@@ -20,7 +20,7 @@ def _pairs(option: str, items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _number(option: str, text: str) -> float:
+def parse_number(option: str, text: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -31,18 +31,18 @@ def design_request_body(kind: str, dataset: str, targets: list[str], fixed: list
                         tolerance_pct: float, k: int, explain: bool) -> dict[str, object]:
     """The JSON body POST /design/{kind} would get for these command-line options."""
     wanted: dict[str, dict[str, float]] = {}
-    for name, value in _pairs("--target", targets):
+    for name, value in name_value_pairs("--target", targets):
         number, _, tolerance = value.partition(":")
-        wanted[name] = {"value": _number("--target", number),
-                        "tolerance_pct": _number("--target", tolerance) if tolerance else tolerance_pct}
+        wanted[name] = {"value": parse_number("--target", number),
+                        "tolerance_pct": parse_number("--target", tolerance) if tolerance else tolerance_pct}
     limits: dict[str, dict[str, float]] = {}
-    for name, value in _pairs("--bound", bounds):
+    for name, value in name_value_pairs("--bound", bounds):
         low, sep, high = value.partition(":")
         if not sep:
             raise typer.BadParameter(f"{name}={value}: expected NAME=MIN:MAX", param_hint="--bound")
-        limits[name] = {"min": _number("--bound", low), "max": _number("--bound", high)}
+        limits[name] = {"min": parse_number("--bound", low), "max": parse_number("--bound", high)}
     return {"chemistry" if kind == "electrode" else "dataset": dataset, "targets": wanted,
-            "fixed": {name: _number("--fix", value) for name, value in _pairs("--fix", fixed)},
+            "fixed": {name: parse_number("--fix", value) for name, value in name_value_pairs("--fix", fixed)},
             "bounds": limits, "k": k, "explain": explain}
 
 

@@ -20,12 +20,13 @@ from service.ledger.records import (
     TargetLimits,
     domain_limits,
 )
-from service.ledger.store import Ledger, LedgerClosedError, OutcomeTable
+from service.ledger.store import Ledger, LedgerClosedError, LedgerUnreachableError, OutcomeTable
 
 __all__ = [
     "Ledger",
     "LedgerClosedError",
     "LedgerStats",
+    "LedgerUnreachableError",
     "ModelOutputs",
     "OutcomeItem",
     "OutcomeProblem",

@@ -3,7 +3,10 @@ data: pure functions on arrays, so each figure can be checked by hand.
 
 - MAPE (%) over the last N outcomes and over those predicted since a promotion, each with a percentile bootstrap
   interval that resamples whole groups (a coated sheet's replicates share its error, so resampling rows would
-  pretend to more evidence than there is).
+  pretend to more evidence than there is). When the version was promoted is read from the ledger itself
+  (service.ledger.tenure.serving_since): the start of its current run as the answering version of its alias.
+- The error series the page draws: each recent outcome's absolute percentage error in order of prediction time,
+  with a trailing rolling MAPE, bounded to the last `DEFAULT_SERIES_LIMIT` outcomes.
 - Interval coverage: the share of measured values inside their prediction interval (rows that had one).
 - Share in domain: of the measured predictions, how many had every feature inside the training range.
 - Per feature: the share of recent inputs outside the training range, and the population stability index (PSI)
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_LAST_N = 50
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
+# The page's error-over-time chart: at most this many recent outcomes per model (GET /models stays small: about
+# 5 kB per model), and the rolling MAPE over this many consecutive outcomes.
+DEFAULT_SERIES_LIMIT = 200
+DEFAULT_ROLLING_WINDOW = 20
 # PSI takes the log of shares: an empty bin counts as this share instead of zero (the usual practice).
 PSI_FLOOR = 1e-4
 
@@ -58,15 +65,31 @@ class MapeFigure(BaseModel):
     interval_pct: tuple[float, float] | None = Field(description="percentile bootstrap interval over groups")
 
 
+class PromotionFigure(MapeFigure):
+    since: str = Field(description="ISO 8601 UTC time the version's run as the served version began")
+
+
+class ErrorSeries(BaseModel):
+    """The last outcomes of a model version in order of prediction time: the page's error-over-time chart."""
+
+    model_config = ConfigDict(frozen=True)
+
+    window: int = Field(description="outcomes per rolling MAPE")
+    predicted_at: tuple[int, ...] = Field(description="Unix time (s, UTC) each measured row was predicted")
+    ape_pct: tuple[float, ...] = Field(description="absolute percentage error of each (4 significant digits)")
+    rolling_mape_pct: tuple[float, ...] = Field(description="MAPE of this outcome and the `window` - 1 before it")
+
+
 class LiveAccuracy(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     n_outcomes: int
     last_n: MapeFigure
-    since_promotion: MapeFigure | None
+    since_promotion: PromotionFigure | None
     interval_coverage: float | None = Field(description="share of measured values inside their interval")
     n_with_interval: int
     share_in_domain: float | None
+    recent_errors: ErrorSeries
 
 
 class FeatureReference(BaseModel):
@@ -154,13 +177,40 @@ def mape_figure(scored: ScoredOutcomes, resamples: int = DEFAULT_RESAMPLES, leve
                                                            resamples, level, seed))
 
 
+def error_series(scored: ScoredOutcomes, limit: int = DEFAULT_SERIES_LIMIT,
+                 window: int = DEFAULT_ROLLING_WINDOW) -> ErrorSeries:
+    """The last `limit` outcomes (in order of measurement, as the last-N MAPE takes them), put in order of
+    prediction time, where a drifting line shows when it began; the rolling MAPE is the trailing mean over up to
+    `window` of them (fewer at the start)."""
+    if limit < 1 or window < 1:
+        raise ValueError(f"error series: limit {limit} and window {window} must be at least 1")
+    recent = scored.last(limit)
+    times = np.array([t.timestamp() for t in recent.predicted_at], dtype=float)
+    order = np.argsort(times, kind="stable")
+    errors = absolute_percentage_errors(recent.measured, recent.predicted)[order]
+    sums = np.concatenate([[0.0], np.cumsum(errors)])
+    ends = np.arange(1, errors.size + 1)
+    starts = np.maximum(ends - window, 0)
+    rolling = (sums[ends] - sums[starts]) / (ends - starts)
+    return ErrorSeries(window=window, predicted_at=tuple(int(t) for t in np.floor(times[order])),
+                       ape_pct=tuple(_significant(v) for v in errors),
+                       rolling_mape_pct=tuple(_significant(v) for v in rolling))
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    """`value` to `digits` significant digits: the page shows four, and the series stays small."""
+    return float(f"{value:.{digits}g}")
+
+
 def live_accuracy(scored: ScoredOutcomes, last_n: int = DEFAULT_LAST_N, promoted_at: datetime | None = None,
-                  resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0) -> LiveAccuracy:
-    """Live figures of one model version; `promoted_at` adds the MAPE of rows predicted at or after it."""
+                  resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0,
+                  series_limit: int = DEFAULT_SERIES_LIMIT) -> LiveAccuracy:
+    """Live figures of one model version; `promoted_at` (aware) adds the MAPE of rows predicted at or after it."""
     since = None
     if promoted_at is not None:
         after = np.array([t >= promoted_at for t in scored.predicted_at], dtype=bool)
-        since = mape_figure(scored.select(after), resamples, level, seed)
+        figure = mape_figure(scored.select(after), resamples, level, seed)
+        since = PromotionFigure(**figure.model_dump(), since=promoted_at.astimezone(UTC).isoformat())
     coverage, with_interval = interval_coverage(scored.measured, scored.interval_low, scored.interval_high)
     return LiveAccuracy(
         n_outcomes=len(scored),
@@ -169,6 +219,7 @@ def live_accuracy(scored: ScoredOutcomes, last_n: int = DEFAULT_LAST_N, promoted
         interval_coverage=coverage,
         n_with_interval=with_interval,
         share_in_domain=float(scored.in_domain.mean()) if len(scored) else None,
+        recent_errors=error_series(scored, series_limit),
     )
 
 

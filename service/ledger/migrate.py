@@ -41,6 +41,7 @@ def sqlite_url(directory: str | Path, filename: str = "ledger.sqlite") -> str:
     return f"sqlite:///{folder / filename}"
 
 
+POSTGRES_CONNECT_TIMEOUT_S = 5
 # The PostgreSQL driver the serving lock installs; SQLAlchemy imports it by this name when a URL asks for it.
 POSTGRES_DRIVER = "psycopg"
 
@@ -67,7 +68,9 @@ def create_ledger_engine(url: str, sqlite_synchronous: SqliteSync = "FULL") -> E
         event.listen(engine, "connect", partial(_sqlite_on_connect, sqlite_synchronous))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A connect that never answers (a partitioned network) would hold the writer and its callers; after this many
+    # seconds it fails, and the writer spools (store.py) instead of waiting on.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S})
 
 
 def _sqlite_on_connect(synchronous: SqliteSync, dbapi_connection: Any, connection_record: Any) -> None:

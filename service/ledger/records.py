@@ -40,6 +40,8 @@ class PredictionRecord(_Frozen):
     inputs: dict[str, float]
     in_domain: bool
     outputs: tuple[PredictionOutput, ...] = Field(min_length=1)
+    shadow_of: uuid.UUID | None = Field(default=None,
+                                        description="the champion's answered row this challenger row shadows")
 
     @model_validator(mode="after")
     def _one_output_per_target(self) -> PredictionRecord:
@@ -78,13 +80,18 @@ class PredictionBatch(_Frozen):
     inputs: list[list[float]] = Field(description="one list per row, values in feature_columns order")
     in_domain: list[bool]
     outputs: list[ModelOutputs] = Field(min_length=1)
+    # A challenger's shadow predictions of these rows: a batch of its own whose `shadow_of` holds these rows' ids,
+    # committed in the same transaction (service.recording.shadow_batch).
+    shadow_of: list[uuid.UUID] | None = None
+    shadow: PredictionBatch | None = None
 
     @model_validator(mode="after")
     def _columns_agree(self) -> PredictionBatch:
         n = len(self.prediction_ids)
         lengths = {"inputs": len(self.inputs), "in_domain": len(self.in_domain)}
         lengths |= {name: len(column) for name, column in (("sample_ids", self.sample_ids),
-                                                           ("group_ids", self.group_ids)) if column is not None}
+                                                           ("group_ids", self.group_ids),
+                                                           ("shadow_of", self.shadow_of)) if column is not None}
         for output in self.outputs:
             lengths |= {f"{output.target} {name}": len(column) for name, column in (
                 ("values", output.values), ("interval_low", output.interval_low),
@@ -102,6 +109,10 @@ class PredictionBatch(_Frozen):
 
     def __len__(self) -> int:
         return len(self.prediction_ids)
+
+    def with_shadow(self, shadow: PredictionBatch | None) -> PredictionBatch:
+        """This batch carrying `shadow` (unvalidated copy, as the batch itself was built)."""
+        return self if shadow is None else self.model_copy(update={"shadow": shadow})
 
 
 class TargetLimits(_Frozen):

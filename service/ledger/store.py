@@ -4,6 +4,11 @@ export measured rows in the dataset CSV schema, read joined rows for live accura
 Durability: `record` returns only after the transaction holding its rows has committed (on SQLite with
 synchronous=FULL: the WAL is fsynced). Concurrent callers' rows are batched by one writer thread into one
 transaction, so many small requests share a commit instead of each paying an fsync.
+
+On PostgreSQL, given a spool directory: when the database cannot be reached, the writer commits the rows to a local
+SQLite spool instead (service.ledger.spool; as durable) and keeps doing so until a forwarder thread has replayed the
+spool into the database, which it tries every `forward_seconds`. Answers go on; outcomes, which need to read the
+predictions, wait for the database.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
+import math
 import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,12 +56,22 @@ from service.ledger.records import (
     TargetLimits,
     domain_limits,
 )
+from service.ledger.spool import Spool, forward, is_outage, spool_path
 from service.ledger.tables import OutcomeRow, OutputRow, PredictionRow
+
+log = logging.getLogger("cellmfg.ledger")
 
 # Bound parameters per IN (...) list: well under SQLite's 32,766 and PostgreSQL's 65,535.
 _CHUNK = 500
 # A post that loses a race for the same (prediction, target, revision) is retried with fresh state.
 _POST_ATTEMPTS = 5
+# Inline commits (SQLite) leave the WAL's checkpoint (copying it into the database file, fsyncing both) to a thread
+# of their own, run this often while there are new commits: SQLite would otherwise run it inside every ~125th
+# single-row commit, on the event loop (~0.3 ms per request on average). A checkpoint moves committed pages; it
+# changes nothing of what a commit survives.
+CHECKPOINT_SECONDS = 0.5
+# How often the forwarder looks for spooled rows (and, while the database is away, tries it again).
+FORWARD_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -95,11 +112,24 @@ class LedgerClosedError(RuntimeError):
     pass
 
 
+class LedgerUnreachableError(RuntimeError):
+    """The ledger's database cannot be reached (an outage of a remote ledger): what needs to read it waits."""
+
+
+def _unreachable(error: Exception, what: str) -> LedgerUnreachableError:
+    """The outage `error` said for a client (answered 503)."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return LedgerUnreachableError(f"the ledger's database cannot be reached ({reason}): {what} need to read the "
+                                  "stored predictions, so they wait for it; predictions are still answered "
+                                  "(recorded in the local spool). Retry later")
+
+
 class Ledger:
     """One ledger on one database. Open with `Ledger.open(url)`; close (or use as a context manager) to flush the
     writer. Thread-safe; each process (service worker) opens its own."""
 
-    def __init__(self, engine: Engine, max_batch_rows: int = 20_000) -> None:
+    def __init__(self, engine: Engine, max_batch_rows: int = 20_000, spool: Spool | None = None,
+                 on_spooled: Callable[[int], None] | None = None, forward_seconds: float = FORWARD_SECONDS) -> None:
         self._engine = engine
         self._writer_engine = write_engine(engine)
         self._predictions = _Inserter(PredictionRow.__table__, engine)
@@ -112,17 +142,38 @@ class Ledger:
         # never waits for it, it queues instead.
         self._write_lock = threading.Lock()
         self._inline: sqlite3.Connection | None = None
+        self._wal_written = threading.Event()
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._sqlite_synchronous = "FULL"
         self._thread = threading.Thread(target=self._run_writer, name="ledger-writer", daemon=True)
         self._thread.start()
+        # The outage spool (PostgreSQL only): while `_diverting` is set the writer commits to the spool, and only
+        # the forwarder, after replaying the spool, sends the writer back to the database.
+        self._spool = spool
+        self._on_spooled = on_spooled
+        self._diverting = threading.Event()
+        self._stop_forwarding = threading.Event()
+        self._forwarder: threading.Thread | None = None
+        if spool is not None:
+            if self._predictions.raw:
+                raise ValueError("the outage spool is for a remote ledger (PostgreSQL), not for an SQLite file")
+            self._report_spooled()
+            self._forward_seconds = forward_seconds
+            self._forwarder = threading.Thread(target=self._run_forwarder, name="ledger-forwarder", daemon=True)
+            self._forwarder.start()
 
     @classmethod
-    def open(cls, url: str, max_batch_rows: int = 20_000, sqlite_synchronous: SqliteSync = "FULL") -> Ledger:
+    def open(cls, url: str, max_batch_rows: int = 20_000, sqlite_synchronous: SqliteSync = "FULL",
+             spool_dir: Path | None = None, on_spooled: Callable[[int], None] | None = None) -> Ledger:
         """Connect to `url` (sqlite:///file or postgresql[+psycopg]://...) and bring its schema to the newest
-        revision. `sqlite_synchronous`: see service.ledger.migrate.SqliteSync (ignored on PostgreSQL)."""
+        revision. `sqlite_synchronous`: see service.ledger.migrate.SqliteSync (ignored on PostgreSQL).
+        `spool_dir` (PostgreSQL only): where the outage spool lives; `on_spooled` is told the rows waiting in it
+        whenever that changes (a gauge)."""
         engine = create_ledger_engine(url, sqlite_synchronous)
         upgrade_to_head(engine)
-        ledger = cls(engine, max_batch_rows=max_batch_rows)
+        spool = Spool(spool_path(spool_dir, url)) if spool_dir is not None else None
+        ledger = cls(engine, max_batch_rows=max_batch_rows, spool=spool, on_spooled=on_spooled)
         ledger._sqlite_synchronous = sqlite_synchronous
         return ledger
 
@@ -138,6 +189,17 @@ class Ledger:
             self._closed = True
             self._queue.put(None)
         self._thread.join()
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            self._checkpointer.join()
+        if self._forwarder is not None and self._spool is not None:
+            self._stop_forwarding.set()
+            self._forwarder.join()
+            left = self._spool.rows()
+            if left:
+                log.warning("ledger: %d answered rows stay in the spool %s; they are forwarded when the ledger is "
+                            "next opened", left, self._spool.path)
+            self._spool.close()
         with self._write_lock:
             if self._inline is not None:
                 self._inline.close()
@@ -168,6 +230,11 @@ class Ledger:
         return job.future
 
     def _prepare(self, rows: PredictionBatch | Iterable[PredictionRecord]) -> tuple[list[Any], list[Any]]:
+        if isinstance(rows, PredictionBatch) and rows.shadow is not None:
+            # A challenger's shadow rows go in the same transaction, after the rows they shadow.
+            predictions, outputs = self._prepare(rows.model_copy(update={"shadow": None}))
+            shadow_predictions, shadow_outputs = self._prepare(rows.shadow)
+            return predictions + shadow_predictions, outputs + shadow_outputs
         if isinstance(rows, PredictionBatch) and self._predictions.raw:
             return _batch_tuples(rows, self._predictions, self._outputs)
         parameters, output_parameters = _batch_parameters(rows) if isinstance(rows, PredictionBatch) else \
@@ -197,6 +264,7 @@ class Ledger:
                 if outputs:
                     connection.executemany(self._outputs.sql, outputs)
                 connection.execute("COMMIT")
+                self._wal_written.set()
             except sqlite3.OperationalError:  # busy or locked after all: nothing written, the writer retries
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
@@ -216,8 +284,26 @@ class Ledger:
             connection = sqlite3.connect(database, timeout=0, isolation_level=None, check_same_thread=False)
             connection.execute(f"PRAGMA synchronous={self._sqlite_synchronous}")
             connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it (CHECKPOINT_SECONDS)
             self._inline = connection
+            self._checkpointer = threading.Thread(target=self._run_checkpoints, args=(database,),
+                                                  name="ledger-checkpoint", daemon=True)
+            self._checkpointer.start()
         return self._inline
+
+    def _run_checkpoints(self, database: str) -> None:
+        connection = sqlite3.connect(database, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
+                if self._wal_written.is_set():
+                    self._wal_written.clear()
+                    try:  # PASSIVE: never waits for, nor blocks, readers and writers; what it misses waits a round
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error:
+                        log.exception("ledger: WAL checkpoint failed (retried)")
+                        self._wal_written.set()
+        finally:
+            connection.close()
 
     def record(self, rows: PredictionBatch | Iterable[PredictionRecord], timeout: float | None = None) -> None:
         """Store `rows`; returns once they are committed."""
@@ -250,9 +336,16 @@ class Ledger:
     def _commit(self, batch: list[_Job]) -> None:
         if not batch:
             return
+        if self._diverting.is_set():  # the database is away: straight to the spool
+            self._to_spool(batch)
+            return
         try:
             self._insert([p for job in batch for p in job.predictions], [o for job in batch for o in job.outputs])
         except Exception as error:  # the futures carry it to the callers
+            if self._spool is not None and is_outage(error):
+                self._divert(error)
+                self._to_spool(batch)
+                return
             if len(batch) == 1:
                 batch[0].future.set_exception(error)
                 return
@@ -260,12 +353,87 @@ class Ledger:
                 try:
                     self._insert(job.predictions, job.outputs)
                 except Exception as job_error:
-                    job.future.set_exception(job_error)
+                    if self._spool is not None and is_outage(job_error):
+                        self._divert(job_error)
+                        self._to_spool([job])
+                    else:
+                        job.future.set_exception(job_error)
                 else:
                     job.future.set_result(None)
             return
         for job in batch:
             job.future.set_result(None)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The outage spool (PostgreSQL)
+
+    def _divert(self, error: BaseException) -> None:
+        if not self._diverting.is_set():
+            assert self._spool is not None
+            log.warning("ledger: the database cannot commit (%s); answered rows go to the local spool %s until it "
+                        "is back", str(error).splitlines()[0] if str(error) else type(error).__name__,
+                        self._spool.path)
+        self._diverting.set()
+
+    def _to_spool(self, batch: list[_Job]) -> None:
+        """Commit `batch` to the spool in one transaction; the callers learn it is committed (or why not)."""
+        assert self._spool is not None
+        try:
+            self._spool.append([p for job in batch for p in job.predictions],
+                               [o for job in batch for o in job.outputs])
+        except Exception as error:
+            for job in batch:
+                job.future.set_exception(error)
+            return
+        for job in batch:
+            job.future.set_result(None)
+        self._report_spooled()
+
+    def _report_spooled(self) -> None:
+        if self._on_spooled is not None and self._spool is not None:
+            try:
+                self._on_spooled(self._spool.rows())
+            except Exception:  # a gauge must never fail a commit
+                log.exception("ledger: could not count the spooled rows")
+
+    @property
+    def spooled_rows(self) -> int:
+        """Answered rows waiting in the outage spool (0 without one)."""
+        return 0 if self._spool is None else self._spool.rows()
+
+    def forward_spool(self) -> int:
+        """Replay the whole spool into the database (while it answers); returns the rows forwarded. Once the
+        spool is empty the writer commits to the database again. Raises the database's error if it is still away."""
+        assert self._spool is not None
+        forwarded = 0
+        with self._spool.forwarding() as mine:
+            while mine:
+                n = forward(self._spool, self._writer_engine)
+                if not n:
+                    break
+                forwarded += n
+                self._report_spooled()
+        if self._diverting.is_set():
+            if not forwarded:  # nothing was spooled (or another worker forwarded it): is the database back?
+                with self._engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+            # Cleared only now: a batch the writer spooled meanwhile is forwarded in the next round.
+            self._diverting.clear()
+            log.warning("ledger: the database is back; %d spooled rows forwarded, answers are committed there "
+                        "again", forwarded)
+        elif forwarded:
+            log.info("ledger: %d spooled rows forwarded to the database", forwarded)
+        return forwarded
+
+    def _run_forwarder(self) -> None:
+        assert self._spool is not None
+        while not self._stop_forwarding.wait(self._forward_seconds):
+            try:
+                if self._diverting.is_set() or self._spool.rows():
+                    self.forward_spool()
+            except Exception as error:
+                if not is_outage(error):  # an outage is expected here: the next round tries again
+                    log.exception("ledger: forwarding the spool failed")
 
     def _insert(self, predictions: list[Any], outputs: list[Any]) -> None:
         with self._write_lock, self._writer_engine.begin() as connection:
@@ -291,6 +459,10 @@ class Ledger:
             except IntegrityError:
                 if attempt == _POST_ATTEMPTS - 1:
                     raise
+            except Exception as error:
+                if is_outage(error):
+                    raise _unreachable(error, "outcomes") from error
+                raise
         raise AssertionError("unreachable")
 
     def _post(self, connection: Connection, items: Sequence[OutcomeItem], limits: Mapping[str, TargetLimits],
@@ -505,6 +677,9 @@ class _Inserter:
     def columnar(self, columns: Mapping[str, Any], n: int, per_row: set[str], processed: set[str]) -> list[Any]:
         """Driver tuples from columns: a list per row for the keys in `per_row`, else one value for all rows;
         `processed` columns already hold what the driver takes."""
+        if n == 1:  # the common single-row answer: one tuple, without the per-column iterators
+            return [tuple(_one(columns[key], key in per_row, None if key in processed else process)
+                          for key, process in zip(self.keys, self.processors, strict=True))]
         built: list[Any] = []
         for key, process in zip(self.keys, self.processors, strict=True):
             value = columns[key]
@@ -537,10 +712,10 @@ def _batch_tuples(batch: PredictionBatch, predictions: _Inserter, outputs: _Inse
     prediction_columns = {
         "prediction_id": ids, "created_at": batch.created_at, "dataset": batch.dataset, "endpoint": batch.endpoint,
         "sample_id": batch.sample_ids, "group_id": batch.group_ids, "operator": batch.operator,
-        "inputs": _inputs_json(batch), "in_domain": batch.in_domain,
+        "inputs": _inputs_json(batch), "in_domain": batch.in_domain, "shadow_of": batch.shadow_of,
     }
     # Columns given per row; the others are one value for the batch (sample and group ids may be absent: None).
-    per_row = {"prediction_id", "inputs", "in_domain"} | {k for k in ("sample_id", "group_id")
+    per_row = {"prediction_id", "inputs", "in_domain"} | {k for k in ("sample_id", "group_id", "shadow_of")
                                                             if prediction_columns[k] is not None}
     rows = predictions.columnar(prediction_columns, n, per_row, processed={"prediction_id", "inputs"})
     output_rows: list[Any] = []
@@ -554,9 +729,18 @@ def _batch_tuples(batch: PredictionBatch, predictions: _Inserter, outputs: _Inse
     return rows, output_rows
 
 
+def _one(value: Any, per_row: bool, process: Any) -> Any:
+    """The driver value of a one-row column: the row's own (`per_row`) or the shared one, through `process`."""
+    if per_row:
+        value = value[0]
+    return value if value is None or process is None else process(value)
+
+
 def _inputs_json(batch: PredictionBatch) -> list[str]:
     """Each row's inputs as the JSON text json.dumps writes for {column: value} (finite floats: their repr)."""
-    if not np.isfinite(np.asarray(batch.inputs, dtype=float)).all():
+    finite = all(math.isfinite(v) for v in batch.inputs[0]) if len(batch.inputs) == 1 else \
+        bool(np.isfinite(np.asarray(batch.inputs, dtype=float)).all())  # numpy: cheaper from a few rows on
+    if not finite:
         return [json.dumps(dict(zip(batch.feature_columns, row, strict=True))) for row in batch.inputs]
     template = "{" + ", ".join(f"{json.dumps(column)}: %r" for column in batch.feature_columns) + "}"
     return [template % tuple(float(v) for v in row) for row in batch.inputs]
@@ -566,7 +750,7 @@ def _record_parameters(rows: Sequence[PredictionRecord]) -> tuple[list[dict[str,
     predictions = [{
         "prediction_id": row.prediction_id, "created_at": row.created_at, "dataset": row.dataset,
         "endpoint": row.endpoint, "sample_id": row.sample_id, "group_id": row.group_id,
-        "operator": row.operator, "inputs": row.inputs, "in_domain": row.in_domain,
+        "operator": row.operator, "inputs": row.inputs, "in_domain": row.in_domain, "shadow_of": row.shadow_of,
     } for row in rows]
     outputs = [{
         "prediction_id": row.prediction_id, "target": output.target, "unit": output.unit,
@@ -584,9 +768,10 @@ def _batch_parameters(batch: PredictionBatch) -> tuple[list[dict[str, Any]], lis
     predictions = [{
         "prediction_id": pid, "created_at": batch.created_at, "dataset": batch.dataset,
         "endpoint": batch.endpoint, "sample_id": sample, "group_id": group, "operator": batch.operator,
-        "inputs": dict(zip(batch.feature_columns, row, strict=True)), "in_domain": in_domain,
-    } for pid, sample, group, row, in_domain in zip(batch.prediction_ids, samples, groups, batch.inputs,
-                                                     batch.in_domain, strict=True)]
+        "inputs": dict(zip(batch.feature_columns, row, strict=True)), "in_domain": in_domain, "shadow_of": shadow,
+    } for pid, sample, group, row, in_domain, shadow in zip(batch.prediction_ids, samples, groups, batch.inputs,
+                                                             batch.in_domain, _shadow_ids(batch),
+                                                             strict=True)]
     outputs = []
     for output in batch.outputs:
         lows: Sequence[float | None] = output.interval_low or [None] * n
@@ -597,6 +782,10 @@ def _batch_parameters(batch: PredictionBatch) -> tuple[list[dict[str, Any]], lis
             "interval_low": low, "interval_high": high,
         } for pid, value, low, high in zip(batch.prediction_ids, output.values, lows, highs, strict=True)]
     return predictions, outputs
+
+
+def _shadow_ids(batch: PredictionBatch) -> Sequence[uuid.UUID | None]:
+    return batch.shadow_of or [None] * len(batch)
 
 
 def _same(previous: _Latest, outcome: ResolvedOutcome) -> bool:

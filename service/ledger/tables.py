@@ -1,7 +1,10 @@
 """The ledger's tables (SQLAlchemy 2 typed declarative). The Alembic revisions in migrations/versions create them;
 a test checks that the migrated schema equals this metadata.
 
-- predictions: one row per answered request row (its id, time, the client's fields, inputs, in-domain flag).
+- predictions: one row per answered request row (its id, time, the client's fields, inputs, in-domain flag). A
+  challenger's shadow prediction of a row is a row of its own whose `shadow_of` names the champion's row (the one
+  the client got, and the one the QC lab's outcome is posted for); it carries no client fields, so an outcome
+  posted by sample id never finds it.
 - prediction_outputs: one row per (request row x target model): model name/version/alias, value and interval.
   A row predicted for density and mass loading has one prediction_id and two outputs, so a QC measurement of
   both targets names one id.
@@ -72,6 +75,9 @@ class PredictionRow(Base):
     operator: Mapped[str | None] = mapped_column(String(256))
     inputs: Mapped[dict[str, float]] = mapped_column(JSON())
     in_domain: Mapped[bool]
+    # The champion's row this row shadows (None: an answered row). No foreign key: both rows are written in one
+    # transaction with the same created_at, so retention deletes them together.
+    shadow_of: Mapped[uuid.UUID | None] = mapped_column(Uuid(), index=True)
 
     __table_args__ = (Index("ix_predictions_dataset_sample_id", "dataset", "sample_id"),)
 

@@ -305,7 +305,9 @@
     $("batch-columns").textContent = entry.features.map((f) => f.name).join(", ");
     clearBatch();
     setUpDesign(entry, same);
+    setUpPlan(entry, same);
     renderLive(entry);
+    renderChallenger(entry);
   }
 
   // ---------------------------------------------------------------------------------------------------------
@@ -367,7 +369,8 @@
     const percent = (v) => (v === null || v === undefined ? "–" : fmt(v * 100) + " %");
     body.replaceChildren(el("table", { class: "live" },
       el("thead", {}, el("tr", {}, ...["model", "version", "outcomes", "MAPE, last 50", "test band (upper)",
-        "interval coverage", "in domain", "drift (share outside range)"].map((h) => el("th", { text: h })))),
+        "interval coverage", "in domain", "drift (share outside range)", "MAPE since promotion"]
+        .map((h) => el("th", { text: h })))),
       el("tbody", {}, ...models.map((m) => {
         const live = m.live;
         const mape = live.mape_last_n;
@@ -382,8 +385,163 @@
             (above ? " ▲ above 1.5 × the band" : "") }),
           el("td", { text: fmt(live.test_mape_upper_pct) + " %" }),
           el("td", { text: percent(live.interval_coverage) }), el("td", { text: percent(live.share_in_domain) }),
-          el("td", { text: drifted || "none" }));
-      }))));
+          el("td", { text: drifted || "none" }), el("td", { text: sincePromotionText(live.mape_since_promotion) }));
+      }))), liveCharts(models));
+  }
+
+  /** "12.3 % (10.1 – 14.9), 40 outcomes since 2026-05-01 08:00 UTC": the served version's MAPE since it began
+   * answering under its alias (the ledger's record of its promotion), or "–" before it has a measured answer. */
+  function sincePromotionText(since) {
+    if (!since || since.mape_pct === null) return "–";
+    const interval = since.interval_pct ? " (" + fmt(since.interval_pct[0]) + " – " + fmt(since.interval_pct[1]) +
+      ")" : "";
+    return fmt(since.mape_pct) + " %" + interval + ", " + since.n + " outcomes since " + utcText(Date.parse(since.since));
+  }
+
+  function utcText(milliseconds) {
+    return new Date(milliseconds).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Live accuracy over time (inline SVG): one chart per served model of the dataset
+
+  function liveCharts(models) {
+    return el("div", { class: "live-charts" }, ...models.map((m) => {
+      const series = m.live.error_series;
+      const name = el("code", { text: m.name });
+      if (series.ape_pct.length === 0) {
+        return el("p", { class: "hint", "data-model": m.name }, name, " v" + m.live.version +
+          ": no measured outcome for this version yet.");
+      }
+      return el("figure", { class: "live-chart-figure", "data-model": m.name }, liveErrorChart(m),
+        el("figcaption", {}, name, " v" + m.live.version + ": each measured row's absolute percentage error at " +
+          "the time it was predicted (dots; the last " + series.ape_pct.length + " outcomes), their MAPE over " +
+          series.window + " in a row (line), the test-MAPE band of the model's contract (shaded) and the alert " +
+          "threshold, 1.5 × its upper end (dashed)."));
+    }));
+  }
+
+  /** The test band: mean ± 2 sd of the test MAPE over repeated splits when the contract has them (the upper end
+   * is live.test_mape_upper_pct, as the alert uses it), else from the one split's MAPE up to that upper end. */
+  function testBand(m) {
+    const metrics = m.metrics || {};
+    const upper = m.live.test_mape_upper_pct;
+    const spread = typeof metrics.test_mape_pct_mean === "number" && typeof metrics.test_mape_pct_std === "number";
+    const lower = spread ? Math.max(0, metrics.test_mape_pct_mean - 2 * metrics.test_mape_pct_std) :
+      Math.min(m.test_mape_pct, upper);
+    return [lower, upper];
+  }
+
+  function liveErrorChart(m) {
+    const series = m.live.error_series;
+    const n = series.ape_pct.length;
+    const [lower, upper] = testBand(m);
+    const alert = 1.5 * upper;
+    const width = 640;
+    const height = 190;
+    const left = 52;
+    const right = 86;
+    const top = 10;
+    const bottom = 30;
+    const plotW = width - left - right;
+    const plotH = height - top - bottom;
+    // The scale shows the alert line and the whole rolling MAPE; a single error above it is drawn at the top edge
+    // (marked "clipped"), so one gross outlier does not flatten everything else.
+    const yMax = Math.max(alert * 1.2, ...series.rolling_mape_pct) * 1.05;
+    const t0 = series.predicted_at[0];
+    const t1 = series.predicted_at[n - 1];
+    const x = (t) => left + (t1 === t0 ? plotW / 2 : ((t - t0) / (t1 - t0)) * plotW);
+    const y = (v) => top + plotH - (Math.min(v, yMax) / yMax) * plotH;
+    const rolling = series.rolling_mape_pct[n - 1];
+    const summary = m.name + ": " + n + " outcomes from " + utcText(t0 * 1000) + " to " + utcText(t1 * 1000) +
+      "; rolling MAPE now " + fmt(rolling) + " %, test band " + fmt(lower) + " – " + fmt(upper) + " %, alert above " +
+      fmt(alert) + " %";
+    const root = svg("svg", { viewBox: "0 0 " + width + " " + height, class: "live-chart", role: "img",
+      "aria-label": "Error over time for " + summary, "data-n": String(n), "data-rolling": String(rolling),
+      "data-band": lower + "," + upper });
+    root.append(svg("title", {}, "Error over time: " + summary));
+    root.append(svg("rect", { x: left, y: y(upper), width: plotW, height: Math.max(1, y(lower) - y(upper)),
+      class: "band" }));
+    root.append(svg("line", { x1: left, x2: left + plotW, y1: y(alert), y2: y(alert), class: "alert" }));
+    const label = (v, text, cls) => root.append(svg("text", { x: left + plotW + 6, y: y(v) + 4, class: cls }, text));
+    label(upper, "band " + fmt(upper) + " %", "tick");
+    label(alert, "alert " + fmt(alert) + " %", "tick alert-label");
+    series.ape_pct.forEach((v, i) => {
+      const dot = svg("circle", { cx: x(series.predicted_at[i]), cy: y(v), r: 2.5,
+        class: v > yMax ? "ape clipped" : "ape" });
+      dot.append(svg("title", {}, utcText(series.predicted_at[i] * 1000) + ": " + fmt(v) + " %"));
+      root.append(dot);
+    });
+    root.append(svg("polyline", { class: "rolling", points: series.rolling_mape_pct.map((v, i) =>
+      x(series.predicted_at[i]).toFixed(1) + "," + y(v).toFixed(1)).join(" ") }));
+    // Axes: 0 and the top of the scale in %, the first and last prediction time.
+    root.append(svg("line", { x1: left, x2: left, y1: top, y2: top + plotH, class: "axis" }));
+    root.append(svg("line", { x1: left, x2: left + plotW, y1: top + plotH, y2: top + plotH, class: "axis" }));
+    for (const v of [0, yMax / 1.05]) {
+      root.append(svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", class: "tick" }, fmt(v) + " %"));
+    }
+    // Seconds too when the series spans less than two hours (a test run, a burst of measurements).
+    const when = (t) => (t1 - t0 < 7200 ? new Date(t * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC" :
+      utcText(t * 1000));
+    root.append(svg("text", { x: left, y: height - 8, class: "tick" }, when(t0)));
+    if (t1 !== t0) {
+      root.append(svg("text", { x: left + plotW, y: height - 8, "text-anchor": "end", class: "tick" }, when(t1)));
+    }
+    return root;
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
+  // Champion and challenger: each model of the dataset with a challenger scored in shadow (GET
+  // /models/{name}/challenge), judged on the measured rows both predicted
+
+  /** The panel, when the dataset's models are recorded in the ledger (they have a `live` block): a button that
+   * asks GET /models/{name}/challenge for each model (choosing a dataset calls nothing: the page asks only when
+   * told to). Promotion stays with the registry (`cellmfg registry promote --challenger NAME`), which needs
+   * registry credentials, not the API token. */
+  function renderChallenger(entry) {
+    const section = $("challenger");
+    section.hidden = !entry.models.some((m) => m.live);
+    const button = el("button", { type: "button", id: "challenger-compare", text: "Compare with the challenger" });
+    button.addEventListener("click", () => compareChallenger(entry));
+    $("challenger-body").replaceChildren(button);
+  }
+
+  /** One row per model that has a challenger: n, each MAPE, the paired difference with its interval, the verdict;
+   * a model without one answers 404 and is left out. */
+  async function compareChallenger(entry) {
+    const body = $("challenger-body");
+    const found = [];
+    for (const m of entry.models) {
+      try {
+        found.push(await api("models/" + encodeURIComponent(m.name) + "/challenge"));
+      } catch (error) {
+        if (error.status !== 404) {
+          showError(body, error, "Reading " + m.name + "'s challenger");
+          return;
+        }
+      }
+    }
+    if (state.entry !== entry) return; // another dataset was chosen meanwhile
+    const again = el("button", { type: "button", id: "challenger-compare", text: "Compare again" });
+    again.addEventListener("click", () => compareChallenger(entry));
+    if (found.length === 0) {
+      body.replaceChildren(el("p", { class: "hint", text: "No challenger is scored in shadow for this dataset." }),
+        again);
+      return;
+    }
+    const mape = (v) => (v === null || v === undefined ? "–" : fmt(v) + " %");
+    body.replaceChildren(el("table", { class: "live challenger" },
+      el("thead", {}, el("tr", {}, ...["model", "champion", "challenger", "outcomes (groups)", "MAPE champion",
+        "MAPE challenger", "difference (95 % interval)", "verdict"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...found.map((c) => el("tr", { "data-model": c.model, class: c.promotable ? "better" : "" },
+        el("td", {}, el("code", { text: c.model })), el("td", { text: "v" + c.champion.version }),
+        el("td", { text: "v" + c.challenger.version }), el("td", { text: c.n + " (" + c.n_groups + ")" }),
+        el("td", { text: mape(c.champion_mape_pct) }), el("td", { text: mape(c.challenger_mape_pct) }),
+        el("td", { text: c.difference_pct === null ? "–" : signed(c.difference_pct) + " points" +
+          (c.interval_pct ? " (" + signed(c.interval_pct[0]) + " – " + signed(c.interval_pct[1]) + ")" : "") }),
+        el("td", { text: (c.promotable ? "better: promotable" : "not shown better") + ". " + c.reason }))))),
+      el("p", { class: "hint", text: "Promote with `cellmfg registry promote --challenger NAME` (registry " +
+        "access); it promotes only when the interval lies below 0." }), again);
   }
 
   function renderModelInfo(entry) {
@@ -1278,6 +1436,142 @@
   }
 
   // ---------------------------------------------------------------------------------------------------------
+  // Plan experiments: which recipes to measure next (POST /suggest/{electrode|gdl}, one call per click)
+
+  const SUGGEST_ENDPOINTS = { electrode: "suggest/electrode", gdl: "suggest/gdl" };
+
+  function setUpPlan(entry, same) {
+    $("tab-plan").hidden = !SUGGEST_ENDPOINTS[entry.family];
+    if (same || !SUGGEST_ENDPOINTS[entry.family]) return;
+    $("plan-windows").replaceChildren(...designTargets(entry).map((t) => el("fieldset", { class: "design-target",
+      "data-target": t.column },
+    el("legend", {}, el("span", { class: "name", text: t.column }), " ",
+      el("span", { class: "unit", text: "[" + t.unit + "] wanted window (optional)" })),
+    el("div", { class: "row" },
+      designInput("pwl-" + t.column, "Low [" + t.unit + "]", { placeholder: "none" }),
+      designInput("pwh-" + t.column, "High [" + t.unit + "]", { placeholder: "none" })))));
+    $("plan-fixed").replaceChildren(...entry.features.map((f) => {
+      const box = el("input", { id: "pfix-" + f.name, type: "checkbox", "aria-controls": "pfv-" + f.name });
+      const value = el("input", { id: "pfv-" + f.name, type: "number", step: "any", inputmode: "decimal",
+        disabled: true, "aria-label": f.name + " fixed at [" + f.unit + "]", "aria-describedby": "de-pfv-" + f.name });
+      value.value = String(Number(startValue(f).toPrecision(6)));
+      box.addEventListener("change", () => {
+        value.disabled = !box.checked;
+        if (box.checked) value.focus();
+      });
+      return el("div", { class: "design-param", "data-feature": f.name },
+        el("label", { class: "check", for: "pfix-" + f.name }, box, " ", el("span", { class: "name", text: f.name }),
+          " ", el("span", { class: "unit", text: "[" + f.unit + "]" })),
+        value, el("span", { class: "range", text: "trained on " + rangeText(f) }),
+        el("span", { id: "de-pfv-" + f.name, class: "field-error" }));
+    }));
+    $("plan-body").replaceChildren(el("p", { class: "hint", text: "Press “Suggest experiments”." }));
+  }
+
+  /** The request the plan form says, or null (the fields at fault marked). */
+  function readPlan(entry) {
+    const window = {};
+    const fixed = {};
+    let firstBad = null;
+    const bad = (id, message) => {
+      markDesignField(id, message);
+      if (!firstBad) firstBad = $(id);
+    };
+    const number = (id) => {
+      const text = $(id).value.trim();
+      return text === "" ? null : Number(text);
+    };
+    for (const t of designTargets(entry)) {
+      const low = number("pwl-" + t.column);
+      const high = number("pwh-" + t.column);
+      if (low === null && high === null) continue;
+      if (low === null || !Number.isFinite(low)) bad("pwl-" + t.column, "Enter a number in " + t.unit + ".");
+      else if (high === null || !Number.isFinite(high)) bad("pwh-" + t.column, "Enter a number in " + t.unit + ".");
+      else window[t.column] = { low, high };
+    }
+    for (const f of entry.features) {
+      if (!$("pfix-" + f.name).checked) continue;
+      const value = number("pfv-" + f.name);
+      if (value === null || !Number.isFinite(value)) bad("pfv-" + f.name, "Enter a number in " + f.unit + ".");
+      else fixed[f.name] = value;
+    }
+    const k = number("plan-k");
+    if (k !== null && !Number.isInteger(k)) bad("plan-k", "Enter a whole number of experiments.");
+    if (firstBad) {
+      firstBad.focus();
+      return null;
+    }
+    const body = { [FAMILIES[entry.family].field]: entry.dataset, window, fixed };
+    if (k !== null) body.k = k;
+    return body;
+  }
+
+  /** The form's field an API error location (["window", column, "low"], ["fixed", name], ["k"]) names. */
+  function planFieldOfLoc(loc) {
+    if (!Array.isArray(loc) || !loc.length) return null;
+    if (loc[0] === "window" && loc.length >= 2) return (loc[2] === "high" ? "pwh-" : "pwl-") + loc[1];
+    if (loc[0] === "fixed" && loc.length >= 2) return "pfv-" + loc[1];
+    if (loc[0] === "k") return "plan-k";
+    return null;
+  }
+
+  async function onPlan(event) {
+    event.preventDefault();
+    const entry = state.entry;
+    const out = $("plan-body");
+    for (const node of document.querySelectorAll("#plan-form .field-error")) node.textContent = "";
+    for (const node of document.querySelectorAll("#plan-form [aria-invalid]")) node.removeAttribute("aria-invalid");
+    const request = readPlan(entry);
+    if (!request) {
+      out.replaceChildren(el("p", { class: "error", role: "alert", text: "Fix the marked fields first." }));
+      return;
+    }
+    const ticket = ++state.designSequence;
+    const button = $("plan-run");
+    button.disabled = true;
+    out.setAttribute("aria-busy", "true");
+    out.replaceChildren(el("p", { class: "hint", text: "Searching…" }));
+    try {
+      const answer = await api(SUGGEST_ENDPOINTS[entry.family], { method: "POST", body: request });
+      if (ticket !== state.designSequence) return;
+      renderPlan(entry, answer);
+    } catch (error) {
+      if (ticket !== state.designSequence) return;
+      showError(out, error, "The suggestion");
+      const detail = error.payload && Array.isArray(error.payload.detail) ? error.payload.detail : [];
+      for (const d of detail) {
+        const id = planFieldOfLoc(d.loc);
+        if (id) markDesignField(id, d.msg || String(d));
+      }
+    } finally {
+      button.disabled = false;
+      out.removeAttribute("aria-busy");
+    }
+  }
+
+  function renderPlan(entry, answer) {
+    const suggestions = answer.suggestions;
+    const free = Object.keys(answer.search.free);
+    const targets = designTargets(entry);
+    const head = el("tr", {}, el("th", { scope: "col", text: "#" }),
+      ...free.map((c) => el("th", { scope: "col" }, el("code", { text: c }))),
+      ...targets.map((t) => el("th", { scope: "col", text: t.column + " [" + t.unit + "]" })),
+      el("th", { scope: "col", text: "prediction id" }));
+    const rows = suggestions.map((s) => el("tr", { "data-rank": String(s.rank) },
+      el("th", { scope: "row", text: String(s.rank) }),
+      ...free.map((c) => el("td", { text: fmt(s.settings[c]) })),
+      ...targets.map((t) => el("td", { text: fmt(s.prediction[t.column]) +
+        (s.spread ? " ± " + fmt(s.spread[t.column]) : "") })),
+      el("td", {}, el("code", { text: s.prediction_id || "—" }))));
+    $("plan-body").replaceChildren(
+      el("p", { class: "verdict ok" }, el("strong", { text: suggestions.length + " experiment" +
+        (suggestions.length === 1 ? "" : "s") }), ": " + answer.strategy_reason + "."),
+      el("div", { class: "table-wrap" }, el("table", { class: "batch plan-table" }, el("thead", {}, head),
+        el("tbody", {}, ...rows))),
+      el("ol", { class: "plan-why" }, ...suggestions.map((s) => el("li", { text: s.why }))));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------
 
   function start() {
     $("token-form").addEventListener("submit", onToken);
@@ -1306,6 +1600,7 @@
       tab.addEventListener("keydown", onTabKey);
     }
     $("design-form").addEventListener("submit", onDesign);
+    $("plan-form").addEventListener("submit", onPlan);
     window.addEventListener("focus", refreshModels);
     setInterval(refreshModels, CATALOGUE_REFRESH_MS);
     loadModels();
