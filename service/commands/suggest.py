@@ -11,24 +11,24 @@ from service.commands.design import name_value_pairs, parse_number
 from service.commands.offline import offline_predictor, offline_settings
 
 
+def _ranges(option: str, items: list[str], ends: tuple[str, str], form: str) -> dict[str, dict[str, float]]:
+    """NAME=A:B options as {NAME: {ends[0]: A, ends[1]: B}}."""
+    ranges: dict[str, dict[str, float]] = {}
+    for name, value in name_value_pairs(option, items):
+        low, sep, high = value.partition(":")
+        if not sep:
+            raise typer.BadParameter(f"{name}={value}: expected {form}", param_hint=option)
+        ranges[name] = {ends[0]: parse_number(option, low), ends[1]: parse_number(option, high)}
+    return ranges
+
+
 def suggest_request_body(kind: str, dataset: str, k: int, fixed: list[str], bounds: list[str], windows: list[str],
                          explain: bool) -> dict[str, object]:
     """The JSON body POST /suggest/{kind} would get for these command-line options."""
-    limits: dict[str, dict[str, float]] = {}
-    for name, value in name_value_pairs("--bound", bounds):
-        low, sep, high = value.partition(":")
-        if not sep:
-            raise typer.BadParameter(f"{name}={value}: expected NAME=MIN:MAX", param_hint="--bound")
-        limits[name] = {"min": parse_number("--bound", low), "max": parse_number("--bound", high)}
-    wanted: dict[str, dict[str, float]] = {}
-    for name, value in name_value_pairs("--window", windows):
-        low, sep, high = value.partition(":")
-        if not sep:
-            raise typer.BadParameter(f"{name}={value}: expected TARGET=LOW:HIGH", param_hint="--window")
-        wanted[name] = {"low": parse_number("--window", low), "high": parse_number("--window", high)}
     return {"chemistry" if kind == "electrode" else "dataset": dataset, "k": k,
             "fixed": {name: parse_number("--fix", value) for name, value in name_value_pairs("--fix", fixed)},
-            "bounds": limits, "window": wanted, "explain": explain}
+            "bounds": _ranges("--bound", bounds, ("min", "max"), "NAME=MIN:MAX"),
+            "window": _ranges("--window", windows, ("low", "high"), "TARGET=LOW:HIGH"), "explain": explain}
 
 
 def _print_suggestions(answer: dict[str, Any]) -> None:
