@@ -239,3 +239,70 @@ def _stored_now(url: str) -> set[str]:
         return set(_stored(engine)[0])
     finally:
         engine.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_registry_polling_resumes_after_postgresql_restarts(tmp_path: Path, cluster: tuple[Any, _Restartable]) -> None:
+    """The registry on the same PostgreSQL (as in compose: MLflow's database beside the ledger's): while it is down
+    the service keeps answering with the models it holds; once it is back, an alias moved in the registry reaches
+    the service within the poll interval + 5 s, and the ledger takes that version's answers."""
+    from mlflow import MlflowClient
+
+    from cellmfg.domain import TASKS
+    from testkit.fakes import fake_model
+    from testkit.processes import cellmfg_server, clean_env, mlflow_server, wait_for
+    from testkit.registry import EXPERIMENT, move_alias, register_fakes, register_model
+
+    pg, restartable = cluster
+    pg.create_database("mlflow")
+    name = "density_nmc_onnx"
+    task = next(t for t in TASKS if f"{t.model_name}_onnx" == name)
+    tracking = mlflow_server(tmp_path, pg.url("mlflow", "psycopg"),
+                             ["--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts")])
+    with tracking:
+        tracking.wait_ready(timeout=180)
+        uri = tracking.url
+        MlflowClient(tracking_uri=uri).create_experiment(EXPERIMENT)
+        register_fakes(uri)
+        env = clean_env(BENTOML_HOME=str(tmp_path / "bentoml"), MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS="1",
+                        CELLMFG_LEDGER_URL=pg.url("ledger"), CELLMFG_LEDGER_SPOOL_DIR=str(tmp_path / "spool"),
+                        MLFLOW_DISABLE_TELEMETRY="true")
+        server = cellmfg_server(env, tmp_path / "server.log").start()
+        try:
+            server.wait_ready(timeout=240)
+
+            def served() -> str | None:
+                models = httpx.get(f"{server.url}/models", timeout=10).json()["models"]
+                return next((m["version"] for m in models if m["name"] == name), None)
+
+            assert served() == "1"
+            restartable.stop()
+            for _ in range(5):  # registry and ledger both away: the held models answer
+                answer = httpx.post(f"{server.url}/predict/electrode", json={**EXAMPLE_INPUT, "rows": [ROW]},
+                                    timeout=30)
+                assert answer.status_code == 200, answer.text
+                time.sleep(1)
+            restartable.start()
+
+            def registry_answers() -> bool:
+                try:
+                    MlflowClient(tracking_uri=uri).get_registered_model(name)
+                except Exception:  # the MLflow server's pool may first hand out a connection of the old cluster
+                    return False
+                return True
+
+            wait_for(registry_answers, timeout=60, what="the registry to answer again", interval=0.5,
+                     on_timeout=tracking.log_tail)
+            new = register_model(uri, fake_model(task, version="2", salt=11), alias=None)
+            move_alias(uri, name, "champion", new)
+            moved = time.monotonic()
+            wait_for(lambda: served() == new, timeout=1 + 5, what=f"the service to serve {name} version {new}",
+                     interval=0.1, on_timeout=server.log_tail)
+            print(f"\nalias moved after the restart reached the service in {time.monotonic() - moved:.1f} s")
+            answer = httpx.post(f"{server.url}/predict/electrode", json=EXAMPLE_INPUT, timeout=10).json()
+            assert answer["models"]["density"]["version"] == new
+            wait_for(lambda: answer["predictions"][0]["prediction_id"] in _stored_now(pg.url("ledger")),
+                     timeout=30, what="the new version's answer in the ledger", interval=0.5)
+        finally:
+            server.stop()
