@@ -404,15 +404,19 @@ class ModelStore:
             listed = None
             for name in self.names:
                 errors.append(f"{name}: {_brief(error)}")
-                metrics.MODEL_POLL_FAILURES.labels(model=name).inc()
+                if self.publish_catalogue:  # the challengers' store would count under the champions' names
+                    metrics.MODEL_POLL_FAILURES.labels(model=name).inc()
             if not self.names:
                 errors.append(f"catalogue: {_brief(error)}")
         was_failing, self._revisions_failing = self._revisions_failing, bool(errors)
+        # The challengers' store polls the same registry: its outage is the champions' outage, said once by them.
+        poll = "model poll" if self.publish_catalogue else "challenger poll"
         if errors and not was_failing:
-            log.warning("model poll could not read some revisions (still serving the loaded models; retrying every "
-                        "poll, logged again when it recovers): %s", "; ".join(errors))
+            log.log(logging.WARNING if self.publish_catalogue else logging.INFO,
+                    "%s could not read some revisions (still serving the loaded models; retrying every poll, logged "
+                    "again when it recovers): %s", poll, "; ".join(errors))
         elif was_failing and not errors:
-            log.info("model poll reads every revision again from %s", self.source.description)
+            log.info("%s reads every revision again from %s", poll, self.source.description)
         swapped: list[str] = []
         if listed is not None:
             with self._swap_lock:
