@@ -15,7 +15,8 @@ beside each prediction) the models say where they know least, and that is where 
      and the one with the larger spread (more to learn) goes first.
    A window no recipe in the box can reach (its reachable range refined as /design's is) is a 422 naming that range.
 3. A greedy pass keeps, best first, the k candidates that differ from every one kept in at least one free continuous
-   parameter by a tenth of its range (the same diversity rule as /design), so the k experiments are not near-copies.
+   parameter by a tenth of its range (the same diversity rule as /design), so the k experiments are not near-copies;
+   candidates the models answer exactly alike (they differ only in a parameter the nets ignore) count once.
 4. The chosen recipes go through `Predictor.predict_rows` (the /predict code path): each suggestion carries exactly
    what /predict answers for it (prediction, interval, spread, in-domain flag), its score and why it was chosen.
 
@@ -140,8 +141,9 @@ class Suggester:
         evaluate = _EnsembleEvaluator(models)
 
         # 1. Quasi-random design of the box, every discrete combination, mean and spread in one call per model.
-        x = np.concatenate([space.rows(design_units(len(space.continuous), len(discrete_combinations(space))), combo)
-                            for combo in discrete_combinations(space)])
+        x = space.rounded(np.concatenate([space.rows(design_units(len(space.continuous),
+                                                                 len(discrete_combinations(space))), combo)
+                                          for combo in discrete_combinations(space)]))  # settable values
         p, spread = evaluate.both(x)
 
         # 2. Scores; a window nothing in the box reaches is refused with the reachable range.
@@ -159,7 +161,7 @@ class Suggester:
         strategy, score, order = _ranked(problem, p, spread, window_index)
 
         # 3. The best k, mutually distant.
-        chosen = diverse(space, x, order, problem.k)
+        chosen = diverse(space, x, _distinct_answers(order, p, spread), problem.k)
 
         # 4. Answered through the /predict code path.
         answer = self.predictor.predict_rows(answering, [settings_of(space, x[i]) for i in chosen],
@@ -207,6 +209,14 @@ def _ranked(problem: SuggestProblem, p: np.ndarray, spread: np.ndarray | None,
     off_centre = np.max(np.abs(p[:, window_index] - (lows + highs) / 2) / ((highs - lows) / 2), axis=1)
     candidates = np.flatnonzero(inside)
     return "window_without_spread", None, candidates[np.argsort(off_centre[candidates], kind="stable")]
+
+
+def _distinct_answers(order: np.ndarray, p: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
+    """`order` without candidates the models answer exactly like an earlier one: recipes that differ only in a
+    parameter the nets ignore (coating speed where the source data held it constant) are one experiment twice."""
+    answers = p if spread is None else np.concatenate([p, spread], axis=1)
+    _, first = np.unique(answers[order], axis=0, return_index=True)
+    return np.asarray(order[np.sort(first)])
 
 
 def _chance_in_window(problem: SuggestProblem, p: np.ndarray, spread: np.ndarray,

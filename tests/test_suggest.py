@@ -235,3 +235,13 @@ def test_a_suggestion_request_must_be_json(client: Any) -> None:
     assert response.status_code == 415 and "suggestion request as application/json" in response.text
     assert client.post("/suggest/electrode", content=b"{}" + b" " * 70_000,
                        headers={"Content-Type": "application/json"}).status_code == 413
+
+
+def test_candidates_the_models_answer_alike_count_once_in_rank_order() -> None:
+    """Two recipes that differ only in a parameter the nets ignore get the same answer: one experiment, not two."""
+    from service.suggest import _distinct_answers
+
+    p = np.array([[1.0, 2.0], [1.5, 2.5], [1.0, 2.0], [3.0, 1.0]])
+    spread = np.array([[0.1, 0.2], [0.3, 0.1], [0.1, 0.2], [0.1, 0.2]])
+    assert _distinct_answers(np.array([2, 0, 1, 3]), p, spread).tolist() == [2, 1, 3]
+    assert _distinct_answers(np.array([3, 1, 0, 2]), p, None).tolist() == [3, 1, 0]
