@@ -42,14 +42,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     uri = f"sqlite:///{tmp_path_factory.mktemp('challenger-mlflow') / 'mlflow.db'}"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     # MLflow's process-wide state this fixture changes (tracking and registry URI, active experiment, and the
-    # experiment id set_experiment exports to the environment): restored after, so a later test in this process
+    # registry URI and experiment id MLflow exports to the environment): restored after, so a later test in this process
     # does not read this store's registry or start runs in an experiment its own store lacks.
     import mlflow.tracking._model_registry.utils as registry_state
     import mlflow.tracking._tracking_service.utils as tracking_state
     import mlflow.tracking.fluent as fluent_state
 
     saved = (tracking_state._tracking_uri, registry_state._registry_uri, fluent_state._active_experiment_id,
-             {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")})
+             {k: os.environ.get(k) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_REGISTRY_URI")})
     os.environ["MLFLOW_TRACKING_URI"] = uri
     tracking.configure()
     mlflow.set_experiment("challenger-test")

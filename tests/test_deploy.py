@@ -114,7 +114,7 @@ def _validation_mape(tracking_uri: str, name: str, version: str) -> float:
     """The validation MAPE logged by the run of a registered version (what `registry promote` chooses by)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # not a registry another test set
     metrics = client.get_run(client.get_model_version(name, version).run_id).data.metrics
     return float(metrics.get("validation_mape_pct", float("inf")))
 

@@ -263,7 +263,7 @@ def test_registry_polling_resumes_after_postgresql_restarts(tmp_path: Path, clus
     with tracking:
         tracking.wait_ready(timeout=180)
         uri = tracking.url
-        MlflowClient(tracking_uri=uri).create_experiment(EXPERIMENT)
+        MlflowClient(tracking_uri=uri, registry_uri=uri).create_experiment(EXPERIMENT)
         register_fakes(uri)
         env = clean_env(BENTOML_HOME=str(tmp_path / "bentoml"), MLFLOW_TRACKING_URI=uri, CELLMFG_POLL_SECONDS="1",
                         CELLMFG_LEDGER_URL=pg.url("ledger"), CELLMFG_LEDGER_SPOOL_DIR=str(tmp_path / "spool"),
@@ -286,14 +286,16 @@ def test_registry_polling_resumes_after_postgresql_restarts(tmp_path: Path, clus
             restartable.start()
 
             def registry_answers() -> bool:
-                try:
-                    MlflowClient(tracking_uri=uri).get_registered_model(name)
-                except Exception:  # the MLflow server's pool may first hand out a connection of the old cluster
+                try:  # this server's registry, whatever registry URI another test left in the process
+                    MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model(name)
+                except Exception as error:  # the server's pool may first hand out a connection of the old cluster
+                    problems.append(repr(error))
                     return False
                 return True
 
+            problems: list[str] = []
             wait_for(registry_answers, timeout=60, what="the registry to answer again", interval=0.5,
-                     on_timeout=tracking.log_tail)
+                     on_timeout=lambda: "; ".join(problems[-3:]) + tracking.log_tail(3000))
             new = register_model(uri, fake_model(task, version="2", salt=11), alias=None)
             move_alias(uri, name, "champion", new)
             moved = time.monotonic()
