@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -158,3 +159,35 @@ def test_train_all_writes_its_report_to_its_run_folder_not_docs(tmp_path: Path, 
     assert result.exit_code == 0, result.output
     assert (docs / "results.md").read_text().startswith("# Results: `cellmfg train all --preset quick`")
     assert str(docs / "results.md") in result.output
+
+
+def test_ensemble_intervals_reported_beside_constant_width() -> None:
+    """Issue 24: the results report carries each ensemble's measured coverage and width, constant against spread,
+    and which interval the registered model serves; single nets get no such row."""
+    from training import evaluate as ev
+
+    count = 4
+    measured = _measured(np.full(count, 5.0))
+    measured.spread_coverage = np.array([0.88, 0.92, 0.9, 0.86])
+    measured.spread_relative_width = np.full(count, 0.06)
+    measured.uses_spread = np.array([True, True, False, True])
+    measured.chosen_coverage = np.array([0.88, 0.92, 0.9, 0.86])
+    measured.chosen_relative_width = np.array([0.06, 0.06, 0.1, 0.06])
+    measured.calibration = ev.SpreadCalibration(quantile=1.5, offset=0.01, constant_quantile=0.05,
+                                                spread_width=0.06, constant_width=0.1, uses_spread=True)
+    ensemble = report._ensemble_intervals(measured, 5)
+    assert ensemble is not None
+    assert ensemble.spread_share == 0.75 and ensemble.served == "spread"
+    assert ensemble.chosen_width == pytest.approx(0.07) and ensemble.constant_width == pytest.approx(0.1)
+    assert report._ensemble_intervals(_measured(np.full(count, 5.0)), 5) is None  # a single net
+
+    summary = _summary("indistinguishable", "wins")
+    methods = dict(summary.methods)
+    methods["transfer"] = methods["transfer"].model_copy(update={"ensemble": ensemble})
+    text = report.markdown([summary.model_copy(update={"methods": methods})])
+    row = next(line for line in text.splitlines() if line.startswith("| density | NMC | transfer"))
+    assert "| 5 | 0.90 | 0.100 | 0.89 | 0.060 | 0.75 | 0.89 | 0.070 | -30 % | spread |" in row
+    assert "Lowest measured coverage of a chosen interval: 0.89" in text
+    table = report.long_table([summary.model_copy(update={"methods": methods})])
+    assert table.set_index("method").loc["transfer", "served_interval"] == "spread"
+    assert pd.isna(table.set_index("method").loc["zero_shot", "served_interval"])

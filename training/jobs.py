@@ -74,7 +74,7 @@ def run_source(data: Dataset, config: TrainConfig, registered_name: str | None, 
     run_id, uri, version = mlflow_log.log_task(outcome, config, name, registered_name, {})
     advance(f"{name}: logged")
     return TaskResult(report.summarize(outcome, run_id, uri, registered_name, version,
-                                       config.family_confidence), outcome.model)
+                                       config.family_confidence, config.ensemble_members), outcome.model)
 
 
 def run_target(data: Dataset, base: BaseRef, config: TrainConfig, registered_name: str | None,
@@ -87,7 +87,7 @@ def run_target(data: Dataset, base: BaseRef, config: TrainConfig, registered_nam
     run_id, uri, version = mlflow_log.log_task(outcome, config, name, registered_name, _base_tags(base))
     advance(f"{name}: logged")
     return TaskResult(report.summarize(outcome, run_id, uri, registered_name, version,
-                                       config.family_confidence), outcome.model)
+                                       config.family_confidence, config.ensemble_members), outcome.model)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def train_all(config: TrainConfig, advance: Advance = _no_progress, stopwatch: S
                     run_id, uri, version = mlflow_log.log_task(outcome, config, task.model_name, task.model_name,
                                                                base_tags)
                 summary = report.summarize(outcome, run_id, uri, task.model_name, version,
-                                            config.family_confidence)
+                                            config.family_confidence, config.ensemble_members)
                 results.append(TaskResult(summary, outcome.model))
                 if task.source is None:
                     bases[(task_name, task.dataset)] = BaseRef(outcome.model, task.model_name, version or "",

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from cellmfg.paper import PAPER_MAPE
 from training import evaluate
 from training.config import TrainConfig
-from training.fit import TaskOutcome
+from training.fit import Measured, TaskOutcome
 
 LABELS: dict[str, str] = {
     "pretrained": "pretrained net (source)",
@@ -46,6 +46,21 @@ class Paired(_Model):
     verdict: evaluate.Verdict
 
 
+class EnsembleIntervals(_Model):
+    """An ensemble's two intervals on the held-out test rows, averaged over splits (issue 24): today's constant
+    relative width against the normalised (spread-scaled) one, and the one the validation rule chose per split."""
+
+    members: int
+    constant_coverage: float | None
+    constant_width: float | None
+    spread_coverage: float | None
+    spread_width: float | None
+    spread_share: float  # fraction of splits whose rule (validation rows only) chose the spread
+    chosen_coverage: float | None
+    chosen_width: float | None
+    served: str  # the first split's choice, the one the registered model's contract carries: spread | constant
+
+
 class MethodSummary(_Model):
     method: str
     test_mape_pct_mean: float
@@ -58,6 +73,7 @@ class MethodSummary(_Model):
     mean_relative_width: float | None = None  # mean (upper - lower) / |prediction|
     chosen: dict[str, int] = {}  # configuration label → number of splits that chose it
     vs_main: Paired | None = None
+    ensemble: EnsembleIntervals | None = None  # ensembles only: constant against spread-scaled intervals
 
 
 class TaskSummary(_Model):
@@ -83,8 +99,25 @@ def _finite(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
 
+def _mean(values: np.ndarray | None) -> float | None:
+    if values is None or not np.isfinite(values).any():
+        return None
+    return _finite(float(np.nanmean(values)))
+
+
+def _ensemble_intervals(measured: Measured, members: int) -> EnsembleIntervals | None:
+    if measured.uses_spread is None or measured.calibration is None:
+        return None
+    return EnsembleIntervals(
+        members=members, constant_coverage=_mean(measured.coverage), constant_width=_mean(measured.relative_width),
+        spread_coverage=_mean(measured.spread_coverage), spread_width=_mean(measured.spread_relative_width),
+        spread_share=round(float(np.mean(measured.uses_spread)), 4),
+        chosen_coverage=_mean(measured.chosen_coverage), chosen_width=_mean(measured.chosen_relative_width),
+        served="spread" if measured.calibration.uses_spread else "constant")
+
+
 def summarize(outcome: TaskOutcome, run_id: str, model_uri: str, registered: str | None, version: str | None,
-              family_confidence: float = 0.95) -> TaskSummary:
+              family_confidence: float = 0.95, ensemble_members: int = 1) -> TaskSummary:
     methods = {}
     for name, measured in outcome.measured.items():
         run = outcome.runs[name]
@@ -102,7 +135,8 @@ def summarize(outcome: TaskOutcome, run_id: str, model_uri: str, registered: str
             if np.isfinite(measured.relative_width).any() else None,
             chosen=dict(chosen.most_common()),
             vs_main=None if paired is None else Paired(mean=round(paired.mean, 4), low=_finite(paired.low),
-                                                       high=_finite(paired.high), verdict=paired.verdict))
+                                                       high=_finite(paired.high), verdict=paired.verdict),
+            ensemble=_ensemble_intervals(measured, ensemble_members))
     constant = ~outcome.input_mask
     return TaskSummary(
         task=outcome.data.target.task, dataset=outcome.data.name, role=outcome.role, main=outcome.main,
@@ -138,9 +172,65 @@ def long_table(results: list[TaskSummary]) -> pd.DataFrame:
                 else round(method.mean_relative_width, 3),
                 "validation_mape_pct_mean": None if method.validation_mape_pct_mean is None
                 else round(method.validation_mape_pct_mean, 2),
+                **_ensemble_columns(method.ensemble),
                 "paper_test_mape_pct_different_data": PAPER_MAPE.get((result.task, result.dataset, name)),
             })
     return pd.DataFrame(rows)
+
+
+def _ensemble_columns(ensemble: EnsembleIntervals | None) -> dict[str, object]:
+    """The long table's ensemble-interval columns (empty for single nets)."""
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+    if ensemble is None:
+        columns = ("ensemble_members", "spread_interval_coverage", "spread_interval_mean_relative_width",
+                   "spread_rule_share", "chosen_interval_coverage", "chosen_interval_mean_relative_width",
+                   "served_interval")
+        return dict.fromkeys(columns)
+    return {"ensemble_members": ensemble.members, "spread_interval_coverage": rounded(ensemble.spread_coverage),
+            "spread_interval_mean_relative_width": rounded(ensemble.spread_width),
+            "spread_rule_share": rounded(ensemble.spread_share),
+            "chosen_interval_coverage": rounded(ensemble.chosen_coverage),
+            "chosen_interval_mean_relative_width": rounded(ensemble.chosen_width), "served_interval": ensemble.served}
+
+
+def ensemble_table(results: list[TaskSummary], coverage: float) -> list[str]:
+    """Recipe-dependent intervals (issue 24): per ensemble method, today's constant width against the spread-scaled
+    width and the validation rule's choice, on the same held-out test rows."""
+    rows = [(result, name, method) for result in results for name, method in result.methods.items()
+            if method.ensemble is not None]
+    if not rows:
+        return []
+    lines = [
+        "\n### Recipe-dependent intervals: constant width against the ensemble spread\n",
+        f"Ensemble methods only (K members on one frozen base for transfer; K independent nets for scratch and "
+        f"pooled). Nominal {coverage:.0%}. *Constant*: p ± q·|p|, as the single nets have. *Spread*: normalised "
+        "split-conformal p ± q·(σ + β|p|), σ the members' standard deviation at that recipe. Both are calibrated at "
+        "group level on each split's out-of-fold training residuals and measured on its test groups. *Rule share*: "
+        "splits where the rule (validation rows only: is the spread-scaled interval narrower at equal calibration "
+        "coverage?) chose the spread; otherwise the spread carries no usable information and constant width is "
+        "kept. *Served*: the first split's choice, the one the registered model's contract carries "
+        "(registered methods only).\n",
+        "| task | dataset | method | K | constant coverage | constant width | spread coverage | spread width | "
+        "rule share | chosen coverage | chosen width | chosen vs constant width | served |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result, name, method in rows:
+        e = method.ensemble
+        assert e is not None
+        change = "—" if e.chosen_width is None or not e.constant_width else \
+            f"{100 * (e.chosen_width / e.constant_width - 1):+.0f} %"
+        lines.append(
+            f"| {result.task} | {DISPLAY.get(result.dataset, result.dataset)} | {LABELS.get(name, name)} | "
+            f"{e.members} | {_fmt(e.constant_coverage, 2)} | {_fmt(e.constant_width, 3)} | "
+            f"{_fmt(e.spread_coverage, 2)} | {_fmt(e.spread_width, 3)} | {_fmt(e.spread_share, 2)} | "
+            f"{_fmt(e.chosen_coverage, 2)} | {_fmt(e.chosen_width, 3)} | {change} | "
+            f"{e.served if name == result.main else '—'} |")
+    chosen = [m.ensemble.chosen_coverage for _, _, m in rows
+              if m.ensemble is not None and m.ensemble.chosen_coverage is not None]
+    if chosen:
+        lines.append(f"\nLowest measured coverage of a chosen interval: {min(chosen):.2f} (nominal {coverage:.2f}).")
+    return lines
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -293,6 +383,7 @@ def markdown(results: list[TaskSummary], coverage: float = 0.9, protocol_note: s
         parts.append(f"\n### {family}")
         for result in selected:
             parts.extend(_task_table(result, coverage))
+    parts.extend(ensemble_table(results, coverage))
     parts.extend(zero_shot_table(results))
     parts.append("\n### Verdicts\n")
     parts.extend(f"- {verdict_sentence(r)}" for r in results)
