@@ -9,7 +9,7 @@
 # Stages: `builder` installs and slims the virtualenv and checks it; `runtime` adds it to the base with the app and
 # a non-root user; the last stage flattens `runtime` into one layer, so that the base's pip, setuptools and docs,
 # removed in `runtime`, are not shipped underneath. The serving lock has no shap, numba or llvmlite: the service
-# computes its exact SHAP values itself (service/shapley.py).
+# computes its exact SHAP values itself (service/engine/shapley.py).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder

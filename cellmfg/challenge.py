@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
+# The gate judges only from this many independent groups (sheets) on: a percentile bootstrap over a handful of
+# groups spans little more than their own means (over two, exactly the two), so it would "exclude 0" on the first
+# two sheets that happen to agree.
+MIN_GROUPS = 10
 
 
 class LiveComparison(BaseModel):
@@ -92,11 +96,13 @@ def paired_comparison(measured: np.ndarray, champion: np.ndarray, challenger: np
 
 
 def promotion_verdict(comparison: LiveComparison) -> tuple[bool, str]:
-    """(promote?, why): only a challenger better on the line's rows with the interval excluding 0 is promoted."""
+    """(promote?, why): only a challenger better on the line's rows with the interval excluding 0, judged on at least
+    MIN_GROUPS groups, is promoted."""
     if comparison.n == 0:
         return False, "no outcomes yet for rows both models scored: post measurements (POST /outcomes) first"
-    if comparison.interval_pct is None:
-        return False, f"too few groups to judge ({comparison.text()})"
+    if comparison.interval_pct is None or comparison.n_groups < MIN_GROUPS:
+        return False, (f"too few groups to judge: {comparison.n_groups} (the gate needs {MIN_GROUPS} independent "
+                       f"groups) ({comparison.text()})")
     low, high = comparison.interval_pct
     if high < 0:
         return True, f"the challenger is better: {comparison.text()}"

@@ -96,23 +96,15 @@ def validate_frame(
         quantity = quantities[column]
         raw_values = out[column].to_numpy(dtype=object)
         numbers = pd.to_numeric(out[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        allowed = f"allowed {quantity.physical_range_text()}"
-        for position, (raw, value) in enumerate(zip(raw_values, numbers, strict=True)):
+        for position in np.flatnonzero(quantity.outside(numbers)).tolist():
+            raw, value = raw_values[position], numbers[position]
             if column in optional_targets and _is_blank(raw):
                 continue
-            if math.isnan(value) and not _is_nan_text(raw):
-                raise DataValidationError(
-                    f"{source}: {_row_label(position)}, column {column}: {raw!r} is not a number ({allowed})"
-                )
-            if not math.isfinite(value):
-                raise DataValidationError(
-                    f"{source}: {_row_label(position)}, column {column}: {raw!r} is not finite ({allowed})"
-                )
-            if not quantity.physical_min <= value <= quantity.physical_max:
-                raise DataValidationError(
-                    f"{source}: {_row_label(position)}, column {column}: {value:g} {quantity.unit} "
-                    f"is physically impossible ({allowed})"
-                )
+            # The quantity's one rule words it: a blank cell or text as written when it is not a number, else
+            # the number ("nan" and "inf" are numbers that are not finite).
+            unreadable = _is_blank(raw) or (math.isnan(value) and not _is_nan_text(raw))
+            problem = quantity.problem(raw if unreadable else value)
+            raise DataValidationError(f"{source}: {_row_label(position)}, {problem}")
         out[column] = numbers
 
     if GROUP_ID in out.columns:

@@ -6,8 +6,10 @@ here. Nothing in this module imports TensorFlow or touches the file system.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 Kind = Literal["electrode", "gdl"]
 
@@ -36,6 +38,40 @@ class Quantity:
 
     def physical_range_text(self) -> str:
         return f"[{self.physical_min:g}, {self.physical_max:g}] {self.unit}"
+
+    def problem(self, value: object) -> str | None:
+        """The one rule for a value of this quantity, wherever it arrives (JSON, CSV, a dataset file): a finite
+        number (not a bool) inside [physical_min, physical_max]. None when it holds, else the one message naming
+        the field, the value as sent, the unit and the allowed range; callers put where (row, line) in front."""
+        allowed = f"allowed: a number in {self.physical_range_text()}"
+        if isinstance(value, str) and not value.strip():  # a blank cell
+            return f"{self.column} is empty; {allowed}"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"{self.column} = {_quoted(value)} is not a number; {allowed}"
+        if not isinstance(value, int) and not math.isfinite(value):  # an int is finite (and may not fit a float)
+            return f"{self.column} = {float(value)!r} is not finite; {allowed}"
+        number = cast(float, value)  # any real (int, float, a numpy scalar); typing's float covers int
+        if not self.physical_min <= number <= self.physical_max:
+            unit = "" if self.unit == "1" else f" {self.unit}"
+            return f"{self.column} = {_number_text(number)}{unit} is physically impossible; {allowed}"
+        return None
+
+    def outside(self, values: Any) -> Any:
+        """The same bound test on a whole numpy column at once (True where `problem` is not None): NaN and ±inf
+        fail both comparisons, so they are outside too. No numpy import: the serving entry point stays light."""
+        return ~((values >= self.physical_min) & (values <= self.physical_max))
+
+
+def _number_text(value: float) -> str:
+    """A number as the float it is read as, in the shortest text that reads back to it (150 and "150" alike give
+    150.0, whichever way they arrived); an int too large for a float as it is."""
+    text = repr(value) if isinstance(value, int) and abs(value) >= 2**53 else repr(float(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _quoted(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # Physical bounds say what is impossible (a negative gap, a percentage over 100), not what is unusual: values

@@ -4,7 +4,7 @@ register and promote models (`train pretrain/transfer`, `registry promote`) so t
 Every promoted model answers at `POST /predict/{name}_onnx`. It also answers on its kind's endpoint,
 `POST /predict/electrode` with `chemistry=DATASET` or `POST /predict/gdl` with `dataset=DATASET`, when the catalogue
 finds it there: its name is `{task}_{dataset}` (`cellmfg.domain.model_name`), its target is one of the kind's and its
-inputs are the kind's feature columns in order (`service.model_store.endpoint_slot` applies the same rule to the
+inputs are the kind's feature columns in order (`service.engine.model_store.endpoint_slot` applies the same rule to the
 contract; tests/test_endpoints.py keeps the two in step). Training guarantees the last two for any lab CSV, so the
 name is what decides: a model registered as `density_cunha` from data recorded as `cunha_nmc_recipes` is not found
 under either dataset name.
@@ -18,7 +18,7 @@ from typing import Any
 
 from cellmfg.domain import DATASETS, TARGETS, Kind, model_name, targets_for
 
-# What the service accepts as a `chemistry` / `dataset` value (service.schemas.DatasetName).
+# What the service accepts as a `chemistry` / `dataset` value (service.formats.schemas.DatasetName).
 DATASET_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 DATASET_NAME_RULE = "1 to 200 letters, digits, '_', '.' or '-'"
 ONNX_SUFFIX = "_onnx"

@@ -7,7 +7,9 @@ is imported inside the functions: the serving image has only mlflow-skinny, and 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,26 +37,67 @@ def configure() -> str:
     return uri
 
 
+# MLflow's registration notices (mlflow/tracking/_model_registry/fluent.py, `_register_model`): what
+# `registration_notices_off` drops, and nothing else.
+REGISTRATION_NOTICE = re.compile(
+    r"Successfully registered model '[^\n]*'\."
+    r"|Registered model '[^\n]*' already exists\. Creating a new version of this model\.\.\."
+    r"|(🔗 )?Created version '[^\n]*' of model '[^\n]*'[^\n]*"
+)
+_filter_lock = threading.Lock()
+_filter_users = 0
+
+
 @contextmanager
 def registration_notices_off() -> Iterator[None]:
-    """Around a call that registers a model version: without MLflow's "Successfully registered model …" and
-    "Created version … of model …" lines, unless its logger shows INFO (`cellmfg --verbose` leaves it there; the
-    quiet console sets WARNING).
+    """Around a call that registers a model version: without MLflow's "Successfully registered model …",
+    "Registered model … already exists …" and "Created version … of model …" lines, unless its logger shows INFO
+    (`cellmfg --verbose` leaves it there; the quiet console sets WARNING).
 
     MLflow prints them with `print` to its logging stream (`mlflow.utils.logging_utils.eprint`), not through a
-    logger, so no log level reaches them. MLflow's own reference-counted switch for that stream turns it off for the
-    call (its log lines during the call go with it; errors still raise, and Python warnings still show).
+    logger, so no log level reaches them, and MLflow offers no setting for them (its documented switches turn the
+    whole stream off, its warnings and errors too). So the stream drops exactly those lines while this runs, and
+    passes everything else: a warning or error MLflow logs during the registration still shows. Reference-counted,
+    so overlapping registrations (threads) share one filter.
     """
     import logging
-
-    from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
 
     if logging.getLogger("mlflow").isEnabledFor(logging.INFO):
         yield
         return
-    with MlflowEventsAndWarningsBehaviorGlobally(reroute_warnings=False, disable_event_logs=True,
-                                                 disable_warnings=False):
+    from mlflow.utils import logging_utils
+
+    global _filter_users
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    with _filter_lock:
+        _filter_users += 1
+        if _filter_users == 1:
+            stream.write = _without_notices(type(stream).write.__get__(stream))  # type: ignore[method-assign]
+    try:
         yield
+    finally:
+        with _filter_lock:
+            _filter_users -= 1
+            if _filter_users == 0:
+                del stream.write  # the class's own method again
+
+
+def _without_notices(write: Callable[[str], object]) -> Callable[[str], object]:
+    """`write` without the registration notices. `print` writes a message and its line end in two calls: the line
+    end after a dropped notice is dropped too."""
+    after_notice = threading.local()
+
+    def filtered(text: str) -> object:
+        if getattr(after_notice, "value", False) and text == "\n":
+            after_notice.value = False
+            return None
+        after_notice.value = REGISTRATION_NOTICE.fullmatch(text.rstrip("\n")) is not None
+        if after_notice.value:
+            after_notice.value = not text.endswith("\n")
+            return None
+        return write(text)
+
+    return filtered
 
 
 def experiment_name(task: str) -> str:

@@ -10,8 +10,9 @@ F/(1 - c)) -> binder webs at fibre contacts to its share of the solid -> fast-ma
 connected pore space from the outlet face, averaged over the inlet face, with periodic lateral boundaries.
 
 Lengths are in units of the fibre diameter where it matters: geometric tortuosity is scale free, so the voxel size is
-a fixed fraction of the fibre diameter (`VOXELS_PER_DIAMETER`); the lateral domains are the paper's footprints scaled
-by `FOOTPRINT_SCALE`.
+a fraction of the fibre diameter (d/3, finer in the densest layers so that the mean pore chord spans at least
+`MIN_VOXELS_PER_PORE_CHORD` voxels: `voxels_per_diameter`); the lateral domains are the paper's footprints scaled by
+`FOOTPRINT_SCALE`.
 
 Every row has its own random streams derived from (seed, dataset, row), so a single row can be regenerated alone and
 rows can be computed in any order or process without changing a byte of the result.
@@ -23,6 +24,7 @@ import math
 import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -37,14 +39,19 @@ __all__ = [
     "DOMAINS",
     "FIBER",
     "FOOTPRINT_SCALE",
+    "GEODICT_BINDER_MODEL",
     "MAX_ATTEMPTS",
     "MAX_TILT_DEG",
+    "MIN_VOXELS_PER_PORE_CHORD",
     "PAPER_DOMAINS",
     "PORE",
     "POROSITY_COLUMN",
+    "SHIPPED_MODEL",
     "VOXELS_PER_DIAMETER",
     "GDLParams",
     "Microstructure",
+    "StructureModel",
+    "binder_volume_fraction",
     "build_microstructure",
     "build_phases",
     "fiber_path_obstacle",
@@ -53,15 +60,24 @@ __all__ = [
     "geometric_tortuosity",
     "measure_row",
     "sample_params",
+    "thin_binder_films",
     "voxel_size",
+    "voxels_per_diameter",
 ]
 
-# Voxels across one fibre diameter. Tortuosity is scale free, so resolving every diameter equally keeps the
-# discretisation error the same for thin and thick fibres. With fast marching and walls centred on the true surfaces
-# (`build_phases`), halving d/3 to d/6 moves tau - 1 by +0.8 % on average over five structures spanning the inputs,
-# within 10 % on four, +14 % on the densest (scripts/gdl_convergence.py, data card); d/4 would cost 2.4x and does not
-# fit the 20-minute budget at these footprints.
+# Voxels across one fibre diameter, the coarsest resolution used. Tortuosity is scale free, so resolving every
+# diameter equally keeps the discretisation error the same for thin and thick fibres, as long as the pores are
+# resolved too. With fast marching and walls centred on the true surfaces (`build_phases`), halving d/3 to d/6 moves
+# tau - 1 by less than 7 % on layers of porosity >= 0.58 but by +14 % on the densest (porosity 0.50), where the
+# mean pore chord is about one fibre diameter, i.e. 3 voxels (scripts/gdl_convergence.py; measured for row 218:
+# d/3 1.0413, d/4 1.0417, d/5 1.0433, d/6 1.0469, d/8 1.0475, d/10 1.0470). d/4 for every row would cost 2.4x and
+# does not fit the 20-minute budget, so only the dense layers get finer voxels (`voxels_per_diameter`).
 VOXELS_PER_DIAMETER: int = 3
+# The mean pore chord (4·porosity / specific surface, ~ d·porosity/(1 - porosity) for fibres of diameter d) must span
+# at least this many voxels. Measured (d/3 -> d/6 unless stated): 2.95 voxels per chord moved tau - 1 by +14 %,
+# 3.9 (d/4 -> d/8) +14 %, 4.1 -1.5 %, 4.7 +5.7 %, 4.9 (d/5 -> d/10) +8.5 %, 6 and more within 7 %; 4.5 leaves a margin
+# above the one failure near 4.
+MIN_VOXELS_PER_PORE_CHORD: float = 4.5
 
 PAPER_DOMAINS: dict[str, tuple[float, float]] = {"gdl200": (2000.0, 200.0), "gdl1000": (1000.0, 1000.0)}
 # Lateral domain (x, y) in µm: the paper's footprints with both sides halved (a quarter of the area), so the two sets
@@ -131,6 +147,38 @@ class GDLParams:
         return 1.0 - self.fiber_volume_fraction - self.binder_volume_fraction
 
 
+@dataclass(frozen=True)
+class StructureModel:
+    """Modelling choices that are not dataset inputs. The defaults are the shipped model.
+
+    `binder_basis`: what `binder_concentration_pct` is a percentage of. "solid": the binder's share of the solid
+    (fibre + binder) volume, the shipped reading. "domain": a percentage of the (compressed) layer's volume, as
+    GeoDict's AddBinder takes it ("Added Solid Volume Percentage"); with it binder is 5-10 % of the volume instead of
+    about 1-5 %.
+    `binder_films_block`: binder webs thinner than a voxel have no voxel centre half a voxel inside them, so with
+    centred walls alone paths leak through them; with this flag every binder voxel in a run of at most two binder
+    voxels along some axis (the deeper one of a two-run) blocks paths too (`thin_binder_films`).
+
+    The off-default combination `GEODICT_BINDER_MODEL` is not shipped: at d/3 its discretisation error is 12-30 % of
+    tau - 1 (d/3 -> d/6; scripts/gdl_convergence.py --model geodict_binder), and a resolution that would converge it
+    (d/8 or finer, near the paper's 1 um voxels) costs well over ten times the 20-minute budget (data card).
+    """
+
+    binder_basis: Literal["solid", "domain"] = "solid"
+    binder_films_block: bool = False
+
+
+SHIPPED_MODEL = StructureModel()
+GEODICT_BINDER_MODEL = StructureModel(binder_basis="domain", binder_films_block=True)
+
+
+def binder_volume_fraction(params: GDLParams, model: StructureModel = SHIPPED_MODEL) -> float:
+    """Binder volume fraction of the compressed layer under the model's reading of the binder concentration."""
+    if model.binder_basis == "domain":
+        return params.binder_concentration_pct / 100.0
+    return params.binder_volume_fraction
+
+
 @dataclass(frozen=True, eq=False)
 class Microstructure:
     """A generated GDL: phase labels per voxel plus the fibre axes that made them (for checks and plots)."""
@@ -177,8 +225,20 @@ def sample_params(dataset: str, seed: int, row: int) -> GDLParams:
     return GDLParams(**values)
 
 
-def voxel_size(params: GDLParams, voxels_per_diameter: float = VOXELS_PER_DIAMETER) -> float:
-    return params.fiber_diameter_um / voxels_per_diameter
+def voxels_per_diameter(params: GDLParams) -> int:
+    """The row's resolution: d/3, or finer so that the mean pore chord spans `MIN_VOXELS_PER_PORE_CHORD` voxels.
+
+    The pore chord comes from the inputs' target porosity (not the built structure), so the resolution is a pure
+    function of the row's inputs; only the densest corner of the input box (porosity below 0.6) needs more than 3.
+    """
+    porosity = params.target_porosity
+    chord_in_diameters = porosity / (1.0 - porosity)
+    return max(VOXELS_PER_DIAMETER, math.ceil(MIN_VOXELS_PER_PORE_CHORD / chord_in_diameters - 1e-9))
+
+
+def voxel_size(params: GDLParams, per_diameter: float | None = None) -> float:
+    """Voxel edge in µm: d/per_diameter, by default the row's own resolution (`voxels_per_diameter`)."""
+    return params.fiber_diameter_um / (voxels_per_diameter(params) if per_diameter is None else per_diameter)
 
 
 def _draw_fiber(rng: np.random.Generator, lx: float, ly: float, thickness: float, keep: float,
@@ -255,7 +315,7 @@ def _grid_shape(lateral_um: tuple[float, float], thickness_um: float, voxel_um: 
 
 
 def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: float,
-                 rng: np.random.Generator) -> Microstructure:
+                 rng: np.random.Generator, model: StructureModel = SHIPPED_MODEL) -> Microstructure:
     """Generate one GDL with fibre and binder kept apart (`build_microstructure` returns only the solid).
 
     Compression densifies: the as-laid layer (thickness t, fibre volume fraction F) is squeezed along z to t·(1 − c)
@@ -273,9 +333,11 @@ def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: f
         raise ValueError(f"fiber diameter and thickness must be positive, got {params}")
     if not 0.0 <= params.fiber_concentration_pct < 100.0 or not 0.0 <= params.binder_concentration_pct < 100.0:
         raise ValueError(f"fiber fraction must be in [0, 100) % and binder share in [0, 100) %, got {params}")
-    if params.target_porosity <= 0.0:
-        raise ValueError(f"fibre and binder fill the whole compressed volume (porosity {params.target_porosity:.3f}, "
-                         f"must be > 0): {params}")
+    binder_fraction = binder_volume_fraction(params, model)
+    if params.fiber_volume_fraction + binder_fraction >= 1.0:
+        porosity = 1.0 - params.fiber_volume_fraction - binder_fraction
+        raise ValueError(f"fibre and binder fill the whole compressed volume (porosity {porosity:.3f}, must be > 0): "
+                         f"{params}")
     radius = 0.5 * params.fiber_diameter_um
     keep = 1.0 - params.compression_factor
     grid = _Grid(_grid_shape(lateral_um, params.thickness_um * keep, voxel_um), voxel_um)
@@ -314,7 +376,7 @@ def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: f
 
     # Binder: rank pore voxels by distance to the second-nearest axis; where no second axis is within reach the
     # ranking falls through to the nearest axis (a coating), then to voxel order, so the choice is total and stable.
-    n_binder = round(params.binder_volume_fraction * n)
+    n_binder = round(binder_fraction * n)
     pore_idx = np.flatnonzero(phase == PORE)
     n_binder = min(n_binder, pore_idx.size)
     fallback = 0
@@ -328,6 +390,13 @@ def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: f
         # The binder is the region {second-axis distance <= level}; its surface is that level set.
         level = cand2[order[-1]]
         binder_core[chosen] = d2[chosen] <= level - 0.5 * voxel_um
+        if model.binder_films_block:
+            depth = np.full(n, -np.inf)
+            depth[chosen] = level - d2[chosen]
+            binder = np.zeros(n, dtype=bool)
+            binder[chosen] = True
+            binder_core |= thin_binder_films(binder.reshape(grid.shape), binder_core.reshape(grid.shape),
+                                             depth.reshape(grid.shape)).ravel()
 
     # The fibre surface cuts through the voxels next to it. Counting a voxel as an obstacle as soon as its centre is
     # inside a fibre puts the discrete wall on average half a voxel outside the true surface, and every fibre a path
@@ -341,6 +410,38 @@ def build_phases(params: GDLParams, lateral_um: tuple[float, float], voxel_um: f
                           fiber_directions=np.array(directions).reshape(-1, 3), fiber_length_um=2.0 * half_length,
                           voxel_um=voxel_um, binder_fallback_voxels=fallback,
                           path_obstacle=obstacle.reshape(grid.shape))
+
+
+def _shift(array: np.ndarray, step: int, axis: int, fill: float | bool) -> np.ndarray:
+    """array[i - step] along `axis`: periodic in x and y (axes 0, 1), `fill` beyond the z faces."""
+    if axis < 2:
+        return np.roll(array, step, axis=axis)
+    out = np.full_like(array, fill)
+    if step > 0:
+        out[:, :, step:] = array[:, :, :-step]
+    else:
+        out[:, :, :step] = array[:, :, -step:]
+    return out
+
+
+def thin_binder_films(binder: np.ndarray, core: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Binder voxels that must block paths although no voxel centre lies half a voxel inside the film.
+
+    A film is thin along some axis if its binder run there is one voxel, or two (then the deeper voxel is kept; ties
+    keep both); runs already holding a core (blocking) voxel need nothing more. Arrays are (x, y, z); `depth` is how
+    far each binder voxel's centre lies inside the binder surface (-inf outside the binder).
+    """
+    keep = np.zeros(binder.shape, dtype=bool)
+    for axis in range(3):
+        before, after = _shift(binder, 1, axis, False), _shift(binder, -1, axis, False)
+        before2, after2 = _shift(binder, 2, axis, False), _shift(binder, -2, axis, False)
+        core_before, core_after = _shift(core, 1, axis, False), _shift(core, -1, axis, False)
+        depth_before, depth_after = _shift(depth, 1, axis, -np.inf), _shift(depth, -1, axis, -np.inf)
+        single = binder & ~before & ~after
+        pair_low = binder & ~before & after & ~after2 & ~core_after & (depth >= depth_after)
+        pair_high = binder & before & ~after & ~before2 & ~core_before & (depth >= depth_before)
+        keep |= (single | pair_low | pair_high) & ~core
+    return keep
 
 
 def fiber_path_obstacle(axis_distance_um: np.ndarray, radius_um: float, voxel_um: float) -> np.ndarray:
@@ -388,11 +489,13 @@ def geometric_tortuosity(solid: np.ndarray, periodic: bool = False) -> float:
 
 
 def measure_row(params: GDLParams, lateral_um: tuple[float, float], rng_factory: Callable[[int], np.random.Generator],
-                voxels_per_diameter: float = VOXELS_PER_DIAMETER) -> tuple[float, float]:
-    """(tortuosity, porosity) of one structure; redrawn from the next attempt's generator if it has no path."""
-    voxel = voxel_size(params, voxels_per_diameter)
+                per_diameter: float | None = None,
+                model: StructureModel = SHIPPED_MODEL) -> tuple[float, float]:
+    """(tortuosity, porosity) of one structure at voxel d/per_diameter (default: the row's own resolution);
+    redrawn from the next attempt's generator if it has no path."""
+    voxel = voxel_size(params, per_diameter)
     for attempt in range(MAX_ATTEMPTS):
-        ms = build_phases(params, lateral_um, voxel, rng_factory(attempt))
+        ms = build_phases(params, lateral_um, voxel, rng_factory(attempt), model)
         try:
             tortuosity = geometric_tortuosity(ms.path_obstacle, periodic=True)
         except ValueError:

@@ -2,7 +2,7 @@
 
 1. Imports what the server imports before it is ready. Besides proving the slimmed virtualenv still works, this
    writes byte code for exactly those modules; the rest of the virtualenv ships without any (image size).
-2. shap, numba and llvmlite are not installed: the service computes its SHAP values itself (service.shapley).
+2. shap, numba and llvmlite are not installed: the service computes its SHAP values itself (service.engine.shapley).
 3. When a bundle is baked in, verifies it (manifest, checksums, contracts), runs every model once through
    onnxruntime on its contract's own background rows with the service's own checks (`build_served`), and explains
    two of those rows: base value + contributions must equal the prediction.
@@ -48,8 +48,8 @@ def main() -> int:
     import numpy as np
 
     from cellmfg.contract import load_bundle
-    from service.model_store import ModelLoadError, build_served
-    from service.shapley import MAX_FEATURES, make_plan, shapley_values
+    from service.engine.model_store import ModelLoadError, build_served
+    from service.engine.shapley import MAX_FEATURES, make_plan, shapley_values
 
     models = load_bundle(BUNDLE)
     for model in models:

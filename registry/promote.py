@@ -33,8 +33,11 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from cellmfg import challenge_gate
 from cellmfg import contract as contracts
 from cellmfg.challenge import LiveComparison
+from cellmfg.challenge_gate import ChallengerInputError, ChallengerPromotion, same_features
+from cellmfg.challenge_gate import LiveGateError as LiveGateError  # re-exported: registry.cli catches it here
 from cellmfg.endpoints import Serving
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
@@ -50,15 +53,6 @@ class GateError(RuntimeError):
 
 class ZeroShotGateError(GateError):
     """A transfer model did not beat its own pretrained net applied as is."""
-
-
-class ChallengerInputError(GateError):
-    """A challenger that cannot be judged as asked (unknown model, no challenger, another contract than the
-    champion's, no outcomes yet); nothing changed in the registry."""
-
-
-class LiveGateError(GateError):
-    """The live comparison does not show the challenger better; the champion stays (the comparison is logged)."""
 
 
 @dataclass(frozen=True)
@@ -352,37 +346,13 @@ def keras_name(name: str) -> str:
 
 
 def sync_keras_champion(onnx_model_name: str) -> str | None:
-    """Point the Keras model's `champion` at the version the served ONNX champion was exported from, so
-    `models:/density_graphite@champion` names the net that is served. When the ONNX champion comes from another
-    Keras model (a zero-shot fallback serves the source net) or there is none, the Keras alias is removed rather
-    than left naming a net nobody serves. Returns the Keras version now holding `champion`, if any."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client()
-    keras = keras_name(onnx_model_name)
-    champion = _alias_version(onnx_model_name, CHAMPION)
-    target = None
-    if champion is not None:
-        tags = client.get_model_version(onnx_model_name, champion).tags
-        if tags.get("keras_model_name") == keras and tags.get("keras_model_version"):
-            target = str(tags["keras_model_version"])
-    try:
-        if target is not None:
-            client.set_registered_model_alias(keras, CHAMPION, target)
-        elif _alias_version(keras, CHAMPION) is not None:
-            client.delete_registered_model_alias(keras, CHAMPION)
-    except MlflowException:  # no Keras model of that name in this registry (bundled or hand-registered ONNX)
-        return None
-    return target
+    """Point the Keras model's `champion` at the net the ONNX champion was exported from (or remove it);
+    cellmfg.challenge_gate.sync_keras_champion. Returns the Keras version now holding `champion`, if any."""
+    return challenge_gate.sync_keras_champion(_client(), onnx_model_name)
 
 
 def _alias_version(model_name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(_client().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+    return challenge_gate.alias_version(_client(), model_name, alias)
 
 
 # -- the recipe --------------------------------------------------------------------------------------------------
@@ -467,128 +437,24 @@ def promote_candidate(candidate: Candidate, alias: str = CHAMPION) -> Promotion:
                      contract.metrics.test_mape_pct, serving_of(name, contract), alias=alias)
 
 
-# -- champion and challenger: the live gate ----------------------------------------------------------------------
+# -- champion and challenger: the live gate (cellmfg.challenge_gate, shared with the service's promote endpoint) -
 
 
 def registered_contract(name: str, alias: str) -> contracts.Contract | None:
     """The contract of the ONNX version holding `alias`, or None when no version holds it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return contracts.fetch_registered(_uri(), onnx_name(keras_name(name)), alias).contract
-    except MlflowException:
-        return None
-
-
-def same_features(champion: contracts.Contract, features: list[contracts.FeatureSpec], what: str) -> None:
-    """A challenger must read the champion's features, in order and in the same units: the service feeds it the
-    rows it answers the champion with."""
-    mine = [(f.name, f.unit) for f in features]
-    theirs = [(f.name, f.unit) for f in champion.features]
-    if mine != theirs:
-        raise ChallengerInputError(
-            f"{what}: its contract's features {[f'{n} [{u}]' for n, u in mine]} differ from the champion's "
-            f"{[f'{n} [{u}]' for n, u in theirs]} ({champion.name} v{champion.lineage.keras_model_version}); a "
-            "challenger must read the same features in the same order and units; nothing changed")
-
-
-@dataclass(frozen=True)
-class ChallengerPromotion:
-    """What `promote_challenger` did: the ONNX version now champion, the one now previous, and why."""
-
-    onnx_name: str
-    champion_version: str
-    previous_version: str
-    comparison: dict[str, Any]
-    reason: str
-    override_reason: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return vars(self)
+    return challenge_gate.registered_contract(_uri(), name, alias)
 
 
 def challenger_versions(name: str) -> tuple[str, str]:
-    """(champion, challenger) ONNX versions of `name`, after checking both exist and read the same features;
-    ChallengerInputError (nothing changed) otherwise."""
-    from mlflow.exceptions import MlflowException
-
-    model = onnx_name(keras_name(name))
-    try:
-        _client().get_registered_model(model)
-    except MlflowException as error:
-        known = sorted(m.name.removesuffix(ONNX_SUFFIX) for m in _client().search_registered_models()
-                       if m.name.endswith(ONNX_SUFFIX))
-        raise ChallengerInputError(f"--challenger {keras_name(name)}: no registered model {model}; promoted models: "
-                                   f"{', '.join(known) or 'none'}") from error
-    champion, challenger = _alias_version(model, CHAMPION), _alias_version(model, CHALLENGER)
-    if champion is None:
-        raise ChallengerInputError(f"{model} has no champion; nothing to challenge")
-    if challenger is None:
-        raise ChallengerInputError(f"{model} has no challenger: train one with `cellmfg train from-ledger --model "
-                                   f"{keras_name(name)}` and register it with `cellmfg registry promote --model "
-                                   f"models:/{keras_name(name)}@challenger --alias challenger`")
-    champion_contract_, challenger_contract = registered_contract(name, CHAMPION), registered_contract(name, CHALLENGER)
-    if champion_contract_ is None or challenger_contract is None:
-        raise ChallengerInputError(f"{model}: the champion's or the challenger's contract cannot be read")
-    same_features(champion_contract_, challenger_contract.features, f"{model} v{challenger} (challenger)")
-    return champion, challenger
+    """(champion, challenger) ONNX versions of `name` in this registry (cellmfg.challenge_gate.challenger_versions)."""
+    return challenge_gate.challenger_versions(_client(), _uri(), name)
 
 
 def promote_challenger(name: str, comparison: LiveComparison, compared: tuple[str, str],
                        override_reason: str | None = None) -> ChallengerPromotion:
-    """Make the challenger champion when the live comparison shows it better (interval below 0), or when
-    `override_reason` says why anyway (recorded as a tag). `compared` = (champion, challenger) ONNX versions the
-    comparison is about: they must be the registry's now. The comparison is logged as metrics on the challenger
-    version's run whatever the verdict. Raises ChallengerInputError or LiveGateError; then no alias moved."""
-    from cellmfg.challenge import promotion_verdict
-
-    model = onnx_name(keras_name(name))
-    champion, challenger = challenger_versions(name)
-    if compared != (champion, challenger):
-        raise ChallengerInputError(f"{model}: the live comparison is of champion v{compared[0]} with challenger "
-                                   f"v{compared[1]}, the registry's are v{champion} and v{challenger}; retry after "
-                                   "the service's next poll (CELLMFG_POLL_SECONDS)")
-    if comparison.n == 0:
-        raise ChallengerInputError(f"{model}: no outcomes yet for rows both v{champion} and v{challenger} scored: "
-                                   "post the QC lab's measurements (POST /outcomes) first; nothing changed")
-    promotable, reason = promotion_verdict(comparison)
-    log_live_comparison(model, challenger, comparison)
-    if not promotable and not override_reason:
-        raise LiveGateError(f"{model} v{challenger} not promoted: {reason}")
-    client = _client()
-    if override_reason:
-        client.set_model_version_tag(model, challenger, "promotion_override_reason", override_reason)
-    client.set_model_version_tag(model, challenger, "promoted_by", "live_comparison" if promotable else "override")
-    client.set_registered_model_alias(model, PREVIOUS, champion)
-    client.set_registered_model_alias(model, CHAMPION, challenger)
-    client.delete_registered_model_alias(model, CHALLENGER)
-    keras_version = sync_keras_champion(model)
-    keras = keras_name(model)
-    if keras_version is not None and _alias_version(keras, CHALLENGER) == keras_version:
-        client.delete_registered_model_alias(keras, CHALLENGER)  # it is the champion now
-    return ChallengerPromotion(model, challenger, champion, comparison.model_dump(), reason,
-                               override_reason if not promotable else None)
-
-
-def log_live_comparison(model: str, version: str, comparison: LiveComparison) -> None:
-    """The live comparison as metrics on the version's run (one step per judgement, so the history stays) and as
-    tags on the version (the latest, readable in the registry's UI)."""
-    import time
-
-    client = _client()
-    model_version = client.get_model_version(model, version)
-    values = {"live_n": comparison.n, "live_groups": comparison.n_groups,
-              "live_champion_mape_pct": comparison.champion_mape_pct,
-              "live_challenger_mape_pct": comparison.challenger_mape_pct,
-              "live_difference_pct": comparison.difference_pct,
-              "live_difference_low_pct": comparison.interval_pct[0] if comparison.interval_pct else None,
-              "live_difference_high_pct": comparison.interval_pct[1] if comparison.interval_pct else None}
-    stamp = int(time.time() * 1000)
-    for key, value in values.items():
-        if value is not None:
-            if model_version.run_id:
-                client.log_metric(model_version.run_id, key, float(value), timestamp=stamp, step=comparison.n)
-            client.set_model_version_tag(model, version, key, f"{float(value):.6g}")
+    """The live gate on this registry: cellmfg.challenge_gate.promote_challenger, the one the service's
+    POST /models/{name}/challenge/promote applies too."""
+    return challenge_gate.promote_challenger(_client(), _uri(), name, comparison, compared, override_reason)
 
 
 def _verify_logged(expected: contracts.LoadedModel, uri: str) -> None:

@@ -7,8 +7,9 @@ ReLU layers of 32) in a temporary directory; with one (`cellmfg registry export-
 real models. The request fixes the slurry (AM wt% 94, solid content 60 %) and asks for a mass loading and a
 density with 3 % tolerance, k = 5 recipes with SHAP explanations; the wanted values are the predictions of one
 in-range recipe with that slurry, so the request is feasible on any models. Reported: the time per design
-in-process (`service.design.Designer`, as `cellmfg design` runs it) and end to end over HTTP against `cellmfg serve`
-(keep-alive client, one request at a time), median / p90 / max, and the time of an infeasible request (422).
+in-process (`service.design.search.Designer`, as `cellmfg design` runs it) and end to end over HTTP against
+`cellmfg serve` (keep-alive client, one request at a time), median / p90 / max, and the time of an infeasible
+request (422).
 Goal: a two-target design answers in under 200 ms (median, over HTTP) on 2 cores.
 
 `scripts/bench_service.py` calls `run_design_benchmark` and prints the same figures in its report.
@@ -49,7 +50,7 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 
 def design_body(designer: Any) -> dict[str, Any]:
     """A feasible two-target request: the wanted values are what one in-range recipe with the slurry gives."""
-    from service.design_schemas import ELECTRODE_DESIGN_EXAMPLE
+    from service.design.schemas import ELECTRODE_DESIGN_EXAMPLE
 
     predictor = designer.predictor
     models = [m for m in predictor.store.models() if m.contract.dataset == DATASET]
@@ -68,9 +69,9 @@ def design_body(designer: Any) -> dict[str, Any]:
 def in_process(bundle: Path, requests: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(figures, the request body used) for Designer.design on the bundle, as `cellmfg design` runs it."""
     from service.cli import offline_predictor, server_environment
-    from service.config import Settings
-    from service.design import Designer, DesignInfeasibleError
-    from service.design_schemas import ElectrodeDesignRequest, design_problem
+    from service.design.schemas import ElectrodeDesignRequest, design_problem
+    from service.design.search import Designer, DesignInfeasibleError
+    from service.engine.config import Settings
 
     designer = Designer(offline_predictor(Settings.from_env(server_environment(bundle=bundle))))
     body = design_body(designer)

@@ -6,7 +6,8 @@ call, the spread fetched with the prediction).
 
 Random weights of the paper's sizes (a 2×32 base net on the six electrode inputs, a 32-unit residual adapter): the
 cost depends on the graph's shape, not on the values. Prints the median and 90th percentile microseconds per call
-and the ratio (issue 24 asks for at most 1.2× today's single-row cost).
+and the ratio (issue 24 asks for at most 1.2× today's single-row cost). The same comparison end to end through the
+service's predict path, single rows and explained rows: scripts/bench_ensemble_service.py.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from registry.promote import export_onnx
-    from service.model_store import session_options
+    from service.engine.model_store import session_options
     from training import nets
 
     rng = np.random.default_rng(0)

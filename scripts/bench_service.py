@@ -1,7 +1,8 @@
 """Benchmark the prediction service against onnxruntime alone and a minimal FastAPI app, in one run.
 
     .venv/bin/python scripts/bench_service.py [--bundle DIR] [--duration 5] [--workers 1] [--image cellmfg]
-                                              [--explain-only] [--json out.json]
+                                              [--explain-only | --throughput-only | --start-only | --ledger-only]
+                                              [--json out.json]
 
 Without --bundle it builds the fake bundle of testkit/fakes.py in a temporary directory; with one (for
 example `cellmfg registry export-bundle` output) it measures the real models. The workload is the electrode
@@ -18,8 +19,13 @@ Goals: throughput ratio service/FastAPI >= 1, 10,000 rows < 100 ms; explain adds
 < 0.3 ms/row at 1,000 rows, a 10,000-row explained request < 3 s; cold start < 3 s; image < 400 MB.
 --explain-only measures the explain costs (and the image) only.
 
-Servers run as subprocesses on free loopback ports and are stopped at the end; the load generator (aiohttp,
-keep-alive) runs in this process, so on a 2-core machine client and server share the CPU alike for both apps.
+--throughput-only runs the side-by-side rounds alone; --start-only the start alone (issue 28): the worker's import
+time in fresh interpreters, then --starts starts to /readyz on a new ledger and on an existing one (goal < 2 s on
+an idle machine), each with the load average before it.
+
+Servers run as subprocesses on free loopback ports and are stopped at the end; the load generator is wrk (Debian
+`wrk`, keep-alive connections, a C client that leaves the CPU to the servers) when installed, else aiohttp in this
+process; on a 2-core machine client and server share the CPU alike for both apps.
 Both servers are measured in alternating rounds (and cold starts alternate too), so load from other processes on
 a shared machine falls on both alike; verdicts use the medians over rounds, the best rounds are shown beside them.
 """
@@ -31,6 +37,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,8 +155,59 @@ async def _load(url: str, body: bytes, concurrency: int, duration: float, warmup
             "p99_ms": percentile(latencies, 99) * 1e3, "requests": len(latencies), "errors": errors}
 
 
+# wrk (Debian package `wrk`), a C load generator: it costs the 2-CPU machine far less per request than the
+# in-process aiohttp client, so the servers' own costs decide the figures. Without it, aiohttp generates the load.
+WRK = shutil.which("wrk")
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
 def load(url: str, body: dict[str, Any], concurrency: int, duration: float) -> dict[str, float]:
+    if WRK is not None:
+        return wrk_load(url, json.dumps(body).encode(), concurrency, duration)
     return asyncio.run(_load(url, json.dumps(body).encode(), concurrency, duration, warmup=min(1.0, duration / 3)))
+
+
+def wrk_load(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, float]:
+    """Requests/s and p50/p99 latency of POSTing `body` to `url` with wrk: `concurrency` keep-alive connections
+    over min(2, concurrency) threads for `duration` seconds, after a warm-up of a third of that (at most 1 s)."""
+    assert WRK is not None
+    folder = Path(tempfile.mkdtemp(prefix="bench-wrk-"))
+    (folder / "body.json").write_bytes(body)
+    (folder / "post.lua").write_text(_WRK_SCRIPT)
+    env = {**os.environ, "BENCH_BODY": str(folder / "body.json")}
+
+    def run(seconds: float) -> str:
+        command = [WRK, f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+                   "-s", str(folder / "post.lua"), url]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=True,
+                              timeout=seconds + 60).stdout
+
+    run(min(1.0, duration / 3))
+    out = run(duration)
+    # "Non-2xx or 3xx responses: N" and "Socket errors: connect N, read N, write N, timeout N" appear only if any
+    errors = sum(int(n) for line in out.splitlines() if line.strip().startswith(("Non-2xx", "Socket errors"))
+                 for n in re.findall(r"\d+", line.split(":", 1)[1]))
+    if errors:
+        raise RuntimeError(f"wrk: failed requests to {url}:\n{out}")
+    latency = {line.split()[0]: _wrk_ms(line.split()[1]) for line in out.splitlines()
+               if line.strip().startswith(("50%", "99%"))}
+    requests = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
+    rps = float(next(line.split()[-1] for line in out.splitlines() if line.startswith("Requests/sec")))
+    return {"rps": rps, "p50_ms": latency["50%"], "p99_ms": latency["99%"], "requests": requests, "errors": 0}
+
+
+def _wrk_ms(text: str) -> float:
+    """wrk's latency figure ("812.00us", "1.23ms", "2.01s") in milliseconds."""
+    for unit, factor in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
 
 
 def timed_posts(url: str, body: dict[str, Any], repeats: int) -> list[float]:
@@ -295,6 +354,14 @@ def main() -> int:
     parser.add_argument("--ledger-only", action="store_true",
                         help="only compare the prediction ledger off, on (SQLite synchronous=NORMAL, the default) "
                              "and on with FULL: single-row req/s and a 10,000-row request, same run")
+    parser.add_argument("--start-only", action="store_true",
+                        help="only the start: the worker's import time in fresh interpreters, then --starts starts "
+                             "to /readyz (each on a fresh BentoML home, i.e. a new ledger, alternated with a restart "
+                             "on an existing one), with the load average before each")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only the side-by-side rounds (single-row requests/s at c=1 and c=32, the 10,000-row "
+                             "request): no explain costs, cold starts or design")
+    parser.add_argument("--starts", type=int, default=5, help="starts per configuration with --start-only")
     parser.add_argument("--serve-fastapi", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -310,6 +377,8 @@ def main() -> int:
         return explain_only(bundle, env, work, args)
     if args.ledger_only:
         return ledger_only(bundle, env, work, args)
+    if args.start_only:
+        return start_only(bundle, env, work, args)
     single = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1)}
     batch = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 10_000, seed=1)}
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -345,11 +414,18 @@ def main() -> int:
             results[app]["batch_10k_ms"] = min(batch_ms[app])
             results[app]["batch_10k_ms_median"] = statistics.median(batch_ms[app])
             print(app, results[app], flush=True)
-        results["service"]["explain"] = explain_costs(urls["service"])
         results["machine"]["load_average_during_rounds"] = [min(loads), max(loads)]
+        results["load_generator"] = "wrk" if WRK is not None else "aiohttp"
+        if not args.throughput_only:
+            results["service"]["explain"] = explain_costs(urls["service"])
     finally:
         server.stop()
         fastapi.stop()
+    if args.throughput_only:
+        report_throughput(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
 
     # Cold start: as this machine is (the venv ships no .pyc and PYTHONDONTWRITEBYTECODE=1, so every start
     # compiles bentoml & co. from source), and with a warm bytecode cache, as an image built with
@@ -391,12 +467,31 @@ def design_benchmark(bundle: Path) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
-    ort_, fast, ours, cold = r["onnxruntime"], r["fastapi"], r["service"], r["cold_start_s"]
+    report_throughput(r)
+    cold, ours, median = r["cold_start_s"], r["service"], statistics.median
+    report_explain(ours["explain"])
+
+    def runs(values: list[float]) -> str:
+        return f"median {median(values):.2f} s (runs {', '.join(f'{v:.2f}' for v in values)})"
+
+    print(f"cold start to /readyz, as is: {runs(cold['as_is'])}; with a bytecode cache: "
+          f"{runs(cold['bytecode_cache'])}")
+    print(f"  FastAPI baseline, as is: {runs(cold['fastapi_as_is'])}; cached: {runs(cold['fastapi_bytecode_cache'])}")
+    print(f"  (goal < {GOAL_COLD_START_S:.0f} s: as is {verdict(median(cold['as_is']) < GOAL_COLD_START_S)}, "
+          f"with a bytecode cache {verdict(median(cold['bytecode_cache']) < GOAL_COLD_START_S)})")
+    print(f"  first explain request answered: as is {runs(cold['explained_as_is'])}; with a bytecode cache: "
+          f"{runs(cold['explained_bytecode_cache'])}")
+    report_image(r.get("image"))
+
+
+def report_throughput(r: dict[str, Any]) -> None:
+    """The side-by-side table of the rounds and its two verdicts (throughput ratio, 10,000-row request)."""
+    ort_, fast, ours = r["onnxruntime"], r["fastapi"], r["service"]
     line = "{:<38}{:>14}{:>14}{:>14}"
     print()
     low, high = r["machine"]["load_average_during_rounds"]
-    print(f"Electrode NMC, single-row requests, {r['workers']} service worker(s); 1-min load average "
-          f"{low:.2f}-{high:.2f} during the rounds (2 CPUs; other processes running too)")
+    print(f"Electrode NMC, single-row requests ({r.get('load_generator', 'aiohttp')}), {r['workers']} service "
+          f"worker(s); 1-min load average {low:.2f}-{high:.2f} during the rounds (2 CPUs; other processes running too)")
     print(line.format("", "onnxruntime", "FastAPI", "our service"))
     print(line.format("c=1   requests/s (best round)", f"{ort_['rps']:.0f}", f"{fast['c1']['rps']:.0f}",
                       f"{ours['c1']['rps']:.0f}"))
@@ -420,25 +515,10 @@ def report(r: dict[str, Any]) -> None:
     ratio32 = ours["c32"]["rps"] / fast["c32"]["rps"]
     median_ratios = (ours["c1"]["rps_median"] / fast["c1"]["rps_median"],
                      ours["c32"]["rps_median"] / fast["c32"]["rps_median"])
-    median = statistics.median
-
     print(f"throughput ratio service/FastAPI, medians: c=1 {median_ratios[0]:.2f}, c=32 {median_ratios[1]:.2f}; "
           f"best rounds: c=1 {ratio1:.2f}, c=32 {ratio32:.2f}  (goal >= 1: {verdict(min(median_ratios) >= 1)})")
     print(f"10,000-row request: median {ours['batch_10k_ms_median']:.1f} ms, best {ours['batch_10k_ms']:.1f} ms  "
           f"(goal < {GOAL_BATCH_MS:.0f} ms: {verdict(ours['batch_10k_ms_median'] < GOAL_BATCH_MS)})")
-    report_explain(ours["explain"])
-
-    def runs(values: list[float]) -> str:
-        return f"median {median(values):.2f} s (runs {', '.join(f'{v:.2f}' for v in values)})"
-
-    print(f"cold start to /readyz, as is: {runs(cold['as_is'])}; with a bytecode cache: "
-          f"{runs(cold['bytecode_cache'])}")
-    print(f"  FastAPI baseline, as is: {runs(cold['fastapi_as_is'])}; cached: {runs(cold['fastapi_bytecode_cache'])}")
-    print(f"  (goal < {GOAL_COLD_START_S:.0f} s: as is {verdict(median(cold['as_is']) < GOAL_COLD_START_S)}, "
-          f"with a bytecode cache {verdict(median(cold['bytecode_cache']) < GOAL_COLD_START_S)})")
-    print(f"  first explain request answered: as is {runs(cold['explained_as_is'])}; with a bytecode cache: "
-          f"{runs(cold['explained_bytecode_cache'])}")
-    report_image(r.get("image"))
 
 
 def verdict(ok: bool) -> str:
@@ -491,6 +571,56 @@ def explain_only(bundle: Path, env: dict[str, str], work: Path, args: argparse.N
         args.json.write_text(json.dumps(results, indent=2))
     return 0
 
+
+# --- the start (issue 28) ---
+# What the worker imports before it loads a model: the service's definition and the answers (service.answers).
+WORKER_IMPORTS = "service.service, service.answers"
+GOAL_READY_S = 2.0
+
+
+def worker_import_seconds(env: dict[str, str]) -> float:
+    """Seconds to import the worker's modules in a fresh interpreter, as the worker does (timed inside it, so the
+    interpreter's own start is not counted): a proxy for the start that a busy machine disturbs less."""
+    code = (f"import time; t = time.perf_counter(); import {WORKER_IMPORTS}; "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def timed_start(bundle: Path, env: dict[str, str], home: Path, log_path: Path) -> dict[str, float]:
+    """One `cellmfg serve` (the CLI's code path) to the first 200 from /readyz on BentoML home `home`, with the
+    1-minute load average just before it."""
+    load_before = os.getloadavg()[0]
+    run_env = {**env, "BENTOML_HOME": str(home), "CELLMFG_POLL_SECONDS": "0"}
+    with cellmfg_server(run_env, log_path, bundle=bundle) as server:
+        ready = server.wait_ready(timeout=180)
+    return {"ready_s": ready, "load_1min": load_before}
+
+
+def start_only(bundle: Path, env: dict[str, str], work: Path, args: argparse.Namespace) -> int:
+    """The start alone, as the machine is (no bytecode written: every start compiles the project's modules):
+    `first` on a fresh BentoML home (the ledger is created), `restart` on the home of an earlier start (the ledger
+    exists, at the schema's head), alternated so load from other processes falls on both alike."""
+    imports = [worker_import_seconds(env) for _ in range(args.starts)]
+    print(f"worker import ({WORKER_IMPORTS}), fresh interpreters: median {statistics.median(imports):.3f} s "
+          f"(runs {', '.join(f'{t:.3f}' for t in imports)}; load {os.getloadavg()[0]:.2f})", flush=True)
+    restart_home = work / "home-restart"
+    timed_start(bundle, env, restart_home, work / "start-fill.log")  # creates the restarts' ledger; not counted
+    starts: dict[str, list[dict[str, float]]] = {"first": [], "restart": []}
+    for i in range(args.starts):
+        starts["first"].append(timed_start(bundle, env, work / f"home-first-{i}", work / f"start-first-{i}.log"))
+        starts["restart"].append(timed_start(bundle, env, restart_home, work / f"start-restart-{i}.log"))
+        print(f"start {i + 1}: first {starts['first'][-1]}, restart {starts['restart'][-1]}", flush=True)
+    for name, runs in starts.items():
+        median = statistics.median(r["ready_s"] for r in runs)
+        shown = ", ".join(f"{r['ready_s']:.2f} @ load {r['load_1min']:.2f}" for r in runs)
+        print(f"{name:8s} start to /readyz: median {median:.2f} s (runs {shown}); goal < "
+              f"{GOAL_READY_S:.0f} s on an idle machine: {verdict(median < GOAL_READY_S)}")
+    if args.json:
+        args.json.write_text(json.dumps({"worker_import_s": imports, "starts": starts, "bundle": str(bundle)},
+                                        indent=2))
+    return 0
 
 
 # --- the prediction ledger's cost (issue 25) ---

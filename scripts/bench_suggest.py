@@ -5,7 +5,7 @@
 Without --bundle it builds the ensemble fakes of testkit/ensembles.py (five members per model, NMC and GDL1000) in a
 temporary directory; with one (`cellmfg registry export-bundle` output) it measures the real models. Two requests:
 the largest spread (no window) and a density window (the chance of landing in it; its reachable range is refined
-as /design's). Reported: median / p90 / max per request in-process (`service.suggest.Suggester`, as `cellmfg
+as /design's). Reported: median / p90 / max per request in-process (`service.design.suggest.Suggester`, as `cellmfg
 suggest` runs it) and end to end over HTTP against `cellmfg serve` (keep-alive client, one request at a time).
 Goal (issue 24): a k = 10 suggestion answers in under 300 ms (median) on 2 cores.
 """
@@ -55,8 +55,8 @@ def window_body(predictor: Any) -> dict[str, Any]:
 
 def in_process(bundle: Path, requests: int) -> tuple[dict[str, Any], dict[str, Any]]:
     from service.commands.offline import offline_predictor, offline_settings
-    from service.suggest import Suggester
-    from service.suggest_schemas import ElectrodeSuggestRequest, suggest_problem
+    from service.design.suggest import Suggester
+    from service.design.suggest_schemas import ElectrodeSuggestRequest, suggest_problem
 
     suggester = Suggester(offline_predictor(offline_settings(bundle)))
     bodies = {"spread": SPREAD_BODY, "window": window_body(suggester.predictor)}

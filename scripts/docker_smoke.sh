@@ -31,7 +31,7 @@ fail() { log "FAIL: $*"; exit 1; }
 
 # The host side (fake bundle, example request, checks) uses the project's virtualenv.
 python=.venv/bin/python
-if ! [ -x "$python" ] || ! "$python" -c 'import onnx, service.schemas' >/dev/null 2>&1; then
+if ! [ -x "$python" ] || ! "$python" -c 'import onnx, service.formats.schemas' >/dev/null 2>&1; then
   log "setting up .venv (scripts/setup.sh train)"
   scripts/setup.sh train
 fi
@@ -154,7 +154,7 @@ import math
 import sys
 import urllib.request
 
-from service.schemas import EXAMPLE_INPUT
+from service.formats.schemas import EXAMPLE_INPUT
 
 url = sys.argv[1]
 

@@ -56,6 +56,13 @@ CHALLENGE_CONFIG = """
 include-path-regex = "^/models/[^/]+/challenge$"
 checks.positive_data_acceptance.expected-statuses = [200, 401, 404]
 """
+# Promotion: override and reason go together (400 otherwise), which OpenAPI 3.0 cannot express; the gate refuses
+# with 409; a server without a token answers 403.
+PROMOTE_CONFIG = """
+[[operations]]
+include-path-regex = "^/models/[^/]+/challenge/promote$"
+checks.positive_data_acceptance.expected-statuses = [200, 400, 401, 403, 404, 409]
+"""
 
 
 def still_answers_correctly(url: str, bundle: Path, headers: dict[str, str]) -> str | None:
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         config = folder / "schemathesis.toml"
         # The token reaches schemathesis through its environment, named in the config file: never in argv.
         config.write_text(('headers = { Authorization = "Bearer ${CELLMFG_FUZZ_TOKEN}" }\n' if token else "")
-                          + DESIGN_CONFIG + OUTCOMES_CONFIG + CHALLENGE_CONFIG)
+                          + DESIGN_CONFIG + OUTCOMES_CONFIG + CHALLENGE_CONFIG
+                          + PROMOTE_CONFIG)
         command = [str(SCHEMATHESIS), "--no-color", "--config-file", str(config), "run", f"{url}/docs.json",
                    "--checks", "all", "--max-examples", str(args.max_examples), "--seed", str(args.seed),
                    "--workers", str(args.workers), "--request-timeout", "120", "--report", "json",

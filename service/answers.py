@@ -14,24 +14,29 @@ from typing import Any
 
 import anyio.to_thread
 from pydantic import ValidationError
-from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cellmfg.contract import contract_summary
 from cellmfg.domain import Kind, feature_columns
-from service.config import Settings
-from service.csvio import CSV_MEDIA_TYPE, CsvInputError, Scored, models_header, score_csv, scored_json, wants_csv
-from service.design import Designer
-from service.design_schemas import DesignBound, DesignTarget, design_problem
-from service.explain import Explainers
-from service.guards import CSV_MEDIA_TYPES, media_type
+from service.design.schemas import DesignBound, DesignTarget, design_problem
+from service.design.search import Designer
+from service.design.suggest import Suggester
+from service.design.suggest_schemas import WindowBound, suggest_problem
+from service.engine.config import Settings
+from service.engine.errors import RequestRejectedError
+from service.engine.explain import Explainers
+from service.engine.model_store import ModelStore, ServedModel
+from service.engine.predict import Predictor
+from service.engine.sources import ModelSource, RegistrySource, open_source, redact_strings
+from service.formats.csvio import Scored, models_header, score_csv, scored_json, wants_csv
+from service.formats.jsonresp import json_response
+from service.formats.media import CSV_MEDIA_TYPE, CSV_MEDIA_TYPES, media_type
+from service.formats.schemas import ModelRequest, use_dataset_provider, use_model_provider
 from service.ledger import LedgerUnreachableError, OutcomesRejectedError
 from service.ledger.ids import new_prediction_ids
-from service.model_store import ModelStore, ServedModel
-from service.outcomes import OutcomesInputError, outcomes_csv, parse_outcomes, rejected_body
-from service.predict import Predictor, RequestRejectedError
-from service.recording import (
+from service.ledger.outcomes_http import outcomes_csv, parse_outcomes, rejected_body
+from service.ledger.recording import (
     LedgerUnavailableError,
     Recorder,
     ShadowScore,
@@ -44,10 +49,6 @@ from service.recording import (
     shadow_batch,
     shadow_scores,
 )
-from service.schemas import ModelRequest, use_dataset_provider, use_model_provider
-from service.sources import ModelSource, RegistrySource, open_source, redact_strings
-from service.suggest import Suggester
-from service.suggest_schemas import WindowBound, suggest_problem
 
 # The registry alias a challenger holds (`cellmfg train from-ledger`, then `cellmfg registry promote --alias
 # challenger`): the service shadow-scores it beside the champion and records both in the ledger.
@@ -66,7 +67,7 @@ def _inline(n_rows: int, model_rows: int) -> bool:
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(to_json(body), status_code=status, media_type="application/json")
+    return json_response(body, status)  # orjson where it writes what to_json would (service.formats.jsonresp)
 
 
 class Answers:
@@ -85,7 +86,8 @@ class Answers:
         self.predictor = Predictor(self.store, self.explainers, settings)
         self.designer = Designer(self.predictor)
         self.suggester = Suggester(self.predictor)
-        # The prediction ledger: opened (and migrated) before the first answer, so none goes out unrecorded.
+        # The prediction ledger: opens (and migrates) in a thread of its own, off the path to /readyz; an answer
+        # waits until it is open, so none goes out unrecorded (service.ledger.recording.Recorder).
         self.recorder = Recorder(settings, self.store.models) if settings.ledger_url is not None else None
         # Challengers, shadow-scored beside the champions: from a registry only (a bundle holds one alias), and
         # never when this service itself follows the challenger alias.
@@ -95,6 +97,11 @@ class Answers:
             self.challengers.start_polling(settings.poll_seconds)
         if self.recorder is not None:
             self.recorder.start()
+
+    @property
+    def ready(self) -> bool:
+        """/readyz: every model of the catalogue at start loaded, and the ledger (if any) not failing to open."""
+        return self.store.ready and not (self.recorder is not None and self.recorder.failed)
 
     def stop(self) -> None:
         self.store.stop()
@@ -132,7 +139,8 @@ class Answers:
             return _csv(scored_json(payload, rows, features, interval, explain))
         return _json(payload)
 
-    # Recipe design, the inverse of /predict (service.design), and experiment suggestions (service.suggest).
+    # Recipe design, the inverse of /predict (service.design.search), and experiment suggestions
+    # (service.design.suggest).
     async def design(self, kind: Kind, dataset: str, targets: dict[str, DesignTarget], fixed: dict[str, float],
                      bounds: dict[str, DesignBound], k: int, explain: bool, operator: str | None = None) -> Response:
         problem = design_problem(kind, dataset, targets, fixed, bounds, k, explain)
@@ -148,8 +156,8 @@ class Answers:
     async def suggest(self, kind: Kind, dataset: str, k: int, fixed: dict[str, float],
                       bounds: dict[str, DesignBound], window: dict[str, WindowBound], explain: bool,
                       operator: str | None = None) -> Response:
-        """POST /suggest/*: the next experiments (service.suggest); each suggestion is recorded in the ledger with
-        its prediction_id, so its measurement can be posted back."""
+        """POST /suggest/*: the next experiments (service.design.suggest); each suggestion is recorded in the ledger
+        with its prediction_id, so its measurement can be posted back."""
         problem = suggest_problem(kind, dataset, k, fixed, bounds, window, explain)
         try:
             payload = await anyio.to_thread.run_sync(self.suggester.suggest, problem)
@@ -221,7 +229,7 @@ class Answers:
     async def answer_csv(self, request: Request, *, kind: Kind | None = None, dataset: str = "", field: str = "",
                          model: str | None = None, explain: bool = False, interval: bool = False,
                          operator: str | None = None, shadow: bool = False) -> Response:
-        """A CSV body for a kind's dataset or for one model; errors name line and column (service.csvio)."""
+        """A CSV body for a kind's dataset or for one model; errors name line and column (service.formats.csvio)."""
         if kind is not None and not dataset:
             served = ", ".join(self.store.catalogue.datasets(kind))
             return _json({"error": f"a CSV body needs ?{field}=NAME in the URL; served: {served}",
@@ -245,9 +253,7 @@ class Answers:
                 attach_ids(scored.answer["predictions"], ids)
             if shadow:  # in the JSON answer only: the scored CSV keeps its documented columns
                 attach_shadow(scored.answer, scores)
-        except CsvInputError as error:
-            return _json({"error": error.message, "detail": error.detail}, error.status)
-        except RequestRejectedError as rejected:
+        except RequestRejectedError as rejected:  # a bad CSV (CsvInputError) or a request the catalogue cannot answer
             return _json(rejected.body(), rejected.status)
         if wants_csv(request.headers.get("accept")):
             return _csv(scored)
@@ -295,10 +301,8 @@ class Answers:
             receipt = await anyio.to_thread.run_sync(recorder.ledger.post_outcomes, items)
             if receipt.written:
                 recorder.outcomes_changed()
-        except RequestRejectedError as rejected:
+        except RequestRejectedError as rejected:  # no ledger, or an unreadable body (OutcomesInputError)
             return _json(rejected.body(), rejected.status)
-        except OutcomesInputError as error:
-            return _json({"error": error.message, "detail": error.detail}, 400)
         except OutcomesRejectedError as rejected:
             return _json(rejected_body(rejected, lines), 400)
         except LedgerUnreachableError as error:  # a remote ledger's outage (service.ledger.spool)

@@ -2,14 +2,14 @@
 intervals and exact SHAP explanations, from ONNX models that hot-reload when their registry alias moves.
 
 Run it with `cellmfg serve` or `bentoml serve service.service:CellMfgService` from the project root; configuration
-is by environment variables (see `service.config.Settings`). Routes:
+is by environment variables (see `service.engine.config.Settings`). Routes:
   POST /predict/electrode, POST /predict/gdl   predictions for any served dataset (BentoML APIs, examples at /);
                                                JSON in, JSON or CSV out (`Accept: text/csv`)
   POST /predict/{model_name}                   any one served model (a mounted FastAPI route: JSON or CSV)
   GET  /models                                 what is loaded (a mounted FastAPI app, since BentoML APIs are POST)
   GET  /livez, /readyz, /metrics               BentoML's probes (ready once every model of the catalogue at start
                                                is loaded) and metrics
-CSV bodies (`Content-Type: text/csv`) for the two kind endpoints are routed by `service.guards.RequestGuard` to
+CSV bodies (`Content-Type: text/csv`) for the two kind endpoints are routed by `service.web.guards.RequestGuard` to
 FastAPI routes of their own, which read the raw body (a BentoML API parses it as JSON first).
 The models served are the source's catalogue (every ONNX model holding the alias, or every model in the bundle),
 re-read at each poll: promoted models appear and retired ones disappear without a restart.
@@ -27,8 +27,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
-from service.config import Settings
-from service.design_schemas import (
+from service import hotpath
+from service.challenge_admin import PROMOTE_DOCS
+from service.design.schemas import (
     DesignBound,
     DesignTarget,
     ElectrodeDesignRequest,
@@ -36,17 +37,16 @@ from service.design_schemas import (
     GdlDesignRequest,
     GdlDesignResponse,
 )
-from service.guards import CSV_ROUTES, RequestGuard, invalid_parameters
-from service.logs import quiet_client_errors, show_service_logs
-from service.metrics import RouteLabels
-from service.openapi import OpenAPIErrorDocs
-from service.patches import (
-    patch_bentoml_metric_labels,
-    patch_bentoml_timeout,
-    patch_uvicorn_connection_limits,
-    patch_uvicorn_single_write,
+from service.design.suggest_schemas import (
+    ElectrodeSuggestRequest,
+    ElectrodeSuggestResponse,
+    GdlSuggestRequest,
+    GdlSuggestResponse,
+    WindowBound,
 )
-from service.schemas import (
+from service.engine.config import Settings
+from service.engine.metrics import RouteLabels
+from service.formats.schemas import (
     ElectrodeRequest,
     ElectrodeResponse,
     GdlRequest,
@@ -54,15 +54,17 @@ from service.schemas import (
     ModelRequest,
     ModelsResponse,
 )
-from service.security import SecurityMiddleware
-from service.suggest_schemas import (
-    ElectrodeSuggestRequest,
-    ElectrodeSuggestResponse,
-    GdlSuggestRequest,
-    GdlSuggestResponse,
-    WindowBound,
-)
 from service.ui import DocsPage, mount_ui  # page
+from service.web.guards import CSV_ROUTES, RequestGuard, invalid_parameters
+from service.web.logs import quiet_client_errors, show_service_logs
+from service.web.openapi import OpenAPIErrorDocs
+from service.web.patches import (
+    patch_bentoml_metric_labels,
+    patch_bentoml_timeout,
+    patch_uvicorn_connection_limits,
+    patch_uvicorn_single_write,
+)
+from service.web.security import SecurityMiddleware
 
 if TYPE_CHECKING:
     from service.answers import Answers
@@ -107,7 +109,7 @@ class CellMfgService:
     def __init__(self) -> None:
         show_service_logs()
         quiet_client_errors()
-        patch_bentoml_timeout()  # BentoML's request timeout keeps every request's timer alive (service.patches)
+        patch_bentoml_timeout()  # BentoML's request timeout keeps every request's timer alive (service.web.patches)
         patch_bentoml_metric_labels(RouteLabels(route_templates()))  # and its metrics label raw paths
         # Imported here, in the worker: BentoML's supervisor imports this module only to read the service's
         # definition, and needs neither numpy, onnxruntime nor the models (service.answers).
@@ -118,15 +120,17 @@ class CellMfgService:
         patch_uvicorn_connection_limits(self.settings.header_timeout_seconds, self.settings.max_connections)
         patch_uvicorn_single_write()  # and writes an answer's headers and body apart: a crash could tear it
         self.answers: Answers = Answers(self.settings)
+        hotpath.serve(self.answers)  # small JSON predictions skip BentoML's dispatch (service.hotpath)
         store = self.answers.store
         log.info("cellmfg service: %d/%d models from %s, polling every %g s", len(store.models()), len(store.names),
                  store.source.description, self.settings.poll_seconds)
 
     def __is_ready__(self) -> bool:
-        return self.answers.store.ready
+        return self.answers.ready
 
     @bentoml.on_shutdown
     def stop_polling(self) -> None:
+        hotpath.serve(None)
         self.answers.stop()
 
     @bentoml.api(route="/predict/electrode", input_spec=ElectrodeRequest, output_spec=ElectrodeResponse)
@@ -158,7 +162,8 @@ class CellMfgService:
                                                        ctx.request.headers.get("accept"), operator,
                                                        _shadow_asked(ctx)), ctx)
 
-    # Recipe design, the inverse of /predict (service.design), and experiment suggestions (service.suggest).
+    # Recipe design, the inverse of /predict (service.design.search), and experiment suggestions
+    # (service.design.suggest).
     @bentoml.api(route="/design/electrode", input_spec=ElectrodeDesignRequest, output_spec=ElectrodeDesignResponse)
     async def design_electrode(self, chemistry: str, targets: dict[str, DesignTarget],
                                fixed: dict[str, float] | None = None, bounds: dict[str, DesignBound] | None = None,
@@ -252,7 +257,18 @@ class CellMfgService:
         groups, and whether `cellmfg registry promote --challenger` would promote it (and why)."""
         return await self.answers.challenge(model_name)
 
-    # -- the prediction ledger's outcomes (service.outcomes)
+    @models_app.post("/models/{model_name}/challenge/promote", tags=["Service APIs"], response_model=None,
+                     summary="Make the challenger champion if the live comparison shows it better (API token)",
+                     openapi_extra=PROMOTE_DOCS)
+    async def promote_challenger(self, model_name: str, request: Request) -> Response:
+        """The gate of `cellmfg registry promote --challenger` (service.challenge_admin): promotes only when the
+        paired difference's interval lies below 0, or with {"override": true, "reason": "…"} (recorded as a tag);
+        logs the comparison on the version; 409 with the reason when it refuses. Needs the API token."""
+        from service.challenge_admin import promote_challenger
+
+        return await promote_challenger(self.answers, model_name, request)
+
+    # -- the prediction ledger's outcomes (service.ledger.outcomes_http)
 
     @models_app.post("/outcomes", tags=["Service APIs"], response_model=None, openapi_extra=_OUTCOMES_DOCS,
                      summary="Measured values of answered predictions (JSON or CSV), all stored or none")
@@ -275,14 +291,10 @@ class CellMfgService:
         return await self.answers.get_outcomes(model, since)
 
 
-_TRUE = ("1", "true", "yes", "on")
-
-
 def _shadow_asked(ctx: bentoml.Context) -> bool:
     """`?shadow=true` on a kind endpoint: show the challengers' predictions in the JSON answer. A query parameter,
     not a body field, so the documented request bodies stay as they are; an unreadable value shows nothing."""
-    value = ctx.request.query_params.get("shadow", "").strip().lower()
-    return value in _TRUE
+    return hotpath.shadow_asked(ctx.request.scope.get("query_string", b""))
 
 
 # Routes BentoML itself serves (probes, metrics, the docs page and its assets) beside the service's APIs.
@@ -307,12 +319,13 @@ def _with_status(response: Response, ctx: bentoml.Context | None) -> Response:
 
 _service: Any = CellMfgService  # bentoml.service returns a Service object; its stubs say the class
 # Checks that run before BentoML reads a body, outermost first (the first one added wraps the others): bearer-token
-# auth and the body-size limit (service.security), the API docs page (service.ui), the completed OpenAPI document
-# (service.openapi), then the JSON-only guard.
+# auth and the body-size limit (service.web.security), the API docs page (service.ui), the completed OpenAPI document
+# (service.web.openapi), the JSON-only guard, then the hot path of small JSON predictions (service.hotpath).
 _service.add_asgi_middleware(SecurityMiddleware)
 _service.add_asgi_middleware(DocsPage)
 _service.add_asgi_middleware(OpenAPIErrorDocs)
 _service.add_asgi_middleware(RequestGuard)
+_service.add_asgi_middleware(hotpath.HotPredict)
 # BentoML shows the raw docstrings in the OpenAPI description; dedent them so Swagger renders paragraphs.
 for _api in _service.apis.values():
     _api.doc = inspect.cleandoc(_api.doc or "")

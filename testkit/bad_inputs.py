@@ -29,7 +29,7 @@ class BadInput:
 
 def electrode_row(**changes: Any) -> dict[str, Any]:
     """The README's example NMC row with `changes`."""
-    from service.schemas import EXAMPLE_INPUT
+    from service.formats.schemas import EXAMPLE_INPUT
 
     return {**EXAMPLE_INPUT["rows"][0], **changes}
 
@@ -67,7 +67,7 @@ def _case(name: str, body: Any, status: int, fragments: list[str], content_type:
 @functools.cache
 def bad_inputs() -> tuple[BadInput, ...]:
     """Every case (built once: one body is 50 MiB)."""
-    from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
+    from service.formats.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
 
     row = electrode_row
     row_text = json.dumps(row())[:-1]  # the row object without its closing brace, to append raw JSON tokens

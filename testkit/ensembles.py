@@ -85,3 +85,24 @@ def write_fake_ensemble_bundle(out: Path, datasets: tuple[str, ...] = ("nmc", "g
     ensembles = {f"{t.model_name}_onnx": fake_ensemble_model(t, version) for t in TASKS if t.dataset in datasets}
     write_bundle([ensembles.get(m.name, m) for m in fake_models(version=version)], out)
     return out
+
+
+def served_model(task: Task, onnx_bytes: bytes, members: int = 1, version: str = "1") -> LoadedModel:
+    """A served model around given ONNX bytes (e.g. a graph training exported): a single net (`members` 1, constant
+    width interval) or an ensemble answering `spread` beside `prediction` (interval scaled by the spread), with the
+    fakes' contract otherwise, so the same task can be served both ways and compared."""
+    contract = fake_contract(task, onnx_bytes)
+    if members > 1:
+        conformal = Conformal(relative_quantile=0.08, n_calibration=20, scale="spread", ensemble_members=members,
+                              spread_quantile=1.645, spread_offset=0.01,
+                              scale_reason="benchmark: the spread-scaled interval, as a served ensemble answers")
+        contract = contract.model_copy(update={"spread_output_name": ONNX_SPREAD_NAME, "conformal": conformal})
+    return LoadedModel(name=f"{task.model_name}_onnx", version=version, alias="champion", contract=contract,
+                       onnx_bytes=onnx_bytes)
+
+
+def write_bundle_with(out: Path, replacements: list[LoadedModel], version: str = "1") -> Path:
+    """A valid bundle of all eight fakes with the models named in `replacements` replaced; returns `out`."""
+    by_name = {m.name: m for m in replacements}
+    write_bundle([by_name.get(m.name, m) for m in fake_models(version=version)], out)
+    return out

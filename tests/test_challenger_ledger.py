@@ -108,3 +108,62 @@ def test_a_ledger_from_before_shadows_is_upgraded_in_place(tmp_path: Path) -> No
         with ledger.engine.connect() as connection:
             rows = connection.execute(select(PredictionRow.prediction_id, PredictionRow.shadow_of)).all()
         assert rows == [(answered, None)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# On PostgreSQL: the service's own shadow rows, and GET /models/{name}/challenge reading them back
+
+
+@pytest.mark.integration
+def test_the_service_writes_linked_shadow_rows_to_postgresql_and_the_challenge_reads_them(tmp_path: Path) -> None:
+    """An in-process service (fake champion v1 and challenger v2 in an SQLite MLflow registry) whose ledger is a
+    real PostgreSQL cluster: every answered row gets a challenger row with shadow_of pointing at it, and the
+    comparison over the measured rows is the one computed by hand. ~10 s (initdb and the registry)."""
+    from cellmfg.challenge import paired_comparison
+    from cellmfg.domain import TASKS, feature_columns
+    from testkit.fakes import example_rows, fake_model, served_prediction, service_client
+    from testkit.postgres import pg_binary, postgres_cluster
+    from testkit.processes import free_port
+    from testkit.registry import register_model, sqlite_tracking_uri
+
+    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (scripts/integration_deps.sh installs them)")
+    density = next(t for t in TASKS if t.dataset == "nmc" and t.target.task == "density")
+    champion, challenger = fake_model(density, "1"), fake_model(density, "2", alias="challenger", salt=7)
+    uri = sqlite_tracking_uri(tmp_path)
+    register_model(uri, champion, "champion", tmp_path / "artifacts")
+    register_model(uri, challenger, "challenger", tmp_path / "artifacts")
+    rows = example_rows("electrode", "nmc", 12, seed=5)
+    for i, row in enumerate(rows):
+        row["group_id"] = f"sheet-{i // 2}"
+    x = np.array([[row[c] for c in feature_columns("electrode")] for row in rows])
+    with postgres_cluster(initdb, pg_ctl, free_port(), fsync=False) as cluster:
+        cluster.create_database("ledger")
+        env = {"MLFLOW_TRACKING_URI": uri, "CELLMFG_LEDGER_URL": cluster.url("ledger")}
+        with service_client(tmp_path / "unused-bundle", env=env) as client:
+            answer = client.post("/predict/electrode", json={"chemistry": "nmc", "rows": rows})
+            assert answer.status_code == 200, answer.text
+            ids = [uuid.UUID(p["prediction_id"]) for p in answer.json()["predictions"]]
+            measured = served_prediction(challenger, x) * (1 + np.random.default_rng(0).normal(0, 0.002, len(rows)))
+            posted = client.post("/outcomes", json={"outcomes": [
+                {"prediction_id": str(i), "values": {"density_g_cm3": float(v)}}
+                for i, v in zip(ids, measured, strict=True)]})
+            assert posted.status_code == 200, posted.text
+            comparison = client.get("/models/density_nmc/challenge")
+        with Ledger.open(cluster.url("ledger")) as ledger, ledger.engine.connect() as connection:
+            assert ledger.engine.dialect.name == "postgresql"
+            shadows = connection.execute(select(PredictionRow.shadow_of, PredictionRow.group_id)
+                                         .where(PredictionRow.shadow_of.is_not(None))).all()
+            answered = connection.execute(select(PredictionRow.prediction_id)
+                                          .where(PredictionRow.shadow_of.is_(None))).scalars().all()
+    assert sorted(s.shadow_of for s in shadows) == sorted(ids) and sorted(answered) == sorted(ids)
+    assert {s.group_id for s in shadows} == {None}  # client fields stay on the answered row
+    assert comparison.status_code == 200, comparison.text
+    result = comparison.json()
+    expected = paired_comparison(measured, served_prediction(champion, x), served_prediction(challenger, x),
+                                 np.array([row["group_id"] for row in rows], dtype=object))
+    assert (result["n"], result["n_groups"]) == (12, 6)
+    assert result["difference_pct"] == pytest.approx(expected.difference_pct, rel=1e-6)
+    assert result["interval_pct"] == pytest.approx(list(expected.interval_pct or ()), rel=1e-6)
+    assert (result["champion"]["version"], result["challenger"]["version"]) == ("1", "2")

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from cellmfg.challenge import paired_comparison, promotion_verdict
+from cellmfg.challenge import MIN_GROUPS, paired_comparison, promotion_verdict
 from cellmfg.domain import TASKS, feature_columns
-from service.config import ledger_url_from_env
+from service.engine.config import ledger_url_from_env
 from service.ledger import Ledger
 from service.ledger.tables import OutputRow, PredictionRow
 from testkit.fakes import example_rows, fake_model, served_prediction, service_client
@@ -136,7 +136,13 @@ def test_paired_comparison_by_hand() -> None:
     assert result.difference_pct == pytest.approx(-5.0)
     # Two groups with mean differences -7.5 (a) and -2.5 (b): the resamples span exactly these extremes.
     assert result.interval_pct == pytest.approx((-7.5, -2.5))
-    assert promotion_verdict(result)[0] is True
+    # An interval over two sheets "excludes 0" whenever both agree: the gate wants MIN_GROUPS groups first.
+    promote, reason = promotion_verdict(result)
+    assert not promote and f"too few groups to judge: 2 (the gate needs {MIN_GROUPS}" in reason
+    many = paired_comparison(np.tile(measured, 5), np.tile(champion, 5), np.tile(challenger, 5),
+                             np.array([f"{g}{k}" for k in range(5) for g in "aabb"], dtype=object))
+    assert many.n_groups == MIN_GROUPS and many.interval_pct is not None and many.interval_pct[1] < 0
+    assert promotion_verdict(many)[0] is True
     one_group = paired_comparison(measured, champion, challenger, np.array(["a"] * 4, dtype=object))
     assert one_group.interval_pct is None and promotion_verdict(one_group)[0] is False
     promote, reason = promotion_verdict(paired_comparison(measured[:0], champion[:0], challenger[:0]))

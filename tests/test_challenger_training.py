@@ -124,6 +124,26 @@ def test_combine_keeps_ledger_groups_whole_and_never_counts_a_row_twice(tmp_path
     assert again.ledger_rows == 0 and again.already_in_data == 16
 
 
+def test_combine_keeps_a_ledger_row_repeating_another_exactly_once(tmp_path: Path) -> None:
+    """Two punches of a sheet measured alike to the lab's last digit: the training data refuses exact duplicates
+    (cellmfg.dataio), so the combined rows keep one and the lineage says how many were dropped."""
+    from cellmfg.dataio import load_csv
+
+    original = load_shipped("nmc").frame
+    ledger = pd.read_csv(_ledger_csv(tmp_path), dtype=str, keep_default_na=False)
+    target = ledger["density_g_cm3"].to_numpy().copy()
+    target[1] = target[0]  # sheet 0's second punch: the same inputs, now the same value
+    ledger["density_g_cm3"] = target
+    assert (ledger.loc[0, feature_columns("electrode")] == ledger.loc[1, feature_columns("electrode")]).all()
+    combined = from_ledger.combine(original, "electrode", "density_g_cm3", ledger, "test")
+    assert combined.ledger_rows == 15 and combined.exact_duplicates == 1
+    assert combined.lineage()["ledger_exact_duplicates_dropped"] == "1"
+    path = tmp_path / "combined.csv"
+    combined.frame.to_csv(path, index=False)
+    # What `train from-ledger` reads back: no duplicate refused.
+    assert len(load_csv(path, ["density_g_cm3"], kind="electrode").frame) == len(original) + 15
+
+
 def test_combine_refuses_a_ledger_without_measured_target(tmp_path: Path) -> None:
     ledger = pd.read_csv(_ledger_csv(tmp_path), dtype=str, keep_default_na=False)
     ledger["density_g_cm3"] = ""

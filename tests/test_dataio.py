@@ -51,15 +51,15 @@ def test_string_in_number_column_names_row_and_column(tmp_path: Path) -> None:
 def test_negative_gap_is_physically_impossible(tmp_path: Path) -> None:
     rows = _rows()
     rows[2]["comma_gap_um"] = -5.0
-    with pytest.raises(DataValidationError, match=r"row 3 \(line 4\), column comma_gap_um: -5 µm is physically "
-                                                  r"impossible \(allowed \[0, 5000\] µm\)"):
+    with pytest.raises(DataValidationError, match=r"row 3 \(line 4\), comma_gap_um = -5.0 µm is physically "
+                                                  r"impossible; allowed: a number in \[0, 5000\] µm"):
         load_csv(_write(tmp_path, rows), ["density_g_cm3"])
 
 
 def test_solid_content_over_100_percent(tmp_path: Path) -> None:
     rows = _rows()
     rows[0]["solid_content_pct"] = 120.0
-    with pytest.raises(DataValidationError, match=r"row 1 \(line 2\), column solid_content_pct: 120 %"):
+    with pytest.raises(DataValidationError, match=r"row 1 \(line 2\), solid_content_pct = 120.0 %"):
         load_csv(_write(tmp_path, rows), ["density_g_cm3"])
 
 
@@ -67,7 +67,7 @@ def test_solid_content_over_100_percent(tmp_path: Path) -> None:
 def test_nan_and_inf_rejected(tmp_path: Path, bad: str) -> None:
     rows = _rows()
     rows[1]["roll_gap_um"] = bad
-    with pytest.raises(DataValidationError, match=r"row 2 \(line 3\), column roll_gap_um"):
+    with pytest.raises(DataValidationError, match=r"row 2 \(line 3\), roll_gap_um (=|is empty)"):
         load_csv(_write(tmp_path, rows), ["density_g_cm3"])
 
 

@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from cellmfg.domain import TASKS
-from service.config import SERVED_MODEL_NAMES
+from service.engine.config import SERVED_MODEL_NAMES
 from testkit.fakes import example_rows, served_prediction, write_fake_bundle
 from testkit.postgres import pg_binary, postgres_cluster
 from testkit.processes import (
@@ -219,10 +219,10 @@ def _deploy_docs() -> str:
 
 
 def test_the_readme_documents_the_example_request_and_every_setting() -> None:
-    """The smoke test posts service.schemas.EXAMPLE_INPUT: the README's curl example must be that request, and
+    """The smoke test posts service.formats.schemas.EXAMPLE_INPUT: the README's curl example must be that request, and
     its table must list every variable the service, the image and the compose stack read."""
-    from service.config import Settings
-    from service.schemas import EXAMPLE_INPUT
+    from service.engine.config import Settings
+    from service.formats.schemas import EXAMPLE_INPUT
 
     docs = _deploy_docs()
     example = re.search(r"/predict/electrode .*?-d '(\{.*?\})'", docs, re.S)

@@ -22,7 +22,7 @@ def test_live_accuracy_alerts_fire_and_stay_quiet_as_their_promtool_tests_say() 
 
 
 def test_every_live_gauge_an_alert_reads_is_one_the_service_exports() -> None:
-    from service import metrics
+    from service.engine import metrics
 
     rules = (PROJECT_ROOT / "deploy" / "cellmfg-rules.yml").read_text()
     exported = {metrics.LIVE_MAPE._name, metrics.TEST_MAPE_UPPER._name, metrics.LIVE_OUTCOMES._name,

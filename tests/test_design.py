@@ -17,15 +17,15 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from cellmfg.domain import DATASETS, feature_columns
-from service import metrics
-from service.design import MIN_SEPARATION
-from service.design_schemas import (
+from service.design.schemas import (
     ELECTRODE_DESIGN_EXAMPLE,
     GDL_DESIGN_EXAMPLE,
     ElectrodeDesignResponse,
     GdlDesignResponse,
     InfeasibleDesign,
 )
+from service.design.search import MIN_SEPARATION
+from service.engine import metrics
 from testkit.fakes import fake_models, onnx_predict
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
@@ -176,9 +176,9 @@ def test_models_without_a_common_training_range_are_searched_over_both(tmp_path:
     transfer: no recipe is in domain for both, the answer says so and the search spans both ranges."""
     from cellmfg.contract import write_bundle
     from service.cli import offline_predictor, server_environment
-    from service.config import Settings
-    from service.design import Designer
-    from service.design_schemas import ElectrodeDesignRequest, design_problem
+    from service.design.schemas import ElectrodeDesignRequest, design_problem
+    from service.design.search import Designer
+    from service.engine.config import Settings
 
     si_gra = DATASETS["si_gra"].ranges
     models = []

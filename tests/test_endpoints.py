@@ -41,7 +41,7 @@ def _contract(task_index: int, name: str, dataset: str) -> Contract:
 ])
 def test_the_printed_endpoints_are_where_the_service_answers(task_index: int, name: str, dataset: str) -> None:
     from service.answers import _endpoints
-    from service.model_store import endpoint_slot
+    from service.engine.model_store import endpoint_slot
 
     contract = _contract(task_index, name, dataset)
     serving = Serving(name, contract.kind, contract.task, contract.dataset)
@@ -71,7 +71,7 @@ def test_the_cunha_mistake_is_explained_with_the_fix() -> None:
 @pytest.mark.parametrize("name", ["lfp", "cunha_nmc", "NMC-811.v2", "a" * 200, "my data", "", "a" * 201, "lfp/2",
                                   "é", "x;y"])
 def test_dataset_names_are_those_the_service_accepts(name: str) -> None:
-    from service.schemas import DatasetName
+    from service.formats.schemas import DatasetName
 
     try:
         TypeAdapter(DatasetName).validate_python(name)

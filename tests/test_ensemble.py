@@ -263,11 +263,11 @@ def ensemble_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(ensemble_bundle: Path) -> Any:
-    from service.config import SERVED_MODEL_NAMES, Settings
-    from service.explain import Explainers
-    from service.model_store import ModelStore
-    from service.predict import Predictor
-    from service.sources import BundleSource
+    from service.engine.config import SERVED_MODEL_NAMES, Settings
+    from service.engine.explain import Explainers
+    from service.engine.model_store import ModelStore
+    from service.engine.predict import Predictor
+    from service.engine.sources import BundleSource
 
     store = ModelStore(BundleSource(ensemble_bundle), SERVED_MODEL_NAMES)
     store.load_all()
@@ -326,7 +326,7 @@ def test_single_nets_keep_their_constant_interval_and_answer_no_spread(predictor
 def test_the_ledger_records_the_spread_scaled_interval_the_answer_gave(predictor: Any) -> None:
     import uuid
 
-    from service.recording import batch_of
+    from service.ledger.recording import batch_of
 
     x, _ = _gdl1000_rows(4)
     answer, computed = predictor.compute(predictor.answering("gdl", "gdl1000"), x, interval=True)

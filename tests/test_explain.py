@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 from cellmfg.domain import TASKS, feature_columns
-from service import metrics
-from service.config import SERVED_MODEL_NAMES
-from service.explain import Explainers
-from service.model_store import ModelStore, ServedModel, build_served
-from service.shapley import coalition_masks, make_plan, shapley_values, shapley_weights
-from service.sources import BundleSource
+from service.engine import metrics
+from service.engine.config import SERVED_MODEL_NAMES
+from service.engine.explain import Explainers
+from service.engine.model_store import ModelStore, ServedModel, build_served
+from service.engine.shapley import coalition_masks, make_plan, shapley_values, shapley_weights
+from service.engine.sources import BundleSource
 from testkit.fakes import example_rows, fake_model, in_range_rows, write_fake_bundle
 from testkit.processes import PROJECT_ROOT, ServerProcess, cellmfg_server, clean_env, wait_for
 
@@ -244,7 +244,7 @@ def test_the_service_definition_loads_no_runtime_library() -> None:
     """`bentoml serve` imports service.service twice: in its supervisor, only to read the definition, and in the
     worker. Only the worker, in the service's __init__ (service.answers), loads numpy, onnxruntime and MLflow."""
     code = ("import json, sys, service.service; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "{'numpy', 'onnxruntime', 'mlflow', 'scipy'} or m in {'service.answers', 'service.predict'})))")
+            "{'numpy', 'onnxruntime', 'mlflow', 'scipy'} or m in {'service.answers', 'service.engine.predict'})))")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

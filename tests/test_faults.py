@@ -29,9 +29,9 @@ import pytest
 
 from cellmfg.contract import LoadedModel, sha256_bytes, write_bundle
 from cellmfg.domain import TASKS
-from service import metrics
-from service.model_store import ModelStore
-from service.schemas import EXAMPLE_INPUT
+from service.engine import metrics
+from service.engine.model_store import ModelStore
+from service.formats.schemas import EXAMPLE_INPUT
 from testkit.fakes import (
     example_rows,
     fake_model,
@@ -88,7 +88,7 @@ def _version(store: ModelStore) -> str | None:
 
 @pytest.fixture
 def bundle_store(tmp_path: Path) -> Iterator[tuple[ModelStore, Path]]:
-    from service.sources import BundleSource
+    from service.engine.sources import BundleSource
 
     write_fake_bundle(tmp_path / "bundle")
     store = ModelStore(BundleSource(tmp_path / "bundle"), [NAME])

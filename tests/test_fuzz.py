@@ -1,6 +1,6 @@
 """Schemathesis against the service's own OpenAPI schema, every operation.
 
-Fast tier: the OpenAPI document the service serves (completed by `service.openapi.OpenAPIErrorDocs`) loads in
+Fast tier: the OpenAPI document the service serves (completed by `service.web.openapi.OpenAPIErrorDocs`) loads in
 schemathesis and documents, for every operation, the errors the service really answers. Integration tier:
 `scripts/fuzz.py` with a small number of examples against a real `bentoml serve` with a bearer token (every check,
 every phase); the long run is the script itself (see its docstring). Needs patches P1 (middleware wiring) and P3
@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from service.config import SERVED_MODEL_NAMES
-from service.openapi import OpenAPIErrorDocs
-from service.security import SecuritySettings
+from service.engine.config import SERVED_MODEL_NAMES
+from service.web.openapi import OpenAPIErrorDocs
+from service.web.security import SecuritySettings
 from testkit.fakes import in_process_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
@@ -32,7 +32,8 @@ OPERATIONS = {"GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "POST
               "POST /design/electrode", "POST /design/gdl",  # the recipe-design endpoints
               "POST /suggest/electrode", "POST /suggest/gdl",  # which experiment next
               "POST /outcomes", "GET /outcomes",  # the prediction ledger's outcomes
-              "GET /models/{model_name}/challenge"}  # champion against challenger
+              "GET /models/{model_name}/challenge",  # champion against challenger
+              "POST /models/{model_name}/challenge/promote"}  # the gate, from the page (token)
 # A running service documents one operation per served model (the fakes: the paper's eight) instead of the template.
 LIVE_OPERATIONS = (OPERATIONS - {"POST /predict/{model_name}"}) | {f"POST /predict/{n}" for n in SERVED_MODEL_NAMES}
 

@@ -391,7 +391,8 @@ def test_domains_are_the_papers_footprints_scaled_alike() -> None:
     for diameter in (6.0, 9.0, 12.0):
         params = _params(diameter=diameter)
         voxel = gdl.voxel_size(params)
-        assert voxel == pytest.approx(diameter / VOXELS_PER_DIAMETER)  # every fibre resolved alike
+        # An open layer (porosity 0.77): every fibre resolved alike, at the coarsest resolution.
+        assert voxel == pytest.approx(diameter / VOXELS_PER_DIAMETER)
         for x, y in DOMAINS.values():
             assert gdl._grid_shape((x, y), 100.0, voxel)[0] * voxel == pytest.approx(x, abs=voxel)
     from datagen.card import gdl_section
@@ -436,3 +437,70 @@ def test_disconnected_structure_is_redrawn_deterministically(monkeypatch: pytest
     monkeypatch.setattr(gdl, "geometric_tortuosity", never_connected)
     with pytest.raises(RuntimeError, match="no connected pore path"):
         generate_row("gdl200", 0, 5)
+
+
+# --- the off-default GeoDict-style binder (issue 23 evidence, not shipped) -------------------------------------
+
+
+def test_domain_binder_basis_takes_the_binder_percentage_of_the_layer_volume() -> None:
+    params = _params(diameter=8.0, fibers=20.0, binder=8.0, compression=0.3)
+    model = gdl.StructureModel(binder_basis="domain")
+    assert gdl.binder_volume_fraction(params, model) == pytest.approx(0.08)
+    assert gdl.binder_volume_fraction(params) == pytest.approx(params.binder_volume_fraction)
+    ms = build_phases(params, BOX, VOXEL_UM, np.random.default_rng(11), model)
+    # Placed voxel by voxel in the compressed grid: 8 % of it, up to one voxel.
+    assert abs(np.count_nonzero(ms.phase == BINDER) - round(0.08 * ms.phase.size)) <= 1
+    shipped = build_phases(params, BOX, VOXEL_UM, np.random.default_rng(11))
+    assert np.count_nonzero(ms.phase == BINDER) > 2 * np.count_nonzero(shipped.phase == BINDER)
+
+
+def test_thin_binder_films_block_but_thick_binder_keeps_centred_walls() -> None:
+    shape = (6, 6, 12)
+    binder = np.zeros(shape, dtype=bool)
+    depth = np.full(shape, -np.inf)
+    binder[:, :, 2] = True  # a one-voxel film, its centres only 0.2 voxel inside: no core voxel
+    depth[:, :, 2] = 0.2
+    binder[:, :, 5:7] = True  # a two-voxel film: the deeper layer must block
+    depth[:, :, 5], depth[:, :, 6] = 0.1, 0.3
+    binder[:, :, 8:12] = True  # a thick slab from z = 8 to the top face, centred depths 0.5, 1.5, 2.5, 3.5 voxels
+    depth[:, :, 8:12] = np.arange(4) + 0.5
+    depth[:, :, 8:12] = depth[:, :, 8:12][:, :, ::-1]
+    core = depth >= 0.5
+    film = gdl.thin_binder_films(binder, core, depth)
+    assert film[:, :, 2].all() and film[:, :, 6].all()
+    assert not film[:, :, 5].any() and not film[:, :, 8:].any() and not film[~binder].any()
+    # With the films blocking, no pore path crosses the layer; with centred walls alone it leaks straight through.
+    obstacle = core | film
+    obstacle[:, :, 8:] = False  # open the slab so only the films stand in the way
+    with pytest.raises(ValueError, match="no connected pore path"):
+        geometric_tortuosity(obstacle, periodic=True)
+    leaky = core.copy()
+    leaky[:, :, 8:] = False
+    assert geometric_tortuosity(leaky, periodic=True) == pytest.approx(1.0)
+
+
+def test_blocking_films_raise_tortuosity_of_the_same_structure() -> None:
+    params = _params(diameter=8.0, fibers=22.0, binder=9.0, compression=0.3)
+    domain = gdl.StructureModel(binder_basis="domain")
+    taus = {}
+    for name, model in (("domain", domain), ("films", gdl.GEODICT_BINDER_MODEL)):
+        ms = build_phases(params, BOX, VOXEL_UM, np.random.default_rng(4), model)
+        taus[name] = geometric_tortuosity(ms.path_obstacle, periodic=True)
+        assert np.count_nonzero(ms.phase == BINDER) == round(0.09 * ms.phase.size)
+    assert taus["films"] > taus["domain"] >= 1.0
+
+
+def test_dense_layers_get_voxels_fine_enough_for_their_pores() -> None:
+    # The mean pore chord d·ε/(1 − ε) must span MIN_VOXELS_PER_PORE_CHORD voxels; open layers stay at d/3.
+    open_layer = _params(fibers=15.0, binder=7.0, compression=0.0)
+    assert gdl.voxels_per_diameter(open_layer) == VOXELS_PER_DIAMETER
+    for fibers, binder, compression in ((25.0, 10.0, 0.45), (22.0, 9.0, 0.40), (20.0, 8.0, 0.35)):
+        params = _params(fibers=fibers, binder=binder, compression=compression)
+        k = gdl.voxels_per_diameter(params)
+        chord = params.target_porosity / (1.0 - params.target_porosity)
+        assert k * chord >= gdl.MIN_VOXELS_PER_PORE_CHORD - 1e-9
+        assert (k - 1) * chord < gdl.MIN_VOXELS_PER_PORE_CHORD or k == VOXELS_PER_DIAMETER  # no finer than needed
+    densest = _params(fibers=25.0, binder=10.0, compression=0.5)
+    assert gdl.voxels_per_diameter(densest) > VOXELS_PER_DIAMETER
+    assert gdl.voxel_size(densest) == pytest.approx(densest.fiber_diameter_um / gdl.voxels_per_diameter(densest))
+    assert gdl.voxel_size(densest, 6) == pytest.approx(densest.fiber_diameter_um / 6)

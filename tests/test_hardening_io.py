@@ -17,10 +17,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from cellmfg.domain import feature_columns
-from service.csvio import neutralised
-from service.design_schemas import MAX_DESIGN_ENTRIES
-from service.guards import MAX_DESIGN_BODY_BYTES
-from service.schemas import MAX_ERRORS_REPORTED
+from service.design.schemas import MAX_DESIGN_ENTRIES
+from service.formats.csvio import neutralised
+from service.formats.schemas import MAX_ERRORS_REPORTED
+from service.web.guards import MAX_DESIGN_BODY_BYTES
 from testkit.fakes import example_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
@@ -136,7 +136,7 @@ def test_the_json_answer_of_a_csv_stays_exact(client: TestClient) -> None:
 
 def test_an_impossible_prediction_is_clipped_flagged_and_inside_its_interval(client: TestClient,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.model_store import ServedModel
+    from service.engine.model_store import ServedModel
 
     raw_predict = ServedModel.predict
 
@@ -216,7 +216,7 @@ def test_a_bad_query_parameter_is_answered_in_the_service_shape(client: TestClie
 
 
 def test_a_path_with_several_methods_lists_them_all_when_refusing_another(client: TestClient) -> None:
-    from service.guards import METHODS_BY_PATH
+    from service.web.guards import METHODS_BY_PATH
 
     documented = client.get("/docs.json").json()["paths"]
     for path, methods in METHODS_BY_PATH.items():

@@ -26,9 +26,10 @@ from prometheus_client import REGISTRY, generate_latest
 from starlette.testclient import TestClient
 
 from service.cli import server_environment
-from service.metrics import OTHER_ENDPOINT, RouteLabels
-from service.sources import BundleSource, RegistrySource, public_uri, without_credentials
-from service.ui import DOCS_PATHS, UI_DIR
+from service.engine.metrics import OTHER_ENDPOINT, RouteLabels
+from service.engine.sources import BundleSource, RegistrySource, public_uri, without_credentials
+from service.ui import UI_DIR
+from service.web.open_paths import DOCS_PATHS
 from testkit.fakes import example_rows, in_process_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -131,7 +132,7 @@ def test_the_pinned_bentoml_and_uvicorn_are_the_code_the_fixes_were_written_for(
              "from uvicorn.protocols.http.auto import AutoHTTPProtocol\n"
              "from uvicorn.protocols.http.h11_impl import H11Protocol\n"
              "from cellmfg.patch_guard import source_sha256\n"
-             "from service import patches\n"
+             "from service.web import patches\n"
              "assert source_sha256(M.__call__) == patches.METRICS_CALL_SHA256\n"
              "assert AutoHTTPProtocol is H11Protocol\n"
              "for name, sha256 in patches.H11_SOURCE_SHA256.items():\n"

@@ -41,8 +41,8 @@ import jsonschema
 import pytest
 import yaml
 
-from service.config import Settings
-from service.security import ConfigError, SecuritySettings
+from service.engine.config import Settings
+from service.web.security import ConfigError, SecuritySettings
 from testkit.fakes import example_rows, write_fake_bundle
 from testkit.processes import CLI_LAUNCHER, PROJECT_ROOT, clean_env, free_port, wait_for
 
@@ -374,8 +374,8 @@ def test_probes_answer_without_the_token_on_the_real_service(
 def test_settings_are_the_services_own_and_valid(overlay: str) -> None:
     """Each ConfigMap key is a variable the image reads (a misspelt one would be silently ignored), and the values
     pass the service's own parsing."""
-    from service.config import _Variables
-    from service.security import _SecurityVariables
+    from service.engine.config import _Variables
+    from service.web.security import _SecurityVariables
 
     resources = rendered(overlay)
     env = configmap_env(resources)

@@ -61,3 +61,31 @@ def test_testkit_is_left_out_of_the_wheel() -> None:
     shipped = set(find_packages(str(PROJECT_ROOT), include=found["include"]))
     assert {"cellmfg", "cellmfg_cli", "datagen", "training", "registry", "service"} <= shipped
     assert not {p for p in shipped if p.split(".")[0] in ("testkit", "tests", "scripts")}, shipped
+
+
+@pytest.mark.parametrize(("folder", "line", "says"), [
+    # The engine reaching up for a format: how `predict` came to import `schemas` for two helpers.
+    ("service/engine", "from service.formats import schemas", "service.engine.shortcut -> service.formats.schemas"),
+    # Rooms of one layer stay apart: the ledger does not reach into recipe design.
+    ("service/ledger", "from service.design import search", "service.ledger.shortcut -> service.design.search"),
+    # The web room's middleware needs nothing of the page (security once imported service.ui for its paths).
+    ("service/web", "from service import ui", "service.web.shortcut -> service.ui"),
+])
+def test_a_room_importing_upward_or_sideways_breaks_the_rooms_contract(tmp_path: Path, folder: str, line: str,
+                                                                       says: str) -> None:
+    root = _copy_of_the_project(tmp_path)
+    (root / folder / "shortcut.py").write_text(f"{line}  # noqa: F401\n")
+    result = _lint_imports(root)
+    assert result.returncode != 0
+    importer, imported = says.split(" -> ")
+    room = ".".join(importer.split(".")[:2])
+    assert f"{room} is not allowed to import {'.'.join(imported.split('.')[:2])}" in result.stdout, result.stdout
+    assert says in result.stdout
+
+
+def test_a_module_outside_every_room_breaks_the_rooms_contract(tmp_path: Path) -> None:
+    root = _copy_of_the_project(tmp_path)
+    (root / "service" / "stray.py").write_text('"""A new module nobody placed in a room."""\n')
+    result = _lint_imports(root)
+    assert result.returncode != 0
+    assert "not listed as layers" in result.stdout and "service.stray" in result.stdout

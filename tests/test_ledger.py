@@ -46,8 +46,8 @@ from service.ledger import (
 from service.ledger.ids import _Uuid7Clock, uuid7_from_parts, uuid7_unix_ms
 from service.ledger.live import FeatureReference
 from service.ledger.migrate import create_ledger_engine, current_revision, normalise_url, sqlite_url
+from service.ledger.outcomes_http import outcomes_csv
 from service.ledger.tables import Base, OutcomeRow, OutputRow, PredictionRow
-from service.outcomes import outcomes_csv
 from testkit.postgres import Cluster, pg_binary, postgres_cluster
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

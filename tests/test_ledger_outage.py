@@ -19,12 +19,12 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from service.formats.schemas import EXAMPLE_INPUT
 from service.ledger import ModelOutputs, PredictionBatch, new_prediction_id
 from service.ledger.migrate import upgrade_to_head
 from service.ledger.spool import Spool, SpooledBatch, forward, spool_path
 from service.ledger.store import _batch_parameters
 from service.ledger.tables import OutputRow, PredictionRow
-from service.schemas import EXAMPLE_INPUT
 
 ROW = EXAMPLE_INPUT["rows"][0]
 FEATURES = list(ROW)

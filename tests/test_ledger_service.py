@@ -20,10 +20,10 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from service.config import Settings
+from service.engine.config import Settings
+from service.formats.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
 from service.ledger import Ledger
 from service.ledger.tables import OutcomeRow, PredictionRow
-from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
 from testkit.fakes import service_client
 
 ROW = EXAMPLE_INPUT["rows"][0]
@@ -317,7 +317,7 @@ def test_drift_uses_the_training_quantiles_a_contract_carries() -> None:
     from types import SimpleNamespace
 
     from service.ledger.live import input_drift
-    from service.recording import feature_references, has_quantiles, test_mape_upper_pct
+    from service.ledger.recording import feature_references, has_quantiles, test_mape_upper_pct
     from testkit.fakes import fake_models
 
     contract = next(m.contract for m in fake_models() if m.name == "density_nmc_onnx")
@@ -341,7 +341,7 @@ def test_housekeeping_applies_the_retention_setting(bundle: Path, tmp_path: Path
     from datetime import UTC, datetime, timedelta
 
     from service.ledger import ModelOutputs, PredictionBatch, new_prediction_id
-    from service.recording import Recorder
+    from service.ledger.recording import Recorder
 
     settings = Settings(bundle=bundle, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
                         ledger_retention_days=2)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from service.formats.schemas import GDL_EXAMPLE_INPUT
 from service.ledger.live import DEFAULT_ROLLING_WINDOW
-from service.schemas import GDL_EXAMPLE_INPUT
 from testkit.fakes import service_client
 
 MODEL = "tortuosity_gdl1000_onnx"

@@ -17,7 +17,7 @@ import pytest
 
 from cellmfg.contract import write_bundle
 from cellmfg.domain import DATASETS
-from service.design_schemas import ELECTRODE_DESIGN_EXAMPLE, GDL_DESIGN_EXAMPLE
+from service.design.schemas import ELECTRODE_DESIGN_EXAMPLE, GDL_DESIGN_EXAMPLE
 from testkit.fakes import custom_model, fake_models, service_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")

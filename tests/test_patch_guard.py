@@ -36,7 +36,7 @@ def test_the_pinned_bentoml_is_the_code_the_service_patches_were_written_for() -
         "from bentoml._internal.server import http_app\n"
         "from bentoml._internal.server.http.traffic import TimeoutMiddleware\n"
         "from cellmfg.patch_guard import source_sha256\n"
-        "from service import logs, patches\n"
+        "from service.web import logs, patches\n"
         "assert source_sha256(TimeoutMiddleware.__call__) == patches.TIMEOUT_CALL_SHA256\n"
         "assert source_sha256(TimeoutMiddleware._set_timer_out) == patches.SET_TIMER_OUT_SHA256\n"
         "assert source_sha256(http_app.log_exception) == logs.LOG_EXCEPTION_SHA256\n"

@@ -1,4 +1,4 @@
-"""The fix for BentoML's request-timeout middleware (service.patches), on BentoML's own class."""
+"""The fix for BentoML's request-timeout middleware (service.web.patches), on BentoML's own class."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from service.patches import patch_bentoml_timeout
+from service.web.patches import patch_bentoml_timeout
 from testkit.fakes import write_fake_bundle
 from testkit.processes import clean_env
 
@@ -88,7 +88,7 @@ def test_an_app_that_fails_before_answering_is_not_held_until_the_timeout() -> N
 def test_the_patch_is_installed_once() -> None:
     patch_bentoml_timeout()
     assert patch_bentoml_timeout() is False
-    assert TimeoutMiddleware.__call__.__module__ == "service.patches"
+    assert TimeoutMiddleware.__call__.__module__ == "service.web.patches"
 
 
 def test_the_service_installs_the_patch_when_it_starts(tmp_path: Path) -> None:
@@ -108,11 +108,11 @@ def test_the_service_installs_the_patch_when_it_starts(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
                             cwd=PROJECT_ROOT, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-3:] == ["bentoml._internal.server.http.traffic", "service.patches",
-                                          "service.patches"], result.stdout
+    assert result.stdout.split()[-3:] == ["bentoml._internal.server.http.traffic", "service.web.patches",
+                                          "service.web.patches"], result.stdout
 
 
-# -- one write per answer (service.patches.patch_uvicorn_single_write), on uvicorn's own h11 protocol
+# -- one write per answer (service.web.patches.patch_uvicorn_single_write), on uvicorn's own h11 protocol
 
 class RecordingTransport(asyncio.Transport):
     """What uvicorn writes to a connection, one entry per write call."""
@@ -157,7 +157,7 @@ async def _exchange(app: Any, requests: bytes, answers: int) -> RecordingTranspo
     from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.server import ServerState
 
-    from service.patches import patch_uvicorn_single_write
+    from service.web.patches import patch_uvicorn_single_write
 
     patch_uvicorn_single_write()
     config = Config(app=app, lifespan="off", log_level="critical")
@@ -208,8 +208,8 @@ def test_an_app_failing_after_its_start_answers_a_whole_500_not_torn_headers() -
 def test_the_single_write_patch_is_installed_once() -> None:
     from uvicorn.protocols.http.h11_impl import RequestResponseCycle
 
-    from service.patches import patch_uvicorn_single_write
+    from service.web.patches import patch_uvicorn_single_write
 
     patch_uvicorn_single_write()
     assert patch_uvicorn_single_write() is False
-    assert RequestResponseCycle.send.__module__ == "service.patches"
+    assert RequestResponseCycle.send.__module__ == "service.web.patches"

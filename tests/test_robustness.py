@@ -1,7 +1,7 @@
 """Robustness and the lab-server security baseline: bad input, bearer-token auth, body-size limit, what the image
 and the serving lock hold, and a short soak.
 
-Fast tier (in-process): `service.security.SecurityMiddleware` alone on a tiny ASGI app, then around the service's
+Fast tier (in-process): `service.web.security.SecurityMiddleware` alone on a tiny ASGI app, then around the service's
 own ASGI app with its lifespan (fake ONNX models), where the whole bad-input catalogue (testkit.bad_inputs, which
 scripts/soak.py mixes into its load too) is sent and the service must keep answering exactly as onnxruntime does.
 Integration tier: the same against a real `bentoml serve` with a token configured (needs the middleware wired into
@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from service import security
-from service.config import ConfigError
-from service.openapi import OpenAPIErrorDocs, document_errors
-from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
-from service.security import DEFAULT_MAX_BODY_BYTES, SecurityMiddleware, SecuritySettings
-from service.ui import DOCS_PATHS
+from service.engine.config import ConfigError
+from service.formats.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
+from service.web import security
+from service.web.open_paths import DOCS_PATHS
+from service.web.openapi import OpenAPIErrorDocs, document_errors
+from service.web.security import DEFAULT_MAX_BODY_BYTES, SecurityMiddleware, SecuritySettings
 from testkit.bad_inputs import MIB, BadInput, bad_inputs, electrode_row, refusal_problem
 from testkit.fakes import (
     example_rows,
@@ -297,7 +297,7 @@ def test_after_the_whole_catalogue_the_service_still_answers_correctly(service: 
 @pytest.mark.parametrize("flag", ["explain", "interval"])
 @pytest.mark.parametrize("value", [0, 1, "true", "yes"])
 def test_flags_must_be_json_booleans(service: TestClient, flag: str, value: Any) -> None:
-    """Needs patch P3 (strict booleans in service/schemas.py): pydantic's lax mode reads 0, 1, "true" and "yes"
+    """Needs patch P3 (strict booleans in service/formats/schemas.py): pydantic's lax mode reads 0, 1, "true" and "yes"
     as booleans although the schema says boolean; schemathesis reports it as 'schema-violating request accepted'."""
     response = service.post("/predict/electrode", json={**EXAMPLE_INPUT, flag: value})
     _assert_refused(response, 400, [flag], f"{flag}={value!r}")

@@ -14,12 +14,13 @@ from starlette.testclient import TestClient
 
 from cellmfg.contract import MANIFEST_NAME, LoadedModel, sha256_bytes, write_bundle
 from cellmfg.domain import DATASETS, TASKS, feature_columns
-from service import metrics
-from service.config import SERVED_MODEL_NAMES, Settings
-from service.explain import Explainers
-from service.model_store import ModelStore
-from service.predict import Predictor, RequestRejectedError
-from service.sources import BundleSource, RegistrySource
+from service.engine import metrics
+from service.engine.config import SERVED_MODEL_NAMES, Settings
+from service.engine.errors import RequestRejectedError
+from service.engine.explain import Explainers
+from service.engine.model_store import ModelStore
+from service.engine.predict import Predictor
+from service.engine.sources import BundleSource, RegistrySource
 from testkit.fakes import (
     LFP_RANGES,
     corrupt_onnx,

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cellmfg.domain import feature_columns
 from service.cli import predict
-from service.csvio import wants_csv
+from service.formats.csvio import wants_csv
 from testkit.fakes import example_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
@@ -143,16 +143,16 @@ BAD_FILES: list[tuple[str, bytes, list[str]]] = [
     ("missing column", GOOD.replace("roll_gap_um", "roll_gap").encode(),
      ["line 1", "column roll_gap_um", "missing"]),
     ("text cell", GOOD.replace(FIRST, "abc" + FIRST[FIRST.index(","):]).encode(),
-     ["line 2", "column am_wt_pct", "'abc' is not a number"]),
+     ["line 2", "am_wt_pct = 'abc' is not a number"]),
     ("semicolon separated", GOOD.replace(",", ";").encode(), ["line 1", "separated by ';'", "comma-separated"]),
     ("decimal comma", (HEADER + "\n" + '"94,0",' + FIRST[FIRST.index(",") + 1:] + "\n").encode(),
-     ["line 2", "column am_wt_pct", "decimal mark"]),
+     ["line 2", "am_wt_pct = '94,0' is not a number", "decimal mark"]),
     ("empty cell", (HEADER + "\n" + "," + FIRST[FIRST.index(",") + 1:] + "\n").encode(),
-     ["line 2", "column am_wt_pct", "empty"]),
+     ["line 2", "am_wt_pct is empty"]),
     ("physically impossible", (GOOD + FIRST.replace(FIRST.split(",")[0], "120", 1) + "\n").encode(),
-     ["line 5", "column am_wt_pct", "physically impossible", "[0, 100] wt%"]),
+     ["line 5", "am_wt_pct = 120.0 wt% is physically impossible", "[0, 100] wt%"]),
     ("not finite", (GOOD + FIRST.replace(FIRST.split(",")[0], "inf", 1) + "\n").encode(),
-     ["line 5", "column am_wt_pct", "not finite"]),
+     ["line 5", "am_wt_pct = inf is not finite"]),
     ("a field too many", (GOOD + FIRST + ",7\n").encode(), ["line 5", "7 fields", "header has 6"]),
     ("header only", (HEADER + "\n").encode(), ["line 2", "no data rows"]),
     ("not UTF-8", (HEADER + "\n").encode() + b"\xff\xfe9\n", ["line 2", "not UTF-8"]),

@@ -12,8 +12,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from cellmfg.domain import DATASETS
-from service import metrics
-from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT, MAX_ERRORS_REPORTED
+from service.engine import metrics
+from service.formats.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT, MAX_ERRORS_REPORTED
 from testkit.fakes import example_rows, fake_models, in_process_app, in_range_rows, onnx_predict, write_fake_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
@@ -98,11 +98,11 @@ def test_small_explained_requests_run_on_the_event_loop_large_ones_in_a_thread(
     import anyio.to_thread
 
     import service.answers as module
-    from service.config import Settings
-    from service.explain import Explainers
-    from service.model_store import ModelStore
-    from service.predict import Predictor
-    from service.sources import BundleSource
+    from service.engine.config import Settings
+    from service.engine.explain import Explainers
+    from service.engine.model_store import ModelStore
+    from service.engine.predict import Predictor
+    from service.engine.sources import BundleSource
 
     hops: list[str] = []
     real_run_sync = anyio.to_thread.run_sync

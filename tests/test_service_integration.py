@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cellmfg.domain import TASKS
-from service.schemas import EXAMPLE_INPUT
+from service.formats.schemas import EXAMPLE_INPUT
 from testkit.fakes import example_rows, fake_model, fake_models, in_range_rows, onnx_predict, tampered
 from testkit.processes import ServerProcess, cellmfg_server
 from testkit.registry import move_alias, register_fakes, register_model, sqlite_tracking_uri

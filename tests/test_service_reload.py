@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cellmfg.contract import write_bundle
-from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
+from service.formats.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
 from testkit.fakes import example_rows, fake_models, in_process_app, onnx_predict, write_fake_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")

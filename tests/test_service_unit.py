@@ -14,14 +14,15 @@ from typer.testing import CliRunner
 
 from cellmfg.contract import LoadedModel, write_bundle
 from cellmfg.domain import DATASETS, TASKS, feature_columns
-from service import metrics
 from service.cli import serve, server_environment
-from service.config import SERVED_MODEL_NAMES, ConfigError, Settings, served_name
-from service.explain import Explainers
-from service.model_store import ModelLoadError, ModelStore, build_served
-from service.predict import Predictor, RequestRejectedError
-from service.schemas import PAPER_CHEMISTRIES, PAPER_GDL_DATASETS, ElectrodeRow, GdlRow
-from service.sources import BundleSource, SourceUnavailableError, open_source
+from service.engine import metrics
+from service.engine.config import SERVED_MODEL_NAMES, ConfigError, Settings, served_name
+from service.engine.errors import RequestRejectedError
+from service.engine.explain import Explainers
+from service.engine.model_store import ModelLoadError, ModelStore, build_served
+from service.engine.predict import Predictor
+from service.engine.sources import BundleSource, SourceUnavailableError, open_source
+from service.formats.schemas import PAPER_CHEMISTRIES, PAPER_GDL_DATASETS, ElectrodeRow, GdlRow
 from testkit.fakes import fake_model, fake_models, in_range_rows, nan_model, onnx_predict, write_fake_bundle
 
 TASK_BY_NAME = {f"{t.model_name}_onnx": t for t in TASKS}

@@ -1,5 +1,5 @@
-"""Which experiment next (issue 24, item 3): `service.suggest` on served ensembles (testkit.ensembles) and on single
-nets, the request schema's 400s, and the endpoints and command line on top."""
+"""Which experiment next (issue 24, item 3): `service.design.suggest` on served ensembles (testkit.ensembles) and on
+single nets, the request schema's 400s, and the endpoints and command line on top."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from cellmfg.domain import DATASETS, feature_columns
-from service.design import MIN_SEPARATION, DesignInfeasibleError
-from service.predict import Predictor
-from service.suggest import Suggester, SuggestProblem
-from service.suggest_schemas import MAX_K, ElectrodeSuggestRequest, GdlSuggestRequest, suggest_problem
+from service.design.search import MIN_SEPARATION, DesignInfeasibleError
+from service.design.suggest import Suggester, SuggestProblem
+from service.design.suggest_schemas import MAX_K, ElectrodeSuggestRequest, GdlSuggestRequest, suggest_problem
+from service.engine.predict import Predictor
 from testkit.ensembles import write_fake_ensemble_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -189,7 +189,7 @@ def client(bundle: Path) -> Any:
 
 def test_suggest_endpoint_answers_what_the_search_does_with_ids_to_post_measurements_against(
         client: Any, predictor: Predictor) -> None:
-    from service import metrics
+    from service.engine import metrics
 
     counted = metrics.sample(metrics.SUGGESTIONS, dataset="nmc", strategy="spread")
     timed = metrics.sample(metrics.SUGGEST_SECONDS, dataset="nmc")  # sums _count and _sum samples
@@ -239,7 +239,7 @@ def test_a_suggestion_request_must_be_json(client: Any) -> None:
 
 def test_candidates_the_models_answer_alike_count_once_in_rank_order() -> None:
     """Two recipes that differ only in a parameter the nets ignore get the same answer: one experiment, not two."""
-    from service.suggest import _distinct_answers
+    from service.design.suggest import _distinct_answers
 
     p = np.array([[1.0, 2.0], [1.5, 2.5], [1.0, 2.0], [3.0, 1.0]])
     spread = np.array([[0.1, 0.2], [0.3, 0.1], [0.1, 0.2], [0.1, 0.2]])

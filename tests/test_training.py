@@ -152,7 +152,7 @@ def test_bad_csv_stops_before_any_run(app: object, tmp_path: Path) -> None:
     code, _, err = _invoke(app, "train", "pretrain", "--data", str(bad), "--target", "density_g_cm3",
                            "--preset", "quick")
     assert code == 2
-    assert "row 8 (line 9), column roll_gap_um" in err and "physically impossible" in err
+    assert "row 8 (line 9), roll_gap_um = -3.0 µm is physically impossible" in err
     assert _run_count() == before
 
 

@@ -40,7 +40,7 @@ import httpx
 import pytest
 
 from cellmfg.contract import write_bundle
-from service.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
+from service.formats.schemas import EXAMPLE_INPUT, GDL_EXAMPLE_INPUT
 from testkit.fakes import custom_model, fake_models, lfp_models
 from testkit.processes import ServerProcess, cellmfg_server, clean_env, start_local_server, wait_for
 
@@ -845,3 +845,107 @@ def test_the_plan_tab_shows_the_api_suggestions(tab: Page, server: ServerProcess
     tab.page.wait_for_selector("#pwl-density_g_cm3[aria-invalid=true]")
     assert "low 3 is not below high 2" in tab.page.inner_text("#de-pwl-density_g_cm3")
     _forget_refusal(tab, 400)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Champion and challenger: "Promote challenger" (POST /models/{name}/challenge/promote), only with the token
+
+
+def test_the_challenger_is_promoted_from_the_page_with_the_token_and_an_override_needs_a_reason(
+        browser: Any, tmp_path: Path, shots: Path) -> None:
+    """A server following an SQLite MLflow registry (fake NMC champions v1, a density challenger v2) with a token:
+    the panel's "Promote challenger" is enabled once the page holds the token, promotes a challenger the lab's
+    measurements show better (the registry's aliases move), and for one they do not it shows the gate's refusal
+    and promotes only with a typed reason, recorded on the version. ~20 s (its own server)."""
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from cellmfg.domain import TASKS, feature_columns
+    from testkit.fakes import fake_model, in_range_rows, served_prediction
+    from testkit.registry import register_model, sqlite_tracking_uri
+
+    nmc = [t for t in TASKS if t.dataset == "nmc"]
+    density = next(t for t in nmc if t.target.task == "density")
+    uri = sqlite_tracking_uri(tmp_path)
+    for task in nmc:
+        register_model(uri, fake_model(task), "champion", tmp_path / "artifacts")
+    better = fake_model(density, "2", alias="challenger", salt=7)
+    register_model(uri, better, "challenger", tmp_path / "artifacts")
+    env = clean_env(MLFLOW_TRACKING_URI=uri, BENTOML_HOME=str(tmp_path / "bentoml"), CELLMFG_POLL_SECONDS="1",
+                    CELLMFG_LEDGER_DIR=str(tmp_path / "ledger"), CELLMFG_API_TOKEN=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def measure(seed: int, truth: Any) -> None:
+        """40 NMC recipes (two punches a sheet) answered, and measured as `truth` predicts them."""
+        rows = [{**{c: float(v) for c, v in zip(feature_columns("electrode"), x, strict=True)},
+                 "group_id": f"sheet-{seed}-{i // 2}"} for i, x in enumerate(in_range_rows("nmc", 40, seed=seed))]
+        answer = httpx.post(f"{served.url}/predict/electrode", json={"chemistry": "nmc", "rows": rows},
+                            headers=auth, timeout=60).raise_for_status().json()
+        x = np.array([[row[c] for c in feature_columns("electrode")] for row in rows])
+        outcomes = [{"prediction_id": p["prediction_id"], "values": {"density_g_cm3": float(v)}}
+                    for p, v in zip(answer["predictions"], served_prediction(truth, x), strict=True)]
+        httpx.post(f"{served.url}/outcomes", json={"outcomes": outcomes}, headers=auth,
+                   timeout=60).raise_for_status()
+
+    def aliases() -> dict[str, str]:
+        return {a: str(v) for a, v in registry.get_registered_model("density_nmc_onnx").aliases.items()}
+
+    served = cellmfg_server(env, tmp_path / "server.log", port=3902).start()
+    tab: Page | None = None
+    try:
+        served.wait_ready(timeout=240)
+        measure(1, better)
+        tab = Page(browser, served)
+        tab.open()
+        tab.page.wait_for_selector("#auth:not([hidden])")
+        tab.page.fill("#token", TOKEN)
+        tab.page.click("#token-form button[type=submit]")
+        tab.page.wait_for_selector("#auth[hidden]", state="attached")
+        _choose_nmc(tab)
+        tab.page.click("#challenger-compare")
+        button = tab.page.locator("#challenger-body button.challenger-promote[data-model='density_nmc_onnx']")
+        button.wait_for()
+        assert button.is_enabled(), "the page holds the token: promotion is offered"
+        calls = tab.calls_during(lambda: (button.click(), tab.page.wait_for_selector("#challenger-outcome p")))
+        assert calls[0] == ("POST", "/models/density_nmc_onnx/challenge/promote"), calls
+        said = tab.page.inner_text("#challenger-outcome")
+        assert "v2 is champion (previous v1; the challenger is better" in said, said
+        assert aliases() == {"champion": "2", "previous": "1"}
+        assert registry.get_model_version("density_nmc_onnx", "2").tags["promoted_by"] == "live_comparison"
+
+        # A challenger the lab's measurements show worse: refused with the gate's reason, then an override.
+        register_model(uri, fake_model(density, "3", alias="challenger", salt=9), "challenger",
+                       tmp_path / "artifacts")
+        wait_for(lambda: httpx.get(f"{served.url}/models/density_nmc/challenge", headers=auth,
+                                   timeout=10).json().get("challenger", {}).get("version") == "3"
+                 and _champion_version(served, auth) == "2", 60, "challenger v3 beside champion v2")
+        measure(2, better)  # the line measures what the champion (v2) predicts
+        tab.page.click("#challenger-compare")
+        button = tab.page.locator("#challenger-body button.challenger-promote[data-model='density_nmc_onnx']")
+        tab.page.wait_for_selector("#challenger-body tr[data-model='density_nmc_onnx'] td:text-is('v3')")
+        button.click()
+        tab.page.wait_for_selector("#override-reason")
+        assert "density_nmc_onnx v3 not promoted: the challenger is worse" in tab.page.inner_text("#challenger-outcome")
+        assert tab.page.is_disabled("#override-submit"), "an override needs a reason first"
+        tab.page.fill("#override-reason", "binder lot 7 is the new normal")
+        tab.page.click("#override-submit")
+        tab.page.wait_for_selector("#challenger-outcome p.promoted")
+        assert "override: binder lot 7 is the new normal" in tab.page.inner_text("#challenger-outcome")
+        assert aliases() == {"champion": "3", "previous": "2"}
+        tags = registry.get_model_version("density_nmc_onnx", "3").tags
+        assert tags["promotion_override_reason"] == "binder lot 7 is the new normal"
+        tab.page.screenshot(path=str(shots / "12-challenger-promoted.png"), full_page=True)
+        # The browser logs every refused request: the 401 that asks for the token, the 404 of a model without a
+        # challenger (the panel asks each model of the dataset), the gate's 409. Nothing else.
+        expected = ("status of 401", "status of 404", "status of 409")
+        assert not tab.foreign and not [e for e in tab.console_errors if not any(x in e for x in expected)]
+    finally:
+        if tab is not None:
+            tab.close()
+        served.stop()
+
+
+def _champion_version(server: ServerProcess, headers: dict[str, str]) -> str | None:
+    models = httpx.get(f"{server.url}/models", headers=headers, timeout=10).json()["models"]
+    return next((str(m["version"]) for m in models if m["name"] == "density_nmc_onnx"), None)

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from service.security import SecurityMiddleware, SecuritySettings
-from service.ui import UI_DIR, UI_FILES, UI_PATHS
+from service.ui import UI_DIR, UI_FILES
+from service.web.open_paths import UI_PATHS
+from service.web.security import SecurityMiddleware, SecuritySettings
 from testkit.fakes import service_client, write_fake_bundle
 
 TOKEN = "ui-routes-token-0123456789"

@@ -1,10 +1,14 @@
-"""Thin CLI for the training stage (`cellmfg train all|pretrain|transfer`); `cellmfg data …` is datagen/cli.py.
+"""Thin CLI for the training stage: `cellmfg train all|pretrain|transfer|from-ledger` and `cellmfg study
+learning-curve`; `cellmfg data …` is datagen/cli.py, `cellmfg registry …` registry/cli.py.
 
 Heavy imports (TensorFlow, MLflow) happen inside the commands. Progress bars go to stderr so `--json` output on
 stdout stays machine-readable; with `--json` the last stdout line is one JSON object.
 
-`pretrain` and `transfer` register the net as `{task}_{dataset}` (e.g. density_lfp), the name the service looks up
-for the dataset (`chemistry=lfp` on /predict/electrode) once it is promoted; both print where it will answer
+`train all` writes its report to its own run folder (runs/train-all-…/) and the parent MLflow runs; the committed
+docs/results.* change only with `--write-docs`. `pretrain` and `transfer` register the net as `{task}_{dataset}`
+(the dataset is `--dataset NAME`, else the CSV's file name: e.g. density_lfp), the name the service looks up for the
+dataset (`chemistry=lfp` on /predict/electrode) once it is promoted; they and `from-ledger` (a new version of a
+served model, alias `challenger`) print the chemistry or dataset and the endpoint it will answer at
 (`cellmfg.endpoints`).
 """
 

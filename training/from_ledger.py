@@ -7,8 +7,9 @@ or prediction id), the inputs and the measured targets. Training imports no serv
 
 `combine` is pure: a ledger group keeps all its rows together (its label is prefixed `ledger:`, so it never merges
 with an original group), rows the original data already holds (a champion itself trained from the ledger) are not
-counted twice, and rows without the target measured are left out. `parent_champion` reads the registry: which
-Keras version the served champion came from, its base net, its data and its dataset.
+counted twice, rows without the target measured are left out, and a ledger row repeating an earlier row's inputs
+and measured value exactly is kept once (the training data refuses exact duplicates). `parent_champion` reads the
+registry: which Keras version the served champion came from, its base net, its data and its dataset.
 """
 
 from __future__ import annotations
@@ -65,13 +66,17 @@ class Combined:
     already_in_data: int  # ledger rows the original data already held (not counted twice)
     first_predicted_at: datetime | None
     last_predicted_at: datetime | None
+    # Ledger rows whose inputs and measured value repeat an earlier row exactly (two punches of a sheet measured
+    # alike to the lab's last digit): kept once, since the training data refuses exact duplicates.
+    exact_duplicates: int = 0
 
     def lineage(self) -> dict[str, str]:
         """Model-version tags saying what the ledger contributed."""
         return {"ledger_rows": str(self.ledger_rows), "ledger_groups": str(self.ledger_groups),
                 "original_rows": str(self.original_rows), "ledger_rows_already_in_data": str(self.already_in_data),
                 "ledger_first_predicted_at": _iso(self.first_predicted_at),
-                "ledger_last_predicted_at": _iso(self.last_predicted_at)}
+                "ledger_last_predicted_at": _iso(self.last_predicted_at),
+                "ledger_exact_duplicates_dropped": str(self.exact_duplicates)}
 
 
 def _iso(moment: datetime | None) -> str:
@@ -133,11 +138,15 @@ def combine(original: pd.DataFrame, kind: Kind, target_column: str, ledger: pd.D
     if bad.any():
         raise FromLedgerError(f"{source}: ledger row with sample_id {rows[SAMPLE_ID].iloc[int(np.argmax(bad))]!r} "
                               "has a blank or non-numeric input or target")
+    values = [*features, target_column]
+    repeats = pd.concat([base[values], rows[values]], ignore_index=True).duplicated(keep="first").to_numpy()
+    duplicates = repeats[len(base):]
+    rows = rows[~duplicates]
     times = [t for t in (prediction_time(s) for s in rows[SAMPLE_ID]) if t is not None]
     return Combined(frame=pd.concat([base, rows], ignore_index=True), original_rows=len(base),
                     ledger_rows=len(rows), ledger_groups=int(rows[GROUP_ID].nunique()),
                     already_in_data=int(already.sum()), first_predicted_at=min(times) if times else None,
-                    last_predicted_at=max(times) if times else None)
+                    last_predicted_at=max(times) if times else None, exact_duplicates=int(duplicates.sum()))
 
 
 def fetch_ledger(service_url: str, onnx_model: str, since: datetime | None, token: str | None,

@@ -1,4 +1,4 @@
-"""`cellmfg design`: the recipe search of POST /design/* run offline (service.design)."""
+"""`cellmfg design`: the recipe search of POST /design/* run offline (service.design.search)."""
 
 from __future__ import annotations
 
@@ -120,11 +120,11 @@ def design(
     from pydantic_core import to_json
 
     from cellmfg.domain import Kind
-    from service.config import ConfigError
-    from service.design import Designer
-    from service.design_schemas import ElectrodeDesignRequest, GdlDesignRequest, design_problem
-    from service.predict import RequestRejectedError
-    from service.sources import SourceUnavailableError
+    from service.design.schemas import ElectrodeDesignRequest, GdlDesignRequest, design_problem
+    from service.design.search import Designer
+    from service.engine.config import ConfigError
+    from service.engine.errors import RequestRejectedError
+    from service.engine.sources import SourceUnavailableError
 
     if (chemistry is None) == (dataset is None):
         raise typer.BadParameter("give exactly one of --chemistry (electrodes) or --dataset (GDL)")

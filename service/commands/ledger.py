@@ -32,9 +32,9 @@ def ledger_export(
     targets), ready for `cellmfg train transfer --data`."""
     from datetime import datetime
 
-    from service.config import ConfigError, ledger_url_from_env
+    from service.engine.config import ConfigError, ledger_url_from_env
     from service.ledger import Ledger
-    from service.outcomes import outcomes_csv
+    from service.ledger.outcomes_http import outcomes_csv
 
     try:
         database = url or ledger_url_from_env(os.environ)

@@ -17,7 +17,7 @@ DEFAULT_TRACKING_DB = PROJECT_ROOT / "mlflow.db"  # the store `cellmfg train` an
 
 def offline_settings(bundle: Path | None) -> Any:
     """Service settings for a command that loads models without a server, by the rule in this module's docstring."""
-    from service.config import Settings
+    from service.engine.config import Settings
 
     env = server_environment(bundle=bundle)
     if not env.get("CELLMFG_BUNDLE") and not env.get("MLFLOW_TRACKING_URI") and DEFAULT_TRACKING_DB.is_file():
@@ -29,10 +29,10 @@ def offline_settings(bundle: Path | None) -> Any:
 
 def offline_predictor(settings: Any) -> Any:
     """The service's Predictor over the source's whole catalogue, loaded once, no polling."""
-    from service.explain import Explainers
-    from service.model_store import ModelStore
-    from service.predict import Predictor
-    from service.sources import open_source
+    from service.engine.explain import Explainers
+    from service.engine.model_store import ModelStore
+    from service.engine.predict import Predictor
+    from service.engine.sources import open_source
 
     store = ModelStore(open_source(settings), None, settings.ort_threads, required=settings.required_models)
     store.load_all()

@@ -1,4 +1,4 @@
-"""`cellmfg predict`: a CSV scored offline on the same code path as POST /predict/* (service.csvio)."""
+"""`cellmfg predict`: a CSV scored offline on the same code path as POST /predict/* (service.formats.csvio)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ def predict(
     are the service's. Exit code 0 when scored, 2 for a bad CSV or an unknown model or dataset (the message names
     line and column), 1 when a model exists but cannot be loaded.
     """
-    from service.config import ConfigError
-    from service.csvio import CsvInputError, score_csv
-    from service.predict import RequestRejectedError
-    from service.sources import SourceUnavailableError
+    from service.engine.config import ConfigError
+    from service.engine.errors import CsvInputError, RequestRejectedError
+    from service.engine.sources import SourceUnavailableError
+    from service.formats.csvio import score_csv
 
     if sum(x is not None for x in (chemistry, dataset, model)) != 1:
         raise typer.BadParameter("give exactly one of --chemistry, --dataset or --model")
@@ -72,7 +72,7 @@ def predict(
         partial.replace(out)
     rows = scored.answer["predictions"]
     outside = sum(1 for row in rows if not row["in_domain"])
-    from service.csvio import models_header
+    from service.formats.csvio import models_header
 
     typer.echo(f"cellmfg predict: {len(rows)} rows scored with {models_header(scored.answer)}; {outside} outside "
                f"the training range" + (f"; written to {out}" if out else ""), err=True)

@@ -75,9 +75,9 @@ def check_source(env: Mapping[str, str]) -> str:
     """Fail fast, before BentoML starts workers that would crash one after another: the description of the
     model source and security settings the service will use, or ConfigError / SourceUnavailableError with the
     reason (which never contains the token)."""
-    from service.config import Settings
-    from service.security import SecuritySettings
-    from service.sources import open_source
+    from service.engine.config import Settings
+    from service.engine.sources import open_source
+    from service.web.security import SecuritySettings
 
     security = SecuritySettings.from_env(env)  # a bad token setting would fail every worker's start-up
     return f"{open_source(Settings.from_env(env)).description}; {security.describe()}"
@@ -99,8 +99,8 @@ def serve(
     verified on load and hot-swapped when the alias moves (every CELLMFG_POLL_SECONDS, default 30). Swagger UI
     is at http://localhost:PORT/, metrics at /metrics.
     """
-    from service.config import ConfigError
-    from service.sources import SourceUnavailableError
+    from service.engine.config import ConfigError
+    from service.engine.sources import SourceUnavailableError
 
     env = server_environment(bundle=bundle, workers=workers, alias=alias)
     try:

@@ -1,4 +1,5 @@
-"""`cellmfg suggest`: which experiments to run next, offline, with the search of POST /suggest/* (service.suggest)."""
+"""`cellmfg suggest`: which experiments to run next, offline, with the search of POST /suggest/*
+(service.design.suggest)."""
 
 from __future__ import annotations
 
@@ -91,11 +92,11 @@ def suggest(
     from pydantic_core import to_json
 
     from cellmfg.domain import Kind
-    from service.config import ConfigError
-    from service.predict import RequestRejectedError
-    from service.sources import SourceUnavailableError
-    from service.suggest import Suggester
-    from service.suggest_schemas import ElectrodeSuggestRequest, GdlSuggestRequest, suggest_problem
+    from service.design.suggest import Suggester
+    from service.design.suggest_schemas import ElectrodeSuggestRequest, GdlSuggestRequest, suggest_problem
+    from service.engine.config import ConfigError
+    from service.engine.errors import RequestRejectedError
+    from service.engine.sources import SourceUnavailableError
 
     if (chemistry is None) == (dataset is None):
         raise typer.BadParameter("give exactly one of --chemistry (electrodes) or --dataset (GDL)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -81,7 +82,7 @@ class PredictionBatch(_Frozen):
     in_domain: list[bool]
     outputs: list[ModelOutputs] = Field(min_length=1)
     # A challenger's shadow predictions of these rows: a batch of its own whose `shadow_of` holds these rows' ids,
-    # committed in the same transaction (service.recording.shadow_batch).
+    # committed in the same transaction (service.ledger.recording.shadow_batch).
     shadow_of: list[uuid.UUID] | None = None
     shadow: PredictionBatch | None = None
 
@@ -203,3 +204,28 @@ def _unit_key(unit: str) -> str:
     for old, new in table.items():
         key = key.replace(old, new)
     return key
+
+
+@dataclass(frozen=True)
+class OutcomeTable:
+    """Measured predictions in the dataset CSV schema (`columns`), a row per prediction; an unmeasured target is
+    None. Plain tuples: the service reads it without pandas (`service.ledger.outcomes_http.outcomes_csv`
+    writes the CSV)."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | float | None, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list[str | float | None]:
+        index = self.columns.index(name)
+        return [row[index] for row in self.rows]
+
+
+class LedgerClosedError(RuntimeError):
+    pass
+
+
+class LedgerUnreachableError(RuntimeError):
+    """The ledger's database cannot be reached (an outage of a remote ledger): what needs to read it waits."""

@@ -3,7 +3,7 @@
 The page is static (index.html, app.js, app.css beside this file; no build step, nothing loaded from elsewhere,
 since lab networks are often offline) and talks to the same HTTP API as every other client: GET /models once when
 it opens, then one POST per user action. It holds no data, so its files may be answered without a token
-(`service.security.DEFAULT_OPEN_PATHS` lists `UI_PATHS`); every API call it makes carries the token the user
+(`service.web.open_paths` lists `UI_PATHS`); every API call it makes carries the token the user
 entered.
 
 The API docs (Swagger UI, from BentoML's own copy of its assets under /static_content: no CDN) are served from
@@ -24,26 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import FileResponse, RedirectResponse
 
-if TYPE_CHECKING:  # the security settings import UI_PATHS: no need to load FastAPI for that
+# The files and paths served here, listed with every path open without a token.
+from service.web.open_paths import UI_FILES, UI_PATH
+
+if TYPE_CHECKING:  # service.service imports this module to define the service: no need to load FastAPI
     from fastapi import FastAPI
 
 UI_DIR = Path(__file__).resolve().parent
-UI_PATH = "/ui"
-# Exactly these files are served (not this module, nor its byte code): name -> media type.
-UI_FILES: dict[str, str] = {
-    "index.html": "text/html; charset=utf-8",
-    "app.js": "text/javascript; charset=utf-8",
-    "app.css": "text/css; charset=utf-8",
-    "docs.js": "text/javascript; charset=utf-8",  # the API docs' Swagger UI settings (docs.html)
-}
-# Every path the page is answered at; the security middleware matches open paths exactly.
-UI_PATHS: tuple[str, ...] = (UI_PATH, f"{UI_PATH}/", *(f"{UI_PATH}/{name}" for name in UI_FILES))
 
 DOCS_PAGE = "docs.html"
-# BentoML's Swagger UI assets that docs.html loads (bentoml/_internal/server/static_content).
-DOCS_ASSETS = ("swagger-ui.css", "index.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js",
-               "favicon-light-32x32.png", "favicon-dark-32x32.png")
-DOCS_PATHS: tuple[str, ...] = ("/", "/docs", "/docs.json", *(f"/static_content/{name}" for name in DOCS_ASSETS))
 
 _COMMON_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 # The page builds everything with DOM calls (no inline script or style), and talks only to this server.

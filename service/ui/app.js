@@ -47,6 +47,18 @@
     return String(Number(value.toPrecision(4)));
   }
 
+  // A SHAP value below 1e-12 x the largest of its row, or below 1e-12, is floating-point residue of a feature the
+  // net ignores (5.551e-17): drawn and shown as 0, whatever the scale of the target.
+  const SHAP_RELATIVE_ZERO = 1e-12;
+  const SHAP_ABSOLUTE_ZERO = 1e-12;
+
+  /** `values` (one row's SHAP values) with the residue set to 0. */
+  function shapZeroed(values) {
+    const largest = Math.max(0, ...values.filter(Number.isFinite).map(Math.abs));
+    const floor = Math.max(SHAP_ABSOLUTE_ZERO, SHAP_RELATIVE_ZERO * largest);
+    return values.map((v) => (Number.isFinite(v) && Math.abs(v) < floor ? 0 : v));
+  }
+
   function signed(value) {
     const text = fmt(value);
     return value >= NUMERICAL_ZERO ? "+" + text : text;
@@ -496,8 +508,9 @@
 
   /** The panel, when the dataset's models are recorded in the ledger (they have a `live` block): a button that
    * asks GET /models/{name}/challenge for each model (choosing a dataset calls nothing: the page asks only when
-   * told to). Promotion stays with the registry (`cellmfg registry promote --challenger NAME`), which needs
-   * registry credentials, not the API token. */
+   * told to), and per challenger a "Promote challenger" button. Promotion changes what the line is answered with:
+   * it needs the API token (POST /models/{name}/challenge/promote answers 403 on a server without one), so the
+   * button is enabled only while this page holds the token. */
   function renderChallenger(entry) {
     const section = $("challenger");
     section.hidden = !entry.models.some((m) => m.live);
@@ -506,9 +519,10 @@
     $("challenger-body").replaceChildren(button);
   }
 
-  /** One row per model that has a challenger: n, each MAPE, the paired difference with its interval, the verdict;
-   * a model without one answers 404 and is left out. */
-  async function compareChallenger(entry) {
+  /** One row per model that has a challenger: n, each MAPE, the paired difference with its interval, the verdict
+   * and the promote button; a model without one answers 404 and is left out. `message` (a promotion's outcome) is
+   * shown below the table. */
+  async function compareChallenger(entry, message) {
     const body = $("challenger-body");
     const found = [];
     for (const m of entry.models) {
@@ -526,22 +540,78 @@
     again.addEventListener("click", () => compareChallenger(entry));
     if (found.length === 0) {
       body.replaceChildren(el("p", { class: "hint", text: "No challenger is scored in shadow for this dataset." }),
-        again);
+        again, message || null);
       return;
     }
     const mape = (v) => (v === null || v === undefined ? "–" : fmt(v) + " %");
+    const holdsToken = token() !== "";
+    const outcome = el("div", { id: "challenger-outcome", "aria-live": "polite" });
     body.replaceChildren(el("table", { class: "live challenger" },
       el("thead", {}, el("tr", {}, ...["model", "champion", "challenger", "outcomes (groups)", "MAPE champion",
-        "MAPE challenger", "difference (95 % interval)", "verdict"].map((h) => el("th", { text: h })))),
-      el("tbody", {}, ...found.map((c) => el("tr", { "data-model": c.model, class: c.promotable ? "better" : "" },
-        el("td", {}, el("code", { text: c.model })), el("td", { text: "v" + c.champion.version }),
-        el("td", { text: "v" + c.challenger.version }), el("td", { text: c.n + " (" + c.n_groups + ")" }),
-        el("td", { text: mape(c.champion_mape_pct) }), el("td", { text: mape(c.challenger_mape_pct) }),
-        el("td", { text: c.difference_pct === null ? "–" : signed(c.difference_pct) + " points" +
-          (c.interval_pct ? " (" + signed(c.interval_pct[0]) + " – " + signed(c.interval_pct[1]) + ")" : "") }),
-        el("td", { text: (c.promotable ? "better: promotable" : "not shown better") + ". " + c.reason }))))),
-      el("p", { class: "hint", text: "Promote with `cellmfg registry promote --challenger NAME` (registry " +
-        "access); it promotes only when the interval lies below 0." }), again);
+        "MAPE challenger", "difference (95 % interval)", "verdict", ""].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...found.map((c) => {
+        const promote = el("button", { type: "button", class: "challenger-promote", "data-model": c.model,
+          disabled: !holdsToken, text: "Promote challenger",
+          title: holdsToken ? "Make v" + c.challenger.version + " champion if the gate agrees" :
+            "Promotion needs the server's API token, and this page holds none" });
+        promote.addEventListener("click", () => promoteChallenger(entry, c, outcome, null));
+        return el("tr", { "data-model": c.model, class: c.promotable ? "better" : "" },
+          el("td", {}, el("code", { text: c.model })), el("td", { text: "v" + c.champion.version }),
+          el("td", { text: "v" + c.challenger.version }), el("td", { text: c.n + " (" + c.n_groups + ")" }),
+          el("td", { text: mape(c.champion_mape_pct) }), el("td", { text: mape(c.challenger_mape_pct) }),
+          el("td", { text: c.difference_pct === null ? "–" : signed(c.difference_pct) + " points" +
+            (c.interval_pct ? " (" + signed(c.interval_pct[0]) + " – " + signed(c.interval_pct[1]) + ")" : "") }),
+          el("td", { text: (c.promotable ? "better: promotable" : "not shown better") + ". " + c.reason }),
+          el("td", {}, promote));
+      }))),
+      el("p", { class: "hint", text: holdsToken ?
+        "Promote applies the gate of `cellmfg registry promote --challenger NAME`: only a challenger whose " +
+        "interval lies below 0, unless you override it with a reason (recorded on the version)." :
+        "Promotion needs the server's API token (CELLMFG_API_TOKEN), and this page holds none: on a server without " +
+        "one, promote with `cellmfg registry promote --challenger NAME` (registry access)." }),
+      again, outcome);
+    if (message) outcome.append(message);
+  }
+
+  /** POST /models/{name}/challenge/promote: the gate alone, or an override with its reason. A refusal by the gate
+   * (409) says why and offers the override; a promotion re-reads the comparisons (the challenger is gone). */
+  async function promoteChallenger(entry, c, outcome, reason) {
+    const buttons = $("challenger-body").querySelectorAll("button");
+    for (const b of buttons) b.disabled = true;
+    const path = "models/" + encodeURIComponent(c.model) + "/challenge/promote";
+    try {
+      const done = await api(path, { method: "POST", body: reason === null ? { override: false } :
+        { override: true, reason } });
+      const how = done.promoted_by === "override" ? "override: " + done.override_reason : done.reason;
+      await compareChallenger(entry, el("p", { class: "promoted", role: "status", text: done.model + ": v" +
+        done.champion_version + " is champion (previous v" + done.previous_version + "; " + how + "). The " +
+        "service answers with it " + done.served + "." }));
+    } catch (error) {
+      for (const b of buttons) b.disabled = b.classList.contains("challenger-promote") && token() === "";
+      if (error.auth) {
+        showError(outcome, error, "Promoting");
+        return;
+      }
+      // The service's message says what was refused and why (the gate's n, difference and interval).
+      outcome.replaceChildren(el("p", { class: "error", role: "alert", text: error.message }));
+      if (error.payload && error.payload.overridable) outcome.append(overrideForm(entry, c, outcome));
+    }
+  }
+
+  /** Promote anyway: enabled once a reason is typed (it is recorded on the version as an MLflow tag). */
+  function overrideForm(entry, c, outcome) {
+    const input = el("input", { id: "override-reason", type: "text", maxlength: 1000, autocomplete: "off",
+      placeholder: "e.g. binder lot 7 is the new normal" });
+    const submit = el("button", { type: "submit", id: "override-submit", disabled: true,
+      text: "Promote v" + c.challenger.version + " anyway" });
+    input.addEventListener("input", () => { submit.disabled = input.value.trim() === ""; });
+    const form = el("form", { class: "override", autocomplete: "off" },
+      el("label", { for: "override-reason", text: "Override the gate, because " }), input, submit);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (input.value.trim()) promoteChallenger(entry, c, outcome, input.value.trim());
+    });
+    return form;
   }
 
   function renderModelInfo(entry) {
@@ -758,8 +828,11 @@
 
   function waterfall(target, explanation, prediction, recipe, entry) {
     const base = explanation.base_value;
-    const steps = Object.entries(explanation.contributions)
-      .map(([feature, contribution]) => ({ feature, contribution }))
+    const features = Object.keys(explanation.contributions);
+    const cleaned = shapZeroed(features.map((f) => explanation.contributions[f]));
+    // `exact` is the API's value (kept in data-contribution); `contribution` the one drawn and shown.
+    const steps = features.map((feature, i) => ({ feature, contribution: cleaned[i],
+      exact: explanation.contributions[feature] }))
       .sort((a, b) => Math.abs(b.contribution) - Math.abs(a.contribution));
     const units = Object.fromEntries(entry.features.map((f) => [f.name, f.unit]));
     const labels = steps.map((s) => s.feature + " = " + fmt(recipe[s.feature]) +
@@ -811,7 +884,7 @@
       const barW = Math.max(1.5, Math.abs(x(s.end) - x(s.start)));
       const bar = svg("rect", { x: left, y: row(i) + 5, width: barW, height: rowH - 10, rx: 2,
         class: s.contribution >= 0 ? "bar up" : "bar down", "data-feature": s.feature,
-        "data-contribution": String(s.contribution) });
+        "data-contribution": String(s.exact) });
       bar.append(svg("title", {}, s.feature + ": " + signed(s.contribution) + " " + target.unit));
       root.append(bar);
       root.append(svg("line", { x1: x(s.end), x2: x(s.end), y1: row(i) + rowH - 5, y2: row(i + 1) + 5,
@@ -1052,6 +1125,7 @@
     const { header, rows, sort } = state.batch;
     const flag = header.indexOf("in_domain");
     const rounded = header.map(isResultColumn);
+    const shapColumns = header.map((name, c) => name.includes("_shap_") ? c : -1).filter((c) => c >= 0);
     const order = rows.map((_, i) => i);
     if (sort) {
       const cells = rows.map((r) => r[sort.column] === undefined ? "" : r[sort.column]);
@@ -1079,9 +1153,12 @@
     const body = order.slice(0, TABLE_ROWS_SHOWN).map((i) => {
       const r = rows[i];
       const outside = r[flag] === "false";
+      const shown = r.map((v) => (v.trim() === "" ? NaN : Number(v)));
+      const shap = shapZeroed(shapColumns.map((c) => shown[c]));
+      shapColumns.forEach((c, k) => { shown[c] = shap[k]; });
       return el("tr", { class: outside ? "ood" : null, "data-row": i },
         ...r.map((v, c) => el("td", { text: c === flag && outside ? "false ⚠" :
-          (rounded[c] && v.trim() !== "" ? fmt(Number(v)) : v) })));
+          (rounded[c] && v.trim() !== "" ? fmt(shown[c]) : v) })));
     });
     $("batch-table").tBodies[0].replaceChildren(...body);
   }

@@ -11,8 +11,8 @@ Environment variables (read when a worker starts, i.e. at each ASGI lifespan sta
   CELLMFG_API_TOKEN_FILE  a file holding the token (a Docker or Kubernetes secret), used when CELLMFG_API_TOKEN is
                           unset: the token then never appears in the container's environment or `docker inspect`.
   CELLMFG_OPEN_PATHS      comma-separated paths answered without a token (default `/livez,/readyz,/metrics`, so
-                          probes and Prometheus need no secret, plus the page's files and the API docs,
-                          `service.ui`); set it empty to protect every path.
+                          probes and Prometheus need no secret, plus the page's files and the API docs:
+                          `service.web.open_paths`); set it empty to protect every path.
   CELLMFG_MAX_BODY_BYTES  the largest request body accepted, in bytes (default 16 MiB; a 10,000-row request is
                           ~1.5 MB); larger bodies are answered 413 before they are parsed, whether they announce their
                           size with Content-Length or arrive chunked.
@@ -20,7 +20,7 @@ Environment variables (read when a worker starts, i.e. at each ASGI lifespan sta
 The token is compared in constant time (`hmac.compare_digest` over SHA-256 digests, so not even its length leaks),
 never logged and never echoed: a 401 says only whether a token was missing or wrong.
 
-The OpenAPI document tells clients about the token and the 401s (service.openapi).
+The OpenAPI document tells clients about the token and the 401s (service.web.openapi).
 """
 
 from __future__ import annotations
@@ -36,15 +36,13 @@ from pathlib import Path
 import anyio
 from pydantic import Field, SecretStr
 
-from service.config import ConfigError, EnvironmentVariables
-from service.guards import ASGIApp, Message, Receive, Scope, Send, header_values, send_error
-from service.logs import show_service_logs
-from service.ui import DOCS_PATHS, UI_PATHS  # page
+from service.engine.config import ConfigError, EnvironmentVariables
+from service.web.guards import ASGIApp, Message, Receive, Scope, Send, header_values, send_error
+from service.web.logs import show_service_logs
+from service.web.open_paths import DEFAULT_OPEN_PATHS
 
 log = logging.getLogger("cellmfg.service")
 
-# The page: its static files and the API docs hold no data, and a browser cannot send a token for them (service.ui).
-DEFAULT_OPEN_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/metrics", *UI_PATHS, *DOCS_PATHS)
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 MIN_TOKEN_LENGTH = 16
 # An over-size body is read and thrown away up to this many bytes (and for at most DRAIN_SECONDS) before the 413

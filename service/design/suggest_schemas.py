@@ -3,10 +3,10 @@
 A suggestion request names the dataset, a budget k (how many experiments the lab can run next), the parameters it
 fixes and optional narrower bounds, as a design request does, and optionally a wanted window per target. What can be
 checked without the models is checked here with a 400 naming the field, with the same checks and words as /design
-(`service.design_schemas`): an unknown feature, a value outside its physical bounds, a bound upside down, a feature
+(`service.design.schemas`): an unknown feature, a value outside its physical bounds, a bound upside down, a feature
 both fixed and bounded; and for the window: an unknown target, a window upside down or outside the target's physical
 range. What depends on the served models (a bound outside their training range, a window no recipe reaches) is
-checked by `service.suggest`.
+checked by `service.design.suggest`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from pydantic_core import InitErrorDetails
 
 from cellmfg.domain import Kind, features_for, targets_for
-from service.design_schemas import (
+from service.design.schemas import (
     GDL_DESIGN_EXAMPLE,
     MAX_DESIGN_ENTRIES,
     DesignBound,
@@ -31,10 +31,10 @@ from service.design_schemas import (
     oversized_mappings,
     reworded,
 )
-from service.schemas import DatasetName, ElectrodePrediction, GdlPrediction, IntervalSummary, ModelRef
+from service.formats.schemas import DatasetName, ElectrodePrediction, GdlPrediction, IntervalSummary, ModelRef
 
 if TYPE_CHECKING:
-    from service.suggest import SuggestProblem
+    from service.design.suggest import SuggestProblem
 
 DEFAULT_K = 4
 MAX_K = 50
@@ -229,7 +229,7 @@ def suggest_problem(kind: Kind, dataset: str, k: int, fixed: dict[str, float], b
                     window: dict[str, WindowBound], explain: bool) -> SuggestProblem:
     """The validated request as the search takes it."""
     # Imported here: the request schemas are read by BentoML's supervisor process too, which loads no numpy.
-    from service.suggest import SuggestProblem
+    from service.design.suggest import SuggestProblem
 
     return SuggestProblem(kind=kind, dataset=dataset, k=k, fixed=dict(fixed),
                           bounds={name: (b.min, b.max) for name, b in bounds.items()},

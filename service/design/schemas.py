@@ -6,7 +6,7 @@ checked without the models is checked here, each problem answered 400 with its l
 `fixed.<feature>`, `bounds.<feature>`): an unknown target or feature, a tolerance that is not positive, a value
 outside the physical bounds of its quantity, a feature both fixed and bounded, a bound whose min exceeds its max.
 What depends on the served models (bounds outside their training range, a target the dataset's models do not
-predict) is checked by `service.design`, also with a 400 naming the field.
+predict) is checked by `service.design.search`, also with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -27,19 +27,18 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from cellmfg.domain import DATASETS, Kind, Quantity, all_quantities, features_for, targets_for
-from service.schemas import (
-    MAX_ERRORS_REPORTED,
+from cellmfg.domain import DATASETS, Kind, all_quantities, features_for, targets_for
+from service.engine.errors import MAX_ERRORS_REPORTED, short_repr
+from service.formats.schemas import (
     DatasetName,
     ElectrodePrediction,
     GdlPrediction,
     IntervalSummary,
     ModelRef,
-    short_repr,
 )
 
 if TYPE_CHECKING:
-    from service.design import DesignProblem
+    from service.design.search import DesignProblem
 
 DEFAULT_TOLERANCE_PCT = 5.0
 MIN_TOLERANCE_PCT = 0.01  # far above the float32 rounding of the nets' outputs (~1e-5 %)
@@ -90,10 +89,6 @@ def field_problem(kind: str, loc: tuple[str | int, ...], message: str, value: An
     return InitErrorDetails(type=PydanticCustomError(kind, "{message}", {"message": message}), loc=loc, input=value)
 
 
-def _range_text(q: Quantity) -> str:
-    return q.physical_range_text()
-
-
 def check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str, float],
                   bounds: dict[str, DesignBound]) -> list[InitErrorDetails]:
     """Every problem of a parsed design request that the domain alone can tell, each naming its field."""
@@ -125,9 +120,8 @@ def check_design(kind: Kind, targets: dict[str, DesignTarget], fixed: dict[str, 
             what = "a target, not a parameter" if name in quantities else "unknown parameter"
             problems.append(field_problem("unknown_feature", ("fixed", name),
                                      f"fixed.{name}: {what}; allowed parameters: {feature_list}", name))
-        elif not (q.physical_min <= value <= q.physical_max):
-            problems.append(field_problem("value_out_of_range", ("fixed", name),
-                                     f"fixed.{name} = {value:g}: outside the physical bounds {_range_text(q)}", value))
+        elif (problem := q.problem(value)) is not None:  # the feature's one rule, as /predict words it
+            problems.append(field_problem("value_out_of_range", ("fixed", name), f"fixed.{problem}", value))
     for name, bound in bounds.items():
         q = features.get(name)
         if q is None:
@@ -378,7 +372,7 @@ def design_problem(kind: Kind, dataset: str, targets: dict[str, DesignTarget], f
                    bounds: dict[str, DesignBound], k: int, explain: bool) -> DesignProblem:
     """The validated request as the search takes it."""
     # Imported here: the request schemas are read by BentoML's supervisor process too, which loads no numpy.
-    from service.design import DesignProblem, TargetGoal
+    from service.design.search import DesignProblem, TargetGoal
 
     return DesignProblem(
         kind=kind, dataset=dataset,

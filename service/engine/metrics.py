@@ -7,7 +7,7 @@ aggregates. The integration tests check this with two workers. That directory is
 (service.cli.bentoml_serve), so two servers on one host keep their own numbers.
 
 `RouteLabels` bounds the `endpoint` label of BentoML's own request metrics to the service's routes
-(service.patches.patch_bentoml_metric_labels).
+(service.web.patches.patch_bentoml_metric_labels).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ MODEL_POLL_FAILURES = Counter(
 MODEL_INFO = Gauge(
     "cellmfg_model_info", "Served model version and alias (1 = serving)", ["model", "version", "alias"],
     multiprocess_mode="livemax")
-# -- recipe design (service.design)
+# -- recipe design (service.design.search)
 DESIGNS = Counter("cellmfg_designs", "Recipe designs answered with at least one search, per dataset", ["dataset"])
 DESIGNS_INFEASIBLE = Counter(
     "cellmfg_designs_infeasible", "Design requests no recipe could meet (answered 422 with the reachable range)",
@@ -50,7 +50,7 @@ DESIGN_SECONDS = Histogram(
     "cellmfg_design_seconds", "Time to search and answer one design request, per dataset", ["dataset"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 # -- end recipe design
-# -- experiment suggestions (service.suggest): dataset names are the served ones (the request schema checks them)
+# -- experiment suggestions (service.design.suggest): dataset names are the served ones (the request schema checks them)
 SUGGESTIONS = Counter("cellmfg_suggestions", "Experiment suggestions answered, per dataset and strategy",
                       ["dataset", "strategy"])
 SUGGESTIONS_INFEASIBLE = Counter(
@@ -61,7 +61,7 @@ SUGGEST_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0))
 
 
-# -- prediction ledger (service.recording): labels are served model names and their contract's features only.
+# -- prediction ledger (service.ledger.recording): labels are served model names and their contract's features only.
 # Every worker computes the same figures from the shared ledger, so the highest live value is the value.
 LEDGER_FAILURES = Counter("cellmfg_ledger_failures", "Answers refused (503) because the ledger could not record them")
 LEDGER_ROWS = Gauge("cellmfg_ledger_rows", "Rows in the prediction ledger, per table", ["table"],
@@ -121,7 +121,7 @@ def declare(model: str, version: str | None = None, features: list[str] | tuple[
         OUT_OF_DOMAIN_ROWS.labels(model=model, feature=feature)
 
 
-# -- the `endpoint` label of BentoML's request metrics (service.patches.patch_bentoml_metric_labels)
+# -- the `endpoint` label of BentoML's request metrics (service.web.patches.patch_bentoml_metric_labels)
 
 OTHER_ENDPOINT = "other"  # every path that is not one of the service's routes: 404s, probes of random paths
 

@@ -1,6 +1,6 @@
 """Loading, verifying and hot-swapping the served ONNX models.
 
-A `service.sources.ModelSource` (the MLflow registry by alias, or a bundle directory) says which revision of each
+A `service.engine.sources.ModelSource` (the MLflow registry by alias, or a bundle directory) says which revision of each
 model is current and fetches it as a `cellmfg.contract.LoadedModel`, whose checksums the contract module has
 already verified.
 `build_served` then checks that the ONNX graph matches its contract and predicts finite values on the contract's
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from cellmfg.contract import Contract, ContractError, LoadedModel, now_iso
+from cellmfg.contract import Contract, ContractError, FeatureSpec, LoadedModel, now_iso
 from cellmfg.domain import DATASETS, TARGETS, Kind, Quantity, Target, feature_columns, targets_for
-from service import metrics
-from service.config import served_name
-from service.sources import ModelSource
+from service.engine import metrics
+from service.engine.config import served_name
+from service.engine.sources import ModelSource
 
 log = logging.getLogger("cellmfg.service")
 
@@ -102,6 +102,12 @@ def contract_problem(contract: Contract) -> str | None:
 # Served models
 
 
+def feature_quantity(spec: FeatureSpec) -> Quantity:
+    """A contract's feature as the domain's quantity (name, unit, physical bounds, scale), which checks values."""
+    return Quantity(spec.name, spec.unit, "", spec.physical_min, spec.physical_max, spec.scale_centre,
+                    spec.scale_width)
+
+
 @dataclass(eq=False)
 class ServedModel:
     """A verified model with its session; immutable once built, replaced as a whole on reload."""
@@ -124,6 +130,12 @@ class ServedModel:
     @property
     def feature_names(self) -> list[str]:
         return self.contract.feature_names
+
+    @property
+    def quantities(self) -> list[Quantity]:
+        """The contract's features as domain quantities, in input order: each checks its own values
+        (`Quantity.problem`), so a lab's own model is held to the bounds its contract recorded."""
+        return [feature_quantity(f) for f in self.contract.features]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions for float32 rows [n, n_features] in contract order, as float64 [n]."""

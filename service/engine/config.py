@@ -18,7 +18,7 @@ DEFAULT_POLL_SECONDS = 30.0
 DEFAULT_ORT_THREADS = 1
 DEFAULT_MAX_ROWS = 10_000
 # A connection must send a whole request's headers this soon after opening (or after its last answer), and a worker
-# keeps at most this many connections open (service.patches.patch_uvicorn_connection_limits): uvicorn has neither.
+# keeps at most this many connections open (service.web.patches.patch_uvicorn_connection_limits): uvicorn has neither.
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_CONNECTIONS = 256
 # The prediction ledger (service.ledger): an SQLite file in CELLMFG_LEDGER_DIR unless CELLMFG_LEDGER_URL names a
@@ -72,7 +72,7 @@ class Settings:
       CELLMFG_LEDGER_SPOOL_DIR  with a PostgreSQL ledger: where answers are committed while the database is away
                             (an SQLite spool, forwarded once it is back; default CELLMFG_LEDGER_DIR's folder);
                             `off`: no spool, an outage turns answers into 503s
-    Security (read by service.security): CELLMFG_API_TOKEN, CELLMFG_API_TOKEN_FILE, CELLMFG_OPEN_PATHS,
+    Security (read by service.web.security): CELLMFG_API_TOKEN, CELLMFG_API_TOKEN_FILE, CELLMFG_OPEN_PATHS,
     CELLMFG_MAX_BODY_BYTES.
     """
 

@@ -82,8 +82,8 @@ def patch_bentoml_timeout() -> bool:
 
     if getattr(TimeoutMiddleware, _PATCHED, False):
         return False
-    expect_source(TimeoutMiddleware.__call__, TIMEOUT_CALL_SHA256, "service/patches.py (request timer fix)")
-    expect_source(TimeoutMiddleware._set_timer_out, SET_TIMER_OUT_SHA256, "service/patches.py (request timer fix)")
+    expect_source(TimeoutMiddleware.__call__, TIMEOUT_CALL_SHA256, "service/web/patches.py (request timer fix)")
+    expect_source(TimeoutMiddleware._set_timer_out, SET_TIMER_OUT_SHA256, "service/web/patches.py (request timer fix)")
     TimeoutMiddleware.__call__ = _call_with_cancelled_timer  # type: ignore[method-assign]
     setattr(TimeoutMiddleware, _PATCHED, True)
     return True
@@ -114,7 +114,7 @@ class _RealPath:
 
 def patch_bentoml_metric_labels(labels: Callable[[str], str]) -> bool:
     """Make BentoML's request metrics label each request with `labels(path)` (a route template or a fixed
-    'other', service.metrics.RouteLabels) instead of its raw path; idempotent, True if this call installed it (a
+    'other', service.engine.metrics.RouteLabels) instead of its raw path; idempotent, True if this call installed it (a
     later call only replaces the mapping). Fails loudly (PatchedCodeChangedError) when BentoML's middleware is not
     the code this fix was written for.
 
@@ -128,7 +128,7 @@ def patch_bentoml_metric_labels(labels: Callable[[str], str]) -> bool:
     setattr(Middleware, _LABELLED, labels)
     if installed:
         return False
-    expect_source(Middleware.__call__, METRICS_CALL_SHA256, "service/patches.py (bounded metric labels)")
+    expect_source(Middleware.__call__, METRICS_CALL_SHA256, "service/web/patches.py (bounded metric labels)")
     original = Middleware.__call__
 
     async def call_with_route_label(self: Any, scope: Any, receive: Any, send: Any) -> None:
@@ -205,7 +205,7 @@ def patch_uvicorn_connection_limits(header_timeout_seconds: float, max_connectio
             AutoHTTPProtocol.__name__)
         return False
     for name, sha256 in H11_SOURCE_SHA256.items():
-        expect_source(getattr(H11Protocol, name), sha256, "service/patches.py (header timeout, connection limit)")
+        expect_source(getattr(H11Protocol, name), sha256, "service/web/patches.py (header timeout, connection limit)")
     connection_made, connection_lost = H11Protocol.connection_made, H11Protocol.connection_lost
     on_response_complete = H11Protocol.on_response_complete
 
@@ -301,7 +301,7 @@ def patch_uvicorn_single_write() -> bool:
 
     if getattr(RequestResponseCycle, _SINGLE_WRITE, False):
         return False
-    expect_source(RequestResponseCycle.send, H11_SEND_SHA256, "service/patches.py (one write per answer)")
+    expect_source(RequestResponseCycle.send, H11_SEND_SHA256, "service/web/patches.py (one write per answer)")
     send = RequestResponseCycle.send
 
     async def send_in_one_write(self: Any, message: Any) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from service.config import Settings
+from service.engine.config import Settings
 
 if TYPE_CHECKING:
     from cellmfg.contract import LoadedModel

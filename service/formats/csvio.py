@@ -33,48 +33,27 @@ from typing import Any
 
 import numpy as np
 
-from cellmfg.domain import Kind, features_for
-from service.guards import CSV_MEDIA_TYPES
-from service.predict import Computed, Predictor
-from service.schemas import MAX_ERRORS_REPORTED
+from cellmfg.contract import FeatureSpec
+from cellmfg.domain import Kind, Quantity, features_for
+from service.engine.errors import MAX_ERRORS_REPORTED, CsvInputError
+from service.engine.model_store import feature_quantity
+from service.engine.predict import Computed, Predictor
+from service.formats.media import CSV_MEDIA_TYPES
 
-CSV_MEDIA_TYPE = "text/csv"
 BOM = "\ufeff"
 # What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
-class CsvInputError(ValueError):
-    """A CSV that cannot be scored; `detail` lists each problem with its line and column."""
-
-    def __init__(self, message: str, detail: list[dict[str, Any]], status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
-        self.status = status
+def kind_columns(kind: Kind) -> list[Quantity]:
+    """The feature columns a kind's CSV needs, each checking its own cells (`Quantity.problem`)."""
+    return list(features_for(kind))
 
 
-@dataclass(frozen=True)
-class FeatureColumn:
-    """A column the model needs and the values it may take."""
-
-    name: str
-    unit: str
-    low: float
-    high: float
-
-    def allowed(self) -> str:
-        return f"allowed: a number in [{self.low:g}, {self.high:g}] {self.unit}"
-
-
-def kind_columns(kind: Kind) -> list[FeatureColumn]:
-    return [FeatureColumn(q.column, q.unit, q.physical_min, q.physical_max) for q in features_for(kind)]
-
-
-def model_columns(features: Sequence[Any]) -> list[FeatureColumn]:
+def model_columns(features: Sequence[FeatureSpec]) -> list[Quantity]:
     """From a contract's `FeatureSpec`s."""
-    return [FeatureColumn(f.name, f.unit, f.physical_min, f.physical_max) for f in features]
+    return [feature_quantity(f) for f in features]
 
 
 @dataclass(frozen=True)
@@ -90,6 +69,11 @@ class CsvTable:
 def _problem(line: int, column: str | None, message: str, kind: str = "csv") -> dict[str, Any]:
     where = f"line {line}" + (f", column {column}" if column else "")
     return {"type": kind, "loc": ["csv", f"line {line}", *([column] if column else [])], "msg": f"{where}: {message}"}
+
+
+def _value_problem(line: int, column: str, message: str) -> dict[str, Any]:
+    """A cell that breaks its quantity's rule: the message (`Quantity.problem`) names the column already."""
+    return {"type": "value_error", "loc": ["csv", f"line {line}", column], "msg": f"line {line}, {message}"}
 
 
 def _fail(problems: list[dict[str, Any]], source: str) -> CsvInputError:
@@ -113,11 +97,11 @@ def _decode(data: bytes, source: str) -> str:
     return text.removeprefix(BOM)
 
 
-def read_csv(data: bytes, columns: list[FeatureColumn], source: str = "CSV body",
+def read_csv(data: bytes, columns: list[Quantity], source: str = "CSV body",
              max_rows: int | None = None) -> CsvTable:
     """Parse and check a CSV body; raise `CsvInputError` naming each problem's line and column."""
     text = _decode(data, source)
-    wanted = ", ".join(c.name for c in columns)
+    wanted = ", ".join(c.column for c in columns)
     if not text.strip():
         raise _fail([_problem(1, None, f"the CSV is empty; the first line must be a header naming the columns "
                                        f"{wanted}", "empty")], source)
@@ -138,7 +122,7 @@ def read_csv(data: bytes, columns: list[FeatureColumn], source: str = "CSV body"
     if max_rows is not None and len(records) > max_rows:
         raise CsvInputError(f"{source}: {len(records)} rows in one request; the limit is {max_rows} rows per request "
                             "(CELLMFG_MAX_ROWS): split the file", [], status=413)
-    positions = [header.index(c.name) for c in columns]
+    positions = [header.index(c.column) for c in columns]
     x = np.empty((len(records), len(columns)), dtype=np.float64)
     for (line, record) in records:
         if len(record) != len(header):
@@ -151,9 +135,8 @@ def read_csv(data: bytes, columns: list[FeatureColumn], source: str = "CSV body"
     for j, (column, position) in enumerate(zip(columns, positions, strict=True)):
         cells = [record[position] for _, record in records]
         values = _column_values(cells)
-        bad = ~np.isfinite(values) | (values < column.low) | (values > column.high)
-        for i in np.flatnonzero(bad).tolist():
-            problems.append(_problem(records[i][0], column.name, _cell_problem(cells[i], column), "value_error"))
+        for i in np.flatnonzero(column.outside(values)).tolist():
+            problems.append(_value_problem(records[i][0], column.column, _cell_problem(cells[i], column)))
             if len(problems) > MAX_ERRORS_REPORTED:
                 raise _fail(problems, source)
         x[:, j] = values
@@ -162,8 +145,8 @@ def read_csv(data: bytes, columns: list[FeatureColumn], source: str = "CSV body"
     return CsvTable(header, [record for _, record in records], x, [line for line, _ in records])
 
 
-def _check_header(header: list[str], columns: list[FeatureColumn]) -> list[dict[str, Any]]:
-    wanted = ", ".join(c.name for c in columns)
+def _check_header(header: list[str], columns: list[Quantity]) -> list[dict[str, Any]]:
+    wanted = ", ".join(c.column for c in columns)
     if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
         separator = "';'" if ";" in header[0] else "a tab"
         return [_problem(1, header[0][:60], f"the header is one column: the file is separated by {separator}; "
@@ -178,8 +161,8 @@ def _check_header(header: list[str], columns: list[FeatureColumn]) -> list[dict[
             problems.append(_problem(1, name, f"appears twice (columns {seen[name]} and {position})", "header"))
         seen.setdefault(name, position)
     for column in columns:
-        if column.name not in seen:
-            problems.append(_problem(1, column.name, f"missing; the header needs the columns {wanted} (any other "
+        if column.column not in seen:
+            problems.append(_problem(1, column.column, f"missing; the header needs the columns {wanted} (any other "
                                                      "column is carried through)", "missing"))
     return problems
 
@@ -215,18 +198,17 @@ def _number(cell: str) -> float:
     return math.nan if value is None else value
 
 
-def _cell_problem(cell: str, column: FeatureColumn) -> str:
+def _cell_problem(cell: str, column: Quantity) -> str:
+    """The quantity's own message for the cell's value (the text itself when it is not a number), with a hint for
+    the usual spreadsheet slips."""
     text = cell.strip()
-    if not text:
-        return f"empty; {column.allowed()}"
-    value = _number(text)
-    if math.isnan(value) and text.lower() not in {"nan", "+nan", "-nan"}:
+    value = parsed_number(text)
+    problem = column.problem(text if value is None else value) or ""
+    if value is None and text:
         hint = (" (write digits as 0-9)" if not text.isascii() else
                 " (use '.' as the decimal mark)" if "," in text else "")
-        return f"{text[:40]!r} is not a number{hint}; {column.allowed()}"
-    if not math.isfinite(value):
-        return f"{text!r} is not finite; {column.allowed()}"
-    return f"{value:g} {column.unit} is physically impossible; {column.allowed()}"
+        return f"{problem}{hint}"
+    return problem
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -386,7 +368,7 @@ def score_csv(predictor: Predictor, data: bytes, *, kind: Kind | None = None, da
         raise ValueError("score_csv needs a model, or a kind and a dataset")
     table = read_csv(data, columns, source, max_rows=predictor.settings.max_rows)
     answer, computed = predictor.compute(answering, table.x, explain, interval)
-    return Scored(table, answer, [a.target.column for a in answering], [c.name for c in columns], interval, explain,
+    return Scored(table, answer, [a.target.column for a in answering], [c.column for c in columns], interval, explain,
                   computed)
 
 

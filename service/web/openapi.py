@@ -3,9 +3,10 @@
 BentoML generates the document from the service's APIs, but documents a 400 whose `detail` is a string, while the
 service answers with a list of problems, and does not know the 401, 413, 415, 422 and 503 answers of the security
 middleware, the request guard, the designer and the predictor at all. `OpenAPIErrorDocs` rewrites the document on
-its way out: error schemas generated from the pydantic models of the error body (`service.schemas.CellMfgError`),
-the error answers of every operation, the bearer-token scheme when authentication is on, and the catalogue served
-now. Clients and schema-driven fuzzers (schemathesis) then see a schema that every response matches.
+its way out: error schemas generated from the pydantic models of the error body
+(`service.formats.schemas.CellMfgError`), the error answers of every operation, the bearer-token scheme when
+authentication is on, and the catalogue served now. Clients and schema-driven fuzzers (schemathesis) then see a
+schema that every response matches.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import json
 import logging
 from typing import Any
 
-from service.config import ConfigError
-from service.guards import ASGIApp, Message, Receive, Scope, Send
-from service.schemas import CellMfgError
-from service.security import SecuritySettings
+from service.engine.config import ConfigError
+from service.formats.schemas import CellMfgError
+from service.web.guards import ASGIApp, Message, Receive, Scope, Send
+from service.web.security import SecuritySettings
 
 log = logging.getLogger("cellmfg.service")
 
@@ -67,7 +68,7 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
                     responses[status] = {"description": description,
                                          "content": {"application/json": {"schema": _ERROR_REF}}}
                 # A design whose targets no recipe meets, or a suggestion window none reaches, is a 422
-                # (service.design, service.suggest), documented beside the 400s.
+                # (service.design.search, service.design.suggest), documented beside the 400s.
                 if path.startswith("/design/"):
                     responses["422"] = {"description": _INFEASIBLE_DESIGN,
                                         "content": {"application/json": {"schema": _ERROR_REF}}}
@@ -76,7 +77,7 @@ def document_errors(spec: dict[str, Any], settings: SecuritySettings) -> dict[st
                                         "content": {"application/json": {"schema": _ERROR_REF}}}
             if any(parameter.get("in") == "query" for parameter in operation.get("parameters", [])):
                 # A bad or missing query parameter is answered 400 in the service's shape
-                # (service.guards.invalid_parameters), never with FastAPI's 422 list.
+                # (service.web.guards.invalid_parameters), never with FastAPI's 422 list.
                 if "HTTPValidationError" in str(responses.get("422", "")):
                     responses.pop("422")
                 responses["400"] = {"description": _QUERY_ERROR,
@@ -96,7 +97,7 @@ def _document_catalogue(spec: dict[str, Any]) -> None:
     accept, and one operation per served model with the rows its contract names. CSV bodies are described in the
     operations' text, not as a schema: no JSON Schema says which strings are a valid CSV, and a schema that
     accepted any string would promise what the service refuses."""
-    from service.schemas import catalogue_is_live, served_datasets, served_models
+    from service.formats.schemas import catalogue_is_live, served_datasets, served_models
 
     schemas = spec.get("components", {}).get("schemas", {})
     for schema_name, path, param, kind in (("ElectrodeRequest", "/predict/electrode", "chemistry", "electrode"),

@@ -34,9 +34,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from cellmfg.domain import Kind
-from service import metrics
-from service.model_store import ServedModel
-from service.predict import Predictor, RequestRejectedError, conformal_interval
+from service.engine import metrics
+from service.engine.errors import RequestRejectedError
+from service.engine.model_store import ServedModel
+from service.engine.predict import Predictor, conformal_interval
 
 # Parameters set on the line from a few fixed settings rather than a dial, taking the values the training data
 # holds. The contract does not list a feature's levels; the paper's data holds exactly two roll speeds, the two ends
@@ -85,7 +86,7 @@ class TargetGoal:
 
 @dataclass(frozen=True)
 class DesignProblem:
-    """A validated design request (see `service.design_schemas`): what to reach and what to keep."""
+    """A validated design request (see `service.design.schemas`): what to reach and what to keep."""
 
     kind: Kind
     dataset: str

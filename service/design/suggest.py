@@ -3,7 +3,7 @@
 A lab runs few, expensive experiments. With the ensemble's spread σ(x) (the disagreement of its members, served
 beside each prediction) the models say where they know least, and that is where a measurement teaches them most:
 
-1. The box to search is /design's (`service.design`): the models' training range or the caller's narrower bounds,
+1. The box to search is /design's (`service.design.search`): the models' training range or the caller's narrower bounds,
    fixed parameters held, a parameter the data holds at a few settings (roll speed) at those settings only. A
    scrambled Sobol design of it (plus its corners, for every discrete combination) goes through one onnxruntime call
    per model, which gives the mean and the spread of every candidate.
@@ -35,8 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cellmfg.domain import Kind
-from service import metrics
-from service.design import (
+from service.design.search import (
     DesignInfeasibleError,
     design_units,
     discrete_combinations,
@@ -48,8 +47,10 @@ from service.design import (
     settings_of,
     target_unit,
 )
-from service.model_store import ServedModel
-from service.predict import Predictor, RequestRejectedError, predict_with_spread
+from service.engine import metrics
+from service.engine.errors import RequestRejectedError
+from service.engine.model_store import ServedModel
+from service.engine.predict import Predictor, predict_with_spread
 
 Strategy = Literal["spread", "window", "space_filling", "window_without_spread"]
 # A spread this small relative to the prediction is no spread: the chance of landing in the window is then 0 or 1.
@@ -71,7 +72,7 @@ _REASONS: dict[Strategy, str] = {
 
 @dataclass(frozen=True)
 class SuggestProblem:
-    """A validated suggestion request (see `service.suggest_schemas`)."""
+    """A validated suggestion request (see `service.design.suggest_schemas`)."""
 
     kind: Kind
     dataset: str
@@ -94,7 +95,7 @@ class _EnsembleEvaluator:
         return all(m.contract.spread_output_name is not None for m in self.models)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Means only (what `service.design`'s refinements take)."""
+        """Means only (what `service.design.search`'s refinements take)."""
         return self.both(x)[0]
 
     def both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -221,7 +222,7 @@ def _distinct_answers(order: np.ndarray, p: np.ndarray, spread: np.ndarray | Non
 
 def _chance_in_window(problem: SuggestProblem, p: np.ndarray, spread: np.ndarray,
                       window_index: list[int]) -> np.ndarray:
-    from scipy.special import ndtr  # the normal CDF; scipy is imported on first use, as in service.design
+    from scipy.special import ndtr  # the normal CDF; scipy is imported on first use, as in service.design.search
 
     chance = np.ones(len(p))
     for (low, high), j in zip(problem.window.values(), window_index, strict=True):

@@ -19,25 +19,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cellmfg.domain import TARGETS, feature_columns
-from service.csvio import parsed_number
-from service.guards import CSV_MEDIA_TYPES, media_type
+from service.engine.errors import MAX_ERRORS_REPORTED, OutcomesInputError
+from service.formats.csvio import parsed_number
+from service.formats.media import CSV_MEDIA_TYPES, media_type
 from service.ledger import OutcomeItem, OutcomesRejectedError, OutcomeTable
-from service.schemas import MAX_ERRORS_REPORTED
 
 _TARGET_COLUMNS = [t.column for t in TARGETS.values()]
 _ID_COLUMNS = ("prediction_id", "sample_id", "dataset", "measured_at", "note")
 _PASSED = {"group_id", "operator", "in_domain", "out_of_domain", *feature_columns("electrode"),
            *feature_columns("gdl")}
 _SCORED_SUFFIXES = ("_predicted", "_low", "_high")
-
-
-class OutcomesInputError(ValueError):
-    """A body that is not a readable list of outcomes; `detail` names each problem."""
-
-    def __init__(self, message: str, detail: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail[:MAX_ERRORS_REPORTED]
 
 
 class _OutcomesBody(BaseModel):

@@ -15,26 +15,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import numpy as np
 
 from cellmfg.contract import FeatureSpec
 from cellmfg.domain import TARGETS, Kind, Target, targets_for
-from service import metrics
-from service.config import ConfigError, Settings
-from service.ledger import Ledger, LedgerStats, ModelOutputs, PredictionBatch, PredictionOutput, PredictionRecord
+from service.engine import metrics
+from service.engine.config import ConfigError, Settings
+from service.engine.model_store import ServedModel
+from service.engine.predict import Computed, conformal_interval, physical
 from service.ledger.ids import new_prediction_id, new_prediction_ids
 from service.ledger.live import DEFAULT_LAST_N, FeatureReference, LiveReport
-from service.ledger.tenure import TenureTracker
-from service.model_store import ServedModel
-from service.predict import Computed, conformal_interval, physical
+from service.ledger.records import LedgerStats, ModelOutputs, PredictionBatch, PredictionOutput, PredictionRecord
+
+if TYPE_CHECKING:  # the store and its SQLAlchemy are imported where the ledger opens (Recorder._open)
+    from service.ledger.store import Ledger
+    from service.ledger.tenure import TenureTracker
 
 log = logging.getLogger("cellmfg.ledger")
 
-# Answers of at most this many rows are committed on the event loop when the ledger can do so without waiting
-# (service.ledger.Ledger.record_inline): ~0.2 ms, less than the hop to the writer thread and back.
+# Answers of at most this many rows are committed on the event loop when the ledger can do so without waiting,
+# the answers of one turn of the loop in one transaction (service.ledger.Ledger.record_grouped): ~0.2 ms, less
+# than the hop to the writer thread and back.
 INLINE_LEDGER_ROWS = 16
+# How long GET /models waits for the ledger's first open before it answers without live figures.
+OPEN_WAIT_SECONDS: float = 5.0
+
+# While the ledger cannot be opened (e.g. its database is not up yet), it is tried again this often.
+LEDGER_OPEN_RETRY_SECONDS = 2.0
 # Inputs of this many recent rows per model are compared with the training data for drift.
 DRIFT_ROWS = 500
 
@@ -189,7 +199,12 @@ class _LiveEntry:
 
 
 class Recorder:
-    """One worker's ledger, its cached counts and live reports, and the housekeeping thread (retention, gauges)."""
+    """One worker's ledger, its cached counts and live reports, and the housekeeping thread (retention, gauges).
+
+    The ledger opens in a thread of its own, started here: importing SQLAlchemy (and Alembic, when the schema needs
+    an upgrade) and opening the database take ~0.4 s, which no longer delay /readyz. An answer that comes before the
+    ledger is open waits for it (`record`), so none goes out unrecorded; if the ledger cannot be opened, every answer
+    that needs it is refused with 503 (LedgerUnavailableError) and /readyz says not ready (`failed`)."""
 
     def __init__(self, settings: Settings, models: Any) -> None:
         if settings.ledger_url is None:
@@ -202,8 +217,9 @@ class Recorder:
             except OSError as error:
                 raise ConfigError(f"CELLMFG_LEDGER_DIR={str(folder)!r}: cannot create the ledger's folder: "
                                   f"{error}") from None
-        self.ledger = Ledger.open(settings.ledger_url, sqlite_synchronous=settings.ledger_sqlite_sync,
-                                  spool_dir=settings.ledger_spool_dir, on_spooled=metrics.LEDGER_SPOOLED_ROWS.set)
+        self._ledger: Ledger | None = None
+        self._open_error: BaseException | None = None
+        self._opened = threading.Event()
         self._models = models  # () -> the served models
         # Live figures and counts are recomputed at most this often (GET /models, the housekeeping thread) and
         # after every post that wrote outcomes: each is a few queries over the measured rows of one model.
@@ -211,10 +227,54 @@ class Recorder:
         self._lock = threading.Lock()
         self._stats: LedgerStats | None = None
         self._live: dict[str, _LiveEntry] = {}
-        self._tenure = TenureTracker()  # when each served version was promoted, as the ledger saw it
+        self._tenure: TenureTracker | None = None  # when each served version was promoted, as the ledger saw it
         self._refreshed = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._opener = threading.Thread(target=self._open, name="ledger-open", daemon=True)
+        self._opener.start()
+
+    def _open(self) -> None:
+        """Open the ledger (in its own thread); on failure, answers that need it get 503 and /readyz says not ready
+        while this tries again every LEDGER_OPEN_RETRY_SECONDS (a database that is not up yet at the start), as a
+        worker that failed at start-up and was restarted would."""
+        from service.ledger.store import Ledger
+        from service.ledger.tenure import TenureTracker
+
+        assert self.settings.ledger_url is not None
+        while not self._stop.is_set():
+            try:
+                self._tenure = TenureTracker()
+                self._ledger = Ledger.open(self.settings.ledger_url,
+                                           sqlite_synchronous=self.settings.ledger_sqlite_sync,
+                                           spool_dir=self.settings.ledger_spool_dir,
+                                           on_spooled=metrics.LEDGER_SPOOLED_ROWS.set)
+                self._open_error = None
+                self._opened.set()
+                return
+            except Exception as error:
+                if self._open_error is None:
+                    log.error("ledger: could not be opened (trying again every %g s): %s",
+                              LEDGER_OPEN_RETRY_SECONDS, error)
+                    metrics.LEDGER_FAILURES.inc()
+                self._open_error = error
+                self._opened.set()  # answers stop waiting: 503 until it opens
+            self._stop.wait(LEDGER_OPEN_RETRY_SECONDS)
+
+    @property
+    def failed(self) -> bool:
+        """The ledger could not be opened (the service answers 503 where it needs it)."""
+        return self._open_error is not None
+
+    @property
+    def ledger(self) -> Ledger:
+        """The open ledger; waits for it while it opens (a fraction of a second after the start);
+        LedgerUnavailableError if it could not be opened."""
+        self._opened.wait()
+        if self._ledger is None:  # could not be opened (yet)
+            raise LedgerUnavailableError(f"the prediction ledger could not be opened "
+                                         f"({type(self._open_error).__name__}); see the service log")
+        return self._ledger
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._housekeeping, name="ledger-housekeeping", daemon=True)
@@ -224,13 +284,20 @@ class Recorder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.ledger.close()
+        self._opener.join(timeout=30)
+        if self._ledger is not None:
+            self._ledger.close()
 
     async def record(self, rows: PredictionBatch | list[PredictionRecord]) -> None:
         """Commit `rows`; LedgerUnavailableError when the database refuses (the answer must not go out)."""
+        if not self._opened.is_set():  # only in the first moments after the start
+            await anyio.to_thread.run_sync(self._opened.wait)
+        ledger = self.ledger
         try:
-            if len(rows) > INLINE_LEDGER_ROWS or not self.ledger.record_inline(rows):
-                await self.ledger.record_async(rows)
+            if len(rows) > INLINE_LEDGER_ROWS:
+                await ledger.record_async(rows)
+            else:  # committed on the event loop, together with the other answers of this turn of the loop
+                await ledger.record_grouped(rows)
         except Exception as error:
             log.error("ledger: could not record %d rows: %s", len(rows), error)
             metrics.LEDGER_FAILURES.inc()
@@ -252,6 +319,10 @@ class Recorder:
         return self._live.get(name)
 
     def _refresh_if_stale(self) -> None:
+        # GET /models right after the start: the background open takes well under a second, so wait for it (as
+        # answers do) rather than show a catalogue without live figures; give up after OPEN_WAIT_SECONDS.
+        if not self._opened.wait(OPEN_WAIT_SECONDS) or self.failed:
+            return
         if time.monotonic() - self._refreshed >= self._refresh_seconds:
             try:
                 self.refresh()
@@ -262,6 +333,7 @@ class Recorder:
         """Recompute counts and every served model's live report; set the gauges."""
         with self._lock:
             stats = self.ledger.stats()
+            assert self._tenure is not None  # made with the ledger
             live: dict[str, _LiveEntry] = {}
             for model in self._models():
                 references = feature_references(model)

@@ -11,7 +11,7 @@ naming it (the parsers keep the last one without a word), and a `Content-Encodin
 here decompresses, so a gzip body used to be answered "Invalid JSON"). A design request is a few hundred bytes: a
 body over `MAX_DESIGN_BODY_BYTES` is refused with 413 before anything parses it.
 
-Bearer-token authentication and the body-size limit (`service.security`) are middleware of the same kind,
+Bearer-token authentication and the body-size limit (`service.web.security`) are middleware of the same kind,
 registered before this one in `service.service` so they wrap it: an unauthenticated or over-size request is
 refused before anything else looks at it.
 """
@@ -25,6 +25,8 @@ from typing import Any
 import anyio.to_thread
 from pydantic_core import to_json
 
+from service.formats.media import CSV_MEDIA_TYPES, media_type
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -35,7 +37,6 @@ JSON_ROUTES = frozenset({"/predict/electrode", "/predict/gdl"})
 # CSV bodies for the kind endpoints go to FastAPI routes that read the raw body (service.service): BentoML's API
 # would parse any body as JSON first.
 CSV_ROUTES = {"/predict/electrode": "/_csv/predict/electrode", "/predict/gdl": "/_csv/predict/gdl"}
-CSV_MEDIA_TYPES = frozenset({"text/csv", "application/csv"})
 UTF8_BOM = b"\xef\xbb\xbf"
 # The largest design request is 2 targets and 11 parameters (~1 KiB); 64 KiB leaves room for any formatting.
 MAX_DESIGN_BODY_BYTES = 64 * 1024
@@ -44,11 +45,6 @@ SEARCH_ROUTES = ("/design/", "/suggest/")
 # Bodies up to this size are checked for repeated keys on the event loop (<1 ms); larger ones (a 10,000-row batch,
 # ~30 ms) in a worker thread, so other requests go on meanwhile.
 INLINE_CHECK_BYTES = 64 * 1024
-
-
-def media_type(content_type: str | None) -> str:
-    """The media type of a Content-Type header value, lower case, without parameters ("" when absent)."""
-    return (content_type or "").split(";")[0].strip().lower()
 
 
 async def send_json(send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -1,7 +1,7 @@
 """The prediction path behind both endpoints: rows -> array, domain check, ONNX, intervals, SHAP, metrics.
 
 Kept apart from the BentoML class so the endpoints stay thin and this can be tested and benchmarked directly.
-The result is a plain dict in the documented response shape (`service.schemas.ElectrodeResponse` /
+The result is a plain dict in the documented response shape (`service.formats.schemas.ElectrodeResponse` /
 `GdlResponse`); building 10,000 pydantic row objects would cost more than the prediction itself.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -17,24 +16,11 @@ from typing import Any
 import numpy as np
 
 from cellmfg.domain import Kind, Target, targets_for
-from service import metrics
-from service.config import Settings
-from service.explain import Explainers
-from service.model_store import ModelStore, ServedModel
-from service.schemas import MAX_ERRORS_REPORTED, short_repr
-
-
-class RequestRejectedError(Exception):
-    """A request that cannot be answered as asked; `status` is the HTTP status to send."""
-
-    def __init__(self, status: int, message: str, detail: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.detail = detail or []
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, "detail": self.detail}
+from service.engine import metrics
+from service.engine.config import Settings
+from service.engine.errors import MAX_ERRORS_REPORTED, RequestRejectedError, short_repr
+from service.engine.explain import Explainers
+from service.engine.model_store import ModelStore, ServedModel
 
 
 @dataclass(frozen=True)
@@ -45,7 +31,7 @@ class _Answering:
 
 @dataclass(frozen=True)
 class Computed:
-    """What one answer was computed from and gave, as arrays: what the ledger records (service.recording)."""
+    """What one answer was computed from and gave, as arrays: what the ledger records (service.ledger.recording)."""
 
     answering: list[_Answering]
     x: np.ndarray  # float64 [n, n_features] in the answering models' feature order
@@ -314,10 +300,10 @@ def interval_summary(model: ServedModel) -> dict[str, Any]:
 
 def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:
     """JSON rows for one model -> float64 [n, n_features], checked against its contract: every feature present,
-    no unknown one, each a finite number inside the feature's physical range. 400 listing the problems (row,
-    field, value, what is allowed), at most MAX_ERRORS_REPORTED of them."""
+    no unknown one, each passing its quantity's one rule (`Quantity.problem`: a finite number inside the physical
+    range). 400 listing the problems (row, field, value, what is allowed), at most MAX_ERRORS_REPORTED of them."""
     columns = model.feature_names
-    specs = {f.name: f for f in model.contract.features}
+    specs = {q.column: q for q in model.quantities}
     x = np.empty((len(rows), len(columns)), dtype=np.float64)
     problems: list[dict[str, Any]] = []
     for i, row in enumerate(rows):
@@ -328,17 +314,14 @@ def rows_to_array(rows: list[Any], model: ServedModel) -> np.ndarray:
                                      f"{', '.join(columns)}, got {short_repr(row)}"))
             continue
         for j, column in enumerate(columns):
-            spec = specs[column]
-            allowed = f"a number in [{spec.physical_min:g}, {spec.physical_max:g}] {spec.unit}"
             if column not in row:
                 problems.append(_problem("missing", ["rows", i, column], f"row {i}: feature {column!r} is missing; "
                                          f"every row needs {', '.join(columns)}"))
                 continue
             value = row[column]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not spec.physical_min <= value <= spec.physical_max:
-                problems.append(_problem("value_error", ["rows", i, column],
-                                         f"row {i}, {column} = {short_repr(value)}: allowed: {allowed}"))
+            problem = specs[column].problem(value)
+            if problem is not None:
+                problems.append(_problem("value_error", ["rows", i, column], f"row {i}, {problem}"))
                 continue
             x[i, j] = value
         for extra in row:

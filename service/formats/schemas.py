@@ -20,6 +20,7 @@ from typing_extensions import TypedDict
 
 from cellmfg.contract import FeatureSpec
 from cellmfg.domain import DATASETS, ELECTRODE_FEATURES, GDL_FEATURES, feature_columns
+from service.engine.errors import MAX_ERRORS_REPORTED, short_repr
 
 # Any dataset the catalogue serves: the paper's are the examples, a lab's own (e.g. lfp) are accepted once their
 # models are promoted; the prediction path answers an unknown one with 400 naming the served datasets.
@@ -75,12 +76,12 @@ _PREDICTION_ID = ("sortable id of this answered row (UUIDv7) in the prediction l
 _ELECTRODE_COLUMNS = feature_columns("electrode")
 _GDL_COLUMNS = feature_columns("gdl")
 _QUANTITIES = {q.column: q for q in (*ELECTRODE_FEATURES, *GDL_FEATURES)}
-# A response lists at most this many problems: a 10,000-row batch with one bad column would otherwise answer
-# with 10,000 entries.
-MAX_ERRORS_REPORTED = 20
 
 
 def _feature(column: str) -> Any:
+    """The quantity's rule (`Quantity.problem`) in the form pydantic checks in Rust and the JSON schema shows: a
+    strict finite number within the physical bounds (10,000 rows would cost ~60,000 Python calls otherwise). What
+    it refuses is worded by `Quantity.problem` (`_describe`); tests/test_one_rule.py holds the two to one verdict."""
     q = _QUANTITIES[column]
     return Field(ge=q.physical_min, le=q.physical_max, allow_inf_nan=False, strict=True,
                  description=f"{q.description} [{q.unit}]; physically possible {q.physical_range_text()}")
@@ -143,12 +144,6 @@ _EXPLAIN_DESCRIPTION = ("add per row the exact SHAP base value and one contribut
 _INTERVAL_DESCRIPTION = "add per row a 90 % split-conformal prediction interval per target"
 
 
-def short_repr(value: Any) -> str:
-    """repr() cut to 80 characters, for error messages that quote a bad value."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _describe(error: Any, columns: list[str], top_fields: list[str], choice_field: str,
               choices: tuple[str, ...]) -> str:
     """One human message per pydantic error: where (row, field), what was sent, what is allowed."""
@@ -165,8 +160,10 @@ def _describe(error: Any, columns: list[str], top_fields: list[str], choice_fiel
         if kind == "extra_forbidden":
             return f"{where}: unknown feature {field!r} = {short_repr(value)}; allowed features: {', '.join(columns)}"
         q = _QUANTITIES.get(field)
-        allowed = f"; allowed: a number in {q.physical_range_text()}" if q else ""
-        return f"{where}, {field} = {short_repr(value)}: {msg}{allowed}"
+        problem = q.problem(value) if q else None
+        if problem is not None:
+            return f"{where}, {problem}"
+        return f"{where}, {field} = {short_repr(value)}: {msg}"
     if loc == ("rows",):
         if kind == "too_short":
             return "rows: at least one row is required, got an empty list"
@@ -422,7 +419,7 @@ class ModelRequest(BaseModel):
     operator: OptionalClientText = None
 
 
-# The error body, named as it appears in the OpenAPI document (service.openapi generates the schema from these).
+# The error body, named as it appears in the OpenAPI document (service.web.openapi generates the schema from these).
 class CellMfgErrorDetail(BaseModel):
     type: str
     loc: list[str | int]

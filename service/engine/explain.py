@@ -1,4 +1,4 @@
-"""Exact SHAP explanations of the served ONNX models, computed by the service itself (`service.shapley`).
+"""Exact SHAP explanations of the served ONNX models, computed by the service itself (`service.engine.shapley`).
 
 The values are those of `shap.explainers.Exact` with a `shap.maskers.Independent` masker over the contract's whole
 background (tests/test_explain.py checks them against shap): with 5-6 features every coalition (2^6 = 64) is
@@ -17,9 +17,9 @@ import weakref
 
 import numpy as np
 
-from service import metrics
-from service.model_store import ServedModel
-from service.shapley import DEFAULT_CHUNK_MODEL_ROWS, ShapleyPlan, make_plan, shapley_values
+from service.engine import metrics
+from service.engine.model_store import ServedModel
+from service.engine.shapley import DEFAULT_CHUNK_MODEL_ROWS, ShapleyPlan, make_plan, shapley_values
 
 # Large explained batches are split over this many threads at most (onnxruntime releases the GIL, so they run on
 # separate cores); more would only queue on the small machines this runs on.

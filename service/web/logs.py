@@ -58,7 +58,7 @@ def quiet_client_errors() -> None:
 
     from cellmfg.patch_guard import expect_source
 
-    expect_source(http_app.log_exception, LOG_EXCEPTION_SHA256, "service/logs.py (one line per refused request)")
+    expect_source(http_app.log_exception, LOG_EXCEPTION_SHA256, "service/web/logs.py (one line per refused request)")
     target = logging.getLogger(BENTOML_HTTP_LOGGER)
     if not any(isinstance(f, ClientErrorLogFilter) for f in target.filters):
         target.addFilter(ClientErrorLogFilter())
