@@ -60,6 +60,7 @@ __all__ = [
     "geometric_tortuosity",
     "measure_row",
     "sample_params",
+    "spread_rows",
     "thin_binder_films",
     "voxel_size",
     "voxels_per_diameter",
@@ -234,6 +235,16 @@ def voxels_per_diameter(params: GDLParams) -> int:
     porosity = params.target_porosity
     chord_in_diameters = porosity / (1.0 - porosity)
     return max(VOXELS_PER_DIAMETER, math.ceil(MIN_VOXELS_PER_PORE_CHORD / chord_in_diameters - 1e-9))
+
+
+def spread_rows(dataset: str, seed: int, structures: int) -> list[int]:
+    """Rows whose target porosity sits at evenly spaced quantiles of the dataset's (densest to most open): the
+    structures the convergence and model-sample scripts measure across the input range."""
+    rows = range(DATASETS[dataset].paper_rows)
+    porosity = np.array([sample_params(dataset, seed, row).target_porosity for row in rows])
+    order = np.argsort(porosity, kind="stable")
+    picks = np.round(np.linspace(0, len(order) - 1, structures)).astype(int)
+    return [int(order[i]) for i in picks]
 
 
 def voxel_size(params: GDLParams, per_diameter: float | None = None) -> float:

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from cellmfg.dataio import DATA_DIR
-from cellmfg.domain import DATASETS
 from datagen import gdl_microstructure as gdl
 from datagen.generate import CONVERGENCE_NAME, DEFAULT_SEED
 
@@ -33,15 +32,6 @@ DATASET = "gdl200"
 # Halving the voxel may move tau - 1 by less than this fraction for the voxel to count as converged (issue 23).
 CONVERGED_RELATIVE_CHANGE = 0.10
 MODELS = {"shipped": gdl.SHIPPED_MODEL, "geodict_binder": gdl.GEODICT_BINDER_MODEL}
-
-
-def spread_rows(seed: int, structures: int) -> list[int]:
-    """Rows whose target porosity sits at evenly spaced quantiles of the dataset's (densest to most open)."""
-    rows = range(DATASETS[DATASET].paper_rows)
-    porosity = np.array([gdl.sample_params(DATASET, seed, row).target_porosity for row in rows])
-    order = np.argsort(porosity, kind="stable")
-    picks = np.round(np.linspace(0, len(order) - 1, structures)).astype(int)
-    return [int(order[i]) for i in picks]
 
 
 def _measure(params: gdl.GDLParams, row: int, seed: int, domain: tuple[float, float],
@@ -60,7 +50,7 @@ def run(structures: int, seed: int, model_name: str = "shipped") -> dict[str, ob
         "paper_footprint": (gdl.PAPER_DOMAINS[DATASET], 1),
     }
     rows = []
-    for row in spread_rows(seed, structures):
+    for row in gdl.spread_rows(DATASET, seed, structures):
         params = gdl.sample_params(DATASET, seed, row)
         own = gdl.voxels_per_diameter(params)
         result: dict[str, object] = {"row": row, "params": vars(params), "voxels_per_diameter": own}

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from cellmfg.domain import DATASETS
 from datagen import gdl_microstructure as gdl
 from datagen.generate import DEFAULT_SEED
 
@@ -39,15 +38,6 @@ VARIANTS: dict[str, tuple[gdl.StructureModel, bool]] = {  # model, keep the bind
     "domain_binder": (gdl.StructureModel(binder_basis="domain"), True),
     "geodict_binder": (gdl.GEODICT_BINDER_MODEL, True),
 }
-
-
-def spread_rows(seed: int, structures: int) -> list[int]:
-    """Rows whose shipped target porosity sits at evenly spaced quantiles of the dataset's (densest first)."""
-    rows = range(DATASETS[DATASET].paper_rows)
-    porosity = np.array([gdl.sample_params(DATASET, seed, row).target_porosity for row in rows])
-    order = np.argsort(porosity, kind="stable")
-    picks = np.round(np.linspace(0, len(order) - 1, structures)).astype(int)
-    return [int(order[i]) for i in picks]
 
 
 def measure(variant: str, rows: list[int], seed: int, per_diameter: float) -> list[dict[str, float]]:
@@ -87,7 +77,7 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    rows = spread_rows(args.seed, args.structures)
+    rows = gdl.spread_rows(DATASET, args.seed, args.structures)
     result: dict[str, object] = {"dataset": DATASET, "seed": args.seed, "rows": rows,
                                  "voxels_per_diameter": args.voxels_per_diameter, "variants": {}}
     print("| variant | mean | min | max | skew | mean-predictor MAPE | porosity |\n|---|---|---|---|---|---|---|")

@@ -21,12 +21,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import QueryParams
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cellmfg.domain import Kind
 from service.formats.jsonresp import json_response
 from service.formats.schemas import ElectrodeRequest, GdlRequest
-from service.web.guards import read_body
+from service.web.guards import header_values, read_body, replaying
 
 if TYPE_CHECKING:
     from service.answers import Answers
@@ -65,23 +65,8 @@ def shadow_asked(query_string: bytes | str) -> bool:
 
 
 def _first_header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+    values = header_values(scope, name)
+    return values[0].decode("latin-1") if values else None
 
 
 class HotPredict:
@@ -99,12 +84,12 @@ class HotPredict:
         body = await read_body(receive)
         kind, request_model, dataset_field = route
         if len(body) > HOT_BODY_BYTES:
-            await self.app(scope, _replaying(body, receive), send)
+            await self.app(scope, replaying(body, receive), send)
             return
         try:
             request = request_model.model_validate_json(body or b"{}")
         except Exception:  # BentoML validates again and answers the problems in the documented shape
-            await self.app(scope, _replaying(body, receive), send)
+            await self.app(scope, replaying(body, receive), send)
             return
         try:
             response = await answers.predict(kind, getattr(request, dataset_field), request.rows, request.explain,

@@ -111,7 +111,8 @@ def _content_length(scope: Scope, size: int) -> Scope:
     return {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` that first hands out the already-read `body`, then the rest of the conversation."""
     sent = False
 
     async def replay() -> Message:
@@ -202,7 +203,7 @@ class RequestGuard:
             await send_json(send, 400, {"error": message, "detail": [
                 {"type": "duplicate_key", "loc": [key], "msg": message}]})
             return
-        await self.app(scope, _replaying(body, receive), send)
+        await self.app(scope, replaying(body, receive), send)
 
 
 def _search_noun(path: str) -> str:
