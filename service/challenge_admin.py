@@ -19,7 +19,6 @@ Imported by `service.service` at start (the route's documentation): numpy, MLflo
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +102,8 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def check_token(authorization: list[str]) -> None:
     """Promotion needs the service's API token: 403 when none is configured, 401 when it is missing or wrong
-    (compared in constant time, as service.web.security does)."""
-    from service.web.security import REALM, SecuritySettings
+    (the security middleware's own comparison, `token_verdict`)."""
+    from service.web.security import REALM, SecuritySettings, token_verdict
 
     try:
         settings = SecuritySettings.from_env()
@@ -113,12 +112,13 @@ def check_token(authorization: list[str]) -> None:
     if settings.token is None:
         raise RefusedError(403, "promotion over HTTP needs the service's API token, and this service has none "
                                 "(CELLMFG_API_TOKEN unset); promote with `cellmfg registry promote --challenger NAME`")
-    scheme, _, credentials = (authorization[0] if len(authorization) == 1 else "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
+    # Starlette decodes header bytes as latin-1, so this gives back the bytes the middleware compares.
+    verdict = token_verdict([value.encode("latin-1", "replace") for value in authorization],
+                            hashlib.sha256(settings.token).digest())
+    if verdict == "missing":
         raise RefusedError(401, "promotion needs the API token: send 'Authorization: Bearer <token>'",
                            {"www-authenticate": f'Bearer realm="{REALM}"'})
-    given = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
-    if not hmac.compare_digest(given, hashlib.sha256(settings.token).digest()):
+    if verdict != "ok":
         raise RefusedError(401, "the bearer token is not valid for this server",
                            {"www-authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
 

@@ -53,6 +53,18 @@ DRAIN_SECONDS = 10.0
 REALM = "cellmfg"
 
 
+def token_verdict(authorization: list[bytes], token_digest: bytes) -> str:
+    """'ok', 'missing' or 'invalid' for a request's Authorization header values against the SHA-256 digest of the
+    server's token; constant time in the token, and a second Authorization header is never 'ok'."""
+    if not authorization:
+        return "missing"
+    scheme, _, credentials = authorization[0].strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not credentials.strip():
+        return "missing"
+    given = hashlib.sha256(credentials.strip()).digest()
+    return "ok" if hmac.compare_digest(given, token_digest) and len(authorization) == 1 else "invalid"
+
+
 def _ascii_token(text: str, source: str) -> bytes:
     token = text.strip()
     if len(token) < MIN_TOKEN_LENGTH:
@@ -197,15 +209,7 @@ class SecurityMiddleware:
         return self._check_token(scope) == "ok"
 
     def _check_token(self, scope: Scope) -> str:
-        """'ok', 'missing' or 'invalid'; constant time in the token."""
-        values = header_values(scope, b"authorization")
-        if not values:
-            return "missing"
-        scheme, _, credentials = values[0].strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not credentials.strip():
-            return "missing"
-        given = hashlib.sha256(credentials.strip()).digest()
-        return "ok" if hmac.compare_digest(given, self._token_digest) and len(values) == 1 else "invalid"
+        return token_verdict(header_values(scope, b"authorization"), self._token_digest)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._error is not None:
