@@ -54,7 +54,15 @@ from pydantic import BaseModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from testkit.fakes import example_rows, write_fake_bundle
-from testkit.processes import ServerProcess, cellmfg_server, clean_env, docker_container, free_port, wait_for
+from testkit.processes import (
+    VENV_BIN,
+    ServerProcess,
+    cellmfg_server,
+    clean_env,
+    docker_container,
+    free_port,
+    wait_for,
+)
 
 DATASET = "nmc"
 MODELS = ("density_nmc_onnx", "mass_loading_nmc_onnx")
@@ -361,6 +369,11 @@ def main() -> int:
     parser.add_argument("--throughput-only", action="store_true",
                         help="only the side-by-side rounds (single-row requests/s at c=1 and c=32, the 10,000-row "
                              "request): no explain costs, cold starts or design")
+    parser.add_argument("--floor", action="store_true",
+                        help="only what BentoML alone costs (issue 28): the bare FastAPI app mounted in a BentoML "
+                             "service (scripts/bench_bare_bento.py) beside the bare app and our service, "
+                             "single-row req/s in alternating rounds, then --starts starts to /readyz of it and of "
+                             "ours, alternated")
     parser.add_argument("--starts", type=int, default=5, help="starts per configuration with --start-only")
     parser.add_argument("--serve-fastapi", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -379,6 +392,8 @@ def main() -> int:
         return ledger_only(bundle, env, work, args)
     if args.start_only:
         return start_only(bundle, env, work, args)
+    if args.floor:
+        return floor_only(bundle, env, work, args)
     single = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1)}
     batch = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 10_000, seed=1)}
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -673,6 +688,72 @@ def ledger_only(bundle: Path, env: dict[str, str], work: Path, args: argparse.Na
     return 0
 
 
+# --- the floor BentoML sets (issue 28) ---
+def bare_bento_server(bundle: Path, env: dict[str, str], home: Path, log_path: Path) -> ServerProcess:
+    """`bentoml serve` of scripts/bench_bare_bento.py (the bare FastAPI app mounted in BentoML) on a free port."""
+    port = free_port()
+    scripts = Path(__file__).resolve().parent
+    run_env = {**env, "BENCH_BUNDLE": str(bundle), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    return ServerProcess("bare app in BentoML", [str(VENV_BIN / "bentoml"), "serve", "bench_bare_bento:BareService",
+                                                 "--port", str(port), "--working-dir", str(scripts)],
+                         log_path, port, env=run_env, cwd=scripts, stop_timeout=20)
+
+
+def floor_only(bundle: Path, env: dict[str, str], work: Path, args: argparse.Namespace) -> int:
+    """Single-row req/s of the bare FastAPI app, the same app inside BentoML, and our service (alternating rounds,
+    medians), then starts to /readyz of the bare BentoML service and of ours (alternated, medians)."""
+    single = {"chemistry": DATASET, "rows": example_rows("electrode", DATASET, 1)}
+    servers = {"fastapi": fastapi_server(bundle, env, work / "fastapi.log"),
+               "bentoml": bare_bento_server(bundle, env, work / "home-bare", work / "bare.log"),
+               "service": cellmfg_server({**env, "BENTOML_HOME": str(work / "home-service"),
+                                          "CELLMFG_POLL_SECONDS": "0"}, work / "service.log", bundle=bundle)}
+    rounds: dict[str, dict[str, list[float]]] = {name: {"c1": [], "c32": []} for name in servers}
+    loads = []
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready(timeout=180)
+        urls = {name: f"{server.url}/predict/electrode" for name, server in servers.items()}
+        for url in urls.values():  # the lazy app builds on its first request; every server warms up alike
+            timed_posts(url, single, 20)
+        for index in range(args.rounds):
+            for name in (list(urls) if index % 2 == 0 else list(urls)[::-1]):
+                loads.append(os.getloadavg()[0])
+                for c in (1, 32):
+                    rounds[name][f"c{c}"].append(load(urls[name], single, c, args.duration)["rps"])
+    finally:
+        for server in servers.values():
+            server.stop()
+    rps = {name: {key: statistics.median(values) for key, values in by_c.items()} for name, by_c in rounds.items()}
+    print(f"Single-row POST /predict/electrode (NMC, two models), median req/s over {args.rounds} alternating rounds "
+          f"of {args.duration:g} s; load average {min(loads):.2f}-{max(loads):.2f}; "
+          f"{'wrk' if WRK is not None else 'aiohttp'}")
+    print(f"{'':34s} {'c=1':>8s} {'c=32':>8s}")
+    labels = {"fastapi": "bare FastAPI app (uvicorn)", "bentoml": "the same app inside BentoML",
+              "service": "our service"}
+    for name, label in labels.items():
+        print(f"{label:34s} {rps[name]['c1']:8.0f} {rps[name]['c32']:8.0f}")
+    for c in ("c1", "c32"):
+        print(f"{c}: BentoML floor / bare app {rps['bentoml'][c] / rps['fastapi'][c]:.2f}; our service / BentoML "
+              f"floor {rps['service'][c] / rps['bentoml'][c]:.2f}; our service / bare app "
+              f"{rps['service'][c] / rps['fastapi'][c]:.2f}")
+
+    starts: dict[str, list[float]] = {"bentoml": [], "service": []}
+    for i in range(args.starts):
+        with bare_bento_server(bundle, env, work / f"home-bare-{i}", work / f"start-bare-{i}.log") as bare:
+            starts["bentoml"].append(bare.wait_ready(timeout=180))
+        starts["service"].append(timed_start(bundle, env, work / f"home-start-{i}", work / f"start-{i}.log")["ready_s"])
+    for name, label in (("bentoml", "bare app inside BentoML"), ("service", "our service (8 models)")):
+        print(f"start to /readyz, {label:26s}: median {statistics.median(starts[name]):.2f} s "
+              f"(runs {', '.join(f'{t:.2f}' for t in starts[name])})")
+    print(f"goal < {GOAL_READY_S:.0f} s leaves our service "
+          f"{GOAL_READY_S - statistics.median(starts['bentoml']):.2f} s beyond BentoML's own start; it takes "
+          f"{statistics.median(starts['service']) - statistics.median(starts['bentoml']):.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"rps": rps, "rounds": rounds, "starts": starts, "loads": loads}, indent=2))
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -8,6 +8,7 @@ interval.
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 from collections.abc import Iterator
@@ -354,8 +355,13 @@ def test_http_json_and_csv_answers_with_an_ensemble(client: Any) -> None:
     assert set(first["spread"]) == {"tortuosity"} and first["spread"]["tortuosity"] > 0
     as_csv = client.post("/predict/gdl", json=body, headers={"Accept": "text/csv"})
     assert as_csv.status_code == 200, as_csv.text
-    header = next(io.StringIO(as_csv.text)).strip().split(",")
-    assert "tortuosity_low" in header and "spread" not in header and "spread_predicted" not in header
+    table = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert "tortuosity_low" in table[0] and "spread" not in table[0] and "spread_predicted" not in table[0]
+    # the CSV answer carries the spread beside the interval, the same numbers as the JSON answer
+    assert [float(row["tortuosity_spread"]) for row in table] == \
+        [row["spread"]["tortuosity"] for row in response.json()["predictions"]]
+    without_interval = client.post("/predict/gdl", json={**body, "interval": False}, headers={"Accept": "text/csv"})
+    assert "tortuosity_spread" not in next(io.StringIO(without_interval.text))
 
 
 def test_the_fake_ensemble_contract_checksum_matches() -> None:

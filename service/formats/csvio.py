@@ -9,7 +9,8 @@ usually come from a locale that writes `0,5` for one half, and a guess would rea
 problem is reported with its line (the header is line 1) and column, at most `MAX_ERRORS_REPORTED` of them.
 
 Writing: every input column as sent, then per target `{column}_predicted` (and `{column}_low`, `{column}_high` with
-intervals), `in_domain`, `out_of_domain` (the features outside the training range, `;`-separated), and with
+intervals, and `{column}_spread` when an ensemble's spread scales that target's interval, as the JSON answer's
+`spread` shows), `in_domain`, `out_of_domain` (the features outside the training range, `;`-separated), and with
 explanations `{column}_shap_base` and `{column}_shap_{feature}` per feature. Numbers are written with Python's
 shortest round-trip repr, so reading the CSV back gives the same float64 values as the JSON answer. An input column
 with the name of an output column is replaced by the fresh value. A cell holding a line break or a bare carriage return
@@ -27,7 +28,7 @@ import csv
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,12 +223,15 @@ def json_rows_table(rows: list[dict[str, float]], columns: list[str], x: np.ndar
 
 
 def output_columns(targets: list[str], features: list[str], interval: bool, explain: bool,
-                   ids: bool = False) -> list[str]:
+                   ids: bool = False, spread: Collection[str] = ()) -> list[str]:
+    """The answer's columns; `spread`: the targets whose answer carries an ensemble spread (with intervals)."""
     names = ["prediction_id"] if ids else []
     for target in targets:
         names.append(f"{target}_predicted")
         if interval:
             names += [f"{target}_low", f"{target}_high"]
+            if target in spread:
+                names.append(f"{target}_spread")
     names += ["in_domain", "out_of_domain"]
     if explain:
         for target in targets:
@@ -239,8 +243,11 @@ def output_columns(targets: list[str], features: list[str], interval: bool, expl
 def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], features: list[str], interval: bool,
               explain: bool) -> str:
     """The scored CSV: every input column as sent, then the answer's columns (see the module docstring)."""
-    ids = bool(answer["predictions"]) and "prediction_id" in answer["predictions"][0]
-    added = output_columns(targets, features, interval, explain, ids)
+    first = answer["predictions"][0] if answer["predictions"] else {}
+    ids = "prediction_id" in first
+    # The spread is per target and model, the same for every row: the first row says which targets carry one.
+    spread = [target for target in targets if target in first.get("spread", {})] if interval else []
+    added = output_columns(targets, features, interval, explain, ids, spread)
     added_set = set(added)
     keep = [i for i, name in enumerate(table.header) if name not in added_set]
     out = io.StringIO(newline="")
@@ -255,6 +262,8 @@ def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], featu
             if interval:
                 low, high = row["interval"][target] if target in row.get("interval", {}) else (None, None)
                 values += [_num(low), _num(high)]
+                if target in spread:
+                    values.append(_num(row["spread"][target]))
         values.append("true" if row["in_domain"] else "false")
         values.append(";".join(item["feature"] for item in row["out_of_domain"]))
         if explain:
