@@ -39,9 +39,9 @@ all its other sheets are the repetition's **fixed held-out set**, the same for e
 of 4 recipes, chosen by
 
 - **suggestion**: the `/suggest` criterion without a window (largest ensemble spread σ/|p| over a Sobol design of
-  the box, candidates answered alike counted once, the best 4 kept a tenth of a range apart), re-implemented in
-  `training/campaign.py` on the service's constants because training may not import the service (a test checks
-  constants, Sobol design and greedy pass against `service.design.search`);
+  the box, candidates answered alike counted once, the best 4 kept a tenth of a range apart): the same Sobol design,
+  duplicate removal and greedy pass as the service (`cellmfg/recipe_search.py`, which both import; a test checks
+  the box and the picks against `service.design`);
 - **random**: uniform in the box; **sobol**: one scrambled Sobol sequence per repetition, 4 points a round.
 
 The box is the chemistry's paper range for all three (the service searches the served model's training range, which

@@ -7,52 +7,65 @@ Fast tests need no training; the one `trains` test runs a 2-repetition, 2-round 
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from cellmfg.domain import DENSITY
+from cellmfg.recipe_search import MIN_SEPARATION
 from datagen import electrode_process
 from training import campaign
 from training.config import load_config
 
 # -------------------------------------------------------------------------------------------------------------
-# The suggestion criterion is the service's (training cannot import the service; tests can)
+# The suggestion criterion is the service's: both call cellmfg.recipe_search; the box and its candidates must match
 
 
-def test_the_criterion_constants_are_the_services() -> None:
-    from service.design import search as design
-    from service.design import suggest
-
-    assert campaign.DISCRETE_FEATURES == design.DISCRETE_FEATURES
-    assert campaign.SOBOL_LOG2 == design.SOBOL_LOG2
-    assert campaign.SOBOL_SEED == design.SOBOL_SEED
-    assert campaign.MAX_DESIGN_ROWS == design.MAX_DESIGN_ROWS
-    assert campaign.MIN_SEPARATION == design.MIN_SEPARATION
-    assert campaign.ROUND_DIGITS_OF_RANGE == design.ROUND_DIGITS_OF_RANGE
-    for dimensions, combinations in ((4, 2), (5, 2), (5, 40)):
-        np.testing.assert_array_equal(campaign.design_units(dimensions, combinations),
-                                      design.design_units(dimensions, combinations))
-    p = np.array([[1.0], [2.0], [1.0], [3.0]])
-    spread = np.array([[0.1], [0.2], [0.1], [0.3]])
-    order = np.array([3, 0, 2, 1])
-    np.testing.assert_array_equal(campaign.distinct_answers(order, p[:, 0], spread[:, 0]),
-                                  suggest._distinct_answers(order, p, spread))
-
-
-def test_the_greedy_diversity_pass_picks_what_the_service_picks() -> None:
+def _service_space(box: campaign.RecipeBox) -> Any:
     from service.design import search as design
 
-    box = campaign.recipe_box("nmc")
-    space = design.SearchSpace(
+    return design.SearchSpace(
         columns=list(box.columns), base=box.low.copy(), low=box.low, high=box.high, continuous=box.continuous,
         discrete=box.discrete, decimals=box.decimals, train_low=box.low, train_high=box.high, common_low=box.low,
         common_high=box.high, disjoint=[])
+
+
+def test_the_campaign_box_is_the_one_suggest_searches_over_the_paper_ranges() -> None:
+    from service.design.search import search_space
+
+    for chemistry in campaign.ELECTRODE_CHEMISTRIES:
+        box = campaign.recipe_box(chemistry)
+        # What search_space reads: the request's bounds and fixed values, the models' features and training range.
+        paper_range = SimpleNamespace(bounds={}, fixed={})
+        model = SimpleNamespace(feature_names=list(box.columns), train_min=box.low, train_max=box.high)
+        space = search_space(cast(Any, paper_range), [cast(Any, model)])
+        assert space.columns == list(box.columns)
+        np.testing.assert_array_equal(space.continuous, box.continuous)
+        assert list(space.discrete) == list(box.discrete)
+        np.testing.assert_array_equal(space.decimals, box.decimals)
+
+
+def test_the_campaign_picks_what_suggest_picks_from_the_same_candidates() -> None:
+    from service.design import search as design
+    from service.design import suggest
+
+    box = campaign.recipe_box("nmc")
+    space = _service_space(box)
     candidates = campaign.suggestion_candidates(box)
     np.testing.assert_array_equal(candidates[:50], space.rounded(candidates[:50]))
-    order = np.random.default_rng(3).permutation(len(candidates))
+    rng = np.random.default_rng(3)
+    p, spread = rng.uniform(1.5, 3.0, len(candidates)), rng.uniform(0.0, 0.2, len(candidates))
+    spread[5:40] = spread[0]  # ties and repeated answers, as nets that ignore a parameter give
+    p[5:40] = p[0]
+    relative = spread / p
+    order = np.argsort(-relative, kind="stable")
     for k in (1, 4, 10):
-        assert campaign.diverse(box, candidates, order, k) == design.diverse(space, candidates, order, k)
+        service_pick = design.diverse(space, candidates, suggest._distinct_answers(order, p[:, None], spread[:, None]),
+                                      k)
+        np.testing.assert_array_equal(campaign.suggest_by_spread(box, candidates, p, spread, k),
+                                      candidates[service_pick])
 
 
 def test_suggestion_takes_the_largest_relative_spread_but_keeps_its_picks_apart() -> None:
@@ -66,7 +79,7 @@ def test_suggestion_takes_the_largest_relative_spread_but_keeps_its_picks_apart(
     units = box.normalised(chosen)
     for i in range(4):
         for j in range(i):
-            assert np.max(np.abs(units[i] - units[j])) >= campaign.MIN_SEPARATION
+            assert np.max(np.abs(units[i] - units[j])) >= MIN_SEPARATION
 
 
 def test_random_and_sobol_recipes_stay_in_the_box_at_the_roll_speed_settings() -> None:

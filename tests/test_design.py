@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from cellmfg.domain import DATASETS, feature_columns
+from cellmfg.recipe_search import MIN_SEPARATION
 from service.design.schemas import (
     ELECTRODE_DESIGN_EXAMPLE,
     GDL_DESIGN_EXAMPLE,
@@ -24,7 +25,6 @@ from service.design.schemas import (
     GdlDesignResponse,
     InfeasibleDesign,
 )
-from service.design.search import MIN_SEPARATION
 from service.engine import metrics
 from testkit.fakes import fake_models, onnx_predict
 

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from cellmfg.domain import DATASETS, feature_columns
-from service.design.search import MIN_SEPARATION, DesignInfeasibleError
+from cellmfg.recipe_search import MIN_SEPARATION
+from service.design.search import DesignInfeasibleError
 from service.design.suggest import Suggester, SuggestProblem
 from service.design.suggest_schemas import MAX_K, ElectrodeSuggestRequest, GdlSuggestRequest, suggest_problem
 from service.engine.predict import Predictor

@@ -16,8 +16,8 @@ Strategies, 8 rounds of 4 recipes, all in the chemistry's paper range (the box r
   of the box plus its corners (2,048 points per roll-speed setting, the service's seed), rounded to a thousandth of each
   range, scored by the ensemble's relative spread σ/|p|, candidates the model answers identically counted once, and
   a greedy pass keeping the best 4 that differ from each other by a tenth of a range in some continuous parameter.
-  Training may not import the service (`.importlinter`), so the criterion is re-implemented here on the same
-  constants; tests/test_campaign.py checks the constants and the greedy pass against `service.design.search`. One
+  The design, the duplicate removal and the greedy pass are `cellmfg.recipe_search`, which the service uses too
+  (training may not import the service); tests/test_campaign.py checks the box and the picks against it. One
   difference is deliberate: the service searches the served model's *training* range, which after two sheets is a
   sliver of the paper range; here the box is the paper range for every strategy.
 - `random`: uniform in the box, roll speed one of its two settings.
@@ -53,21 +53,19 @@ import pandas as pd
 
 from cellmfg.domain import DATASETS, Target, feature_columns
 from cellmfg.paper import PAPER_MAPE
+from cellmfg.recipe_search import (
+    DISCRETE_FEATURES,
+    design_units,
+    distinct_answers,
+    keep_apart,
+    settings_decimals,
+)
 from training import evaluate, fit, nets
 from training.config import TrainConfig
 
 Strategy = Literal["suggestion", "random", "sobol"]
 STRATEGIES: tuple[Strategy, ...] = ("suggestion", "random", "sobol")
 COMPARED: tuple[Strategy, ...] = ("random", "sobol")  # suggestion − each of these
-
-# The suggestion criterion's constants, as `service.design.search` / `service.design.suggest` define them
-# (training cannot import the service; tests/test_campaign.py checks they are equal).
-DISCRETE_FEATURES: frozenset[str] = frozenset({"roll_speed_m_min"})
-SOBOL_LOG2 = 11
-SOBOL_SEED = 20250101
-MAX_DESIGN_ROWS = 65_536
-MIN_SEPARATION = 0.1
-ROUND_DIGITS_OF_RANGE = 3
 
 ELECTRODE_CHEMISTRIES = ("si_gra", "nmc")  # targets a campaign can run on (the GDL generator: see docs/campaign.md)
 
@@ -104,7 +102,7 @@ class RecipeBox:
         return x
 
     def normalised(self, x: np.ndarray) -> np.ndarray:
-        """The continuous parameters in box units: the diversity measure of `service.design.search.diverse`."""
+        """The continuous parameters in box units: the diversity measure of `cellmfg.recipe_search.keep_apart`."""
         span = self.high[self.continuous] - self.low[self.continuous]
         return np.asarray((x[:, self.continuous] - self.low[self.continuous]) / np.where(span > 0, span, 1.0))
 
@@ -127,24 +125,8 @@ def recipe_box(chemistry: str) -> RecipeBox:
                 if c in DISCRETE_FEATURES and high[j] > low[j]}
     continuous = np.asarray([j for j in range(len(columns)) if j not in discrete and high[j] > low[j]], dtype=int)
     span = high - low
-    decimals = np.asarray([ROUND_DIGITS_OF_RANGE - math.floor(math.log10(s)) if s > 0 else 0 for s in span])
+    decimals = settings_decimals(span)
     return RecipeBox(columns, low, high, continuous, discrete, decimals)
-
-
-def design_units(dimensions: int, combinations: int) -> np.ndarray:
-    """Sobol points of the unit box plus its corners (`service.design.search.design_units`)."""
-    if dimensions == 0:
-        return np.zeros((1, 0))
-    log2 = SOBOL_LOG2
-    while log2 > 6 and (2**log2 + 2**dimensions) * combinations > MAX_DESIGN_ROWS:
-        log2 -= 1
-    from scipy.stats import qmc
-
-    sobol = qmc.Sobol(dimensions, scramble=True, rng=SOBOL_SEED).random_base2(log2)
-    if dimensions > 10:
-        return np.asarray(sobol)
-    corners = np.array(list(itertools.product((0.0, 1.0), repeat=dimensions)))
-    return np.concatenate([sobol, corners])
 
 
 def suggestion_candidates(box: RecipeBox) -> np.ndarray:
@@ -153,34 +135,13 @@ def suggestion_candidates(box: RecipeBox) -> np.ndarray:
     return box.rounded(np.concatenate([box.rows(units, combo) for combo in box.combinations()]))
 
 
-def distinct_answers(order: np.ndarray, p: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """`order` without candidates answered exactly like an earlier one (`service.design.suggest._distinct_answers`)."""
-    answers = np.column_stack([p, spread])
-    _, first = np.unique(answers[order], axis=0, return_index=True)
-    return np.asarray(order[np.sort(first)])
-
-
-def diverse(box: RecipeBox, x: np.ndarray, order: np.ndarray, k: int) -> list[int]:
-    """Greedy: walk `order` and keep a row unless it lies within MIN_SEPARATION (Chebyshev, box units) of one kept
-    (`service.design.search.diverse`)."""
-    chosen: list[int] = []
-    kept: list[np.ndarray] = []
-    normalised = box.normalised(x[order]) if len(order) else np.empty((0, 0))
-    for i, z in zip(order.tolist(), normalised, strict=True):
-        if all(np.max(np.abs(z - other)) >= MIN_SEPARATION for other in kept):
-            chosen.append(i)
-            kept.append(z)
-            if len(chosen) == k:
-                break
-    return chosen
-
-
 def suggest_by_spread(box: RecipeBox, candidates: np.ndarray, p: np.ndarray, spread: np.ndarray, k: int
                       ) -> np.ndarray:
     """The k recipes /suggest picks without a window: largest relative spread, distinct answers, diverse."""
     relative = spread / np.maximum(np.abs(p), np.finfo(float).tiny)
     order = np.argsort(-relative, kind="stable")
-    chosen = diverse(box, candidates, distinct_answers(order, p, spread), k)
+    kept = distinct_answers(order, np.column_stack([p, spread]))
+    chosen = keep_apart(kept, box.normalised(candidates[kept]), k)
     return np.asarray(candidates[chosen])
 
 

@@ -34,28 +34,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from cellmfg.domain import Kind
+from cellmfg.recipe_search import DISCRETE_FEATURES, design_units, keep_apart, settings_decimals
 from service.engine import metrics
 from service.engine.errors import RequestRejectedError
 from service.engine.model_store import ServedModel
 from service.engine.predict import Predictor, conformal_interval
 
-# Parameters set on the line from a few fixed settings rather than a dial, taking the values the training data
-# holds. The contract does not list a feature's levels; the paper's data holds exactly two roll speeds, the two ends
-# of the training range (0.27 and 0.54 m/min on every dataset), so the levels are read from the contract's range.
-DISCRETE_FEATURES: frozenset[str] = frozenset({"roll_speed_m_min"})
-
-SOBOL_LOG2 = 11  # 2,048 design points per combination of discrete settings: well under 1 ms through the tiny nets
-SOBOL_SEED = 20250101  # fixed, so a design is reproducible
-MAX_DESIGN_ROWS = 65_536  # bounds memory and time when many discrete combinations multiply the design
 EXTRA_REFINE_STARTS = 2  # local refinements started: one per recipe asked for, plus these (at least MIN_REFINE_STARTS)
 MIN_REFINE_STARTS = 4
 REFINE_MAX_EVALUATIONS = 40
-MIN_SEPARATION = 0.1  # in box units: a recipe differs from every other kept in some free parameter by this much
 MAX_RESIDUAL = 1e6  # deviations are clipped here (in tolerances): far beyond reach, and their squares stay finite
 CLOSE_ENOUGH = 0.05  # a refinement stops once every target is this close, in units of its tolerance
 RANK_RESOLUTION = 0.1  # distances within the same tenth of the tolerance rank as equal; the interval decides
 FD_STEP = 1e-4  # finite-difference step in box units (the nets are piecewise linear; float32 has ~7 digits)
-ROUND_DIGITS_OF_RANGE = 3  # settings rounded to 1/1000 of their range: what a lab can dial in
 
 
 # The models as one vectorised function: rows [n, F] float64 -> predictions [n, T] (the refinements take this).
@@ -329,7 +320,7 @@ def search_space(problem: SearchBox, models: list[ServedModel]) -> SearchSpace:
     continuous = np.array([j for j in free if j not in discrete and high[j] > low[j]], dtype=int)
     base = low.copy()
     span = high - low
-    decimals = np.array([ROUND_DIGITS_OF_RANGE - math.floor(math.log10(s)) if s > 0 else 0 for s in span])
+    decimals = settings_decimals(span)
     return SearchSpace(columns=columns, base=base, low=low, high=high, continuous=continuous, discrete=discrete,
                   decimals=decimals, train_low=train_low, train_high=train_high, common_low=common_low,
                   common_high=common_high,
@@ -338,22 +329,6 @@ def search_space(problem: SearchBox, models: list[ServedModel]) -> SearchSpace:
 
 def discrete_combinations(space: SearchSpace) -> list[tuple[float, ...]]:
     return list(itertools.product(*(levels.tolist() for levels in space.discrete.values())))
-
-
-def design_units(dimensions: int, combinations: int) -> np.ndarray:
-    """Sobol points of the unit box plus its corners (extremes of monotone responses sit there)."""
-    if dimensions == 0:
-        return np.zeros((1, 0))
-    log2 = SOBOL_LOG2
-    while log2 > 6 and (2**log2 + 2**dimensions) * combinations > MAX_DESIGN_ROWS:
-        log2 -= 1
-    from scipy.stats import qmc  # ~1.5 s to import: paid by the first design, not by every service start
-
-    sobol = qmc.Sobol(dimensions, scramble=True, rng=SOBOL_SEED).random_base2(log2)
-    if dimensions > 10:  # 2^d corners would outnumber the design
-        return np.asarray(sobol)
-    corners = np.array(list(itertools.product((0.0, 1.0), repeat=dimensions)))
-    return np.concatenate([sobol, corners])
 
 
 def _relative_width(answering: list[Any], p: np.ndarray, target_index: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -460,18 +435,9 @@ def reachable_ends(space: SearchSpace, evaluate: Evaluate, x: np.ndarray, p: np.
 
 
 def diverse(space: SearchSpace, x: np.ndarray, order: np.ndarray, k: int) -> list[int]:
-    """Greedy: walk `order` (best first) and keep a row unless it lies within MIN_SEPARATION (Chebyshev, box
-    units) of one already kept."""
-    chosen: list[int] = []
-    kept: list[np.ndarray] = []
-    normalised = space.normalised(x[order]) if len(order) else np.empty((0, 0))
-    for i, z in zip(order.tolist(), normalised, strict=True):
-        if all(np.max(np.abs(z - other)) >= MIN_SEPARATION for other in kept):
-            chosen.append(i)
-            kept.append(z)
-            if len(chosen) == k:
-                break
-    return chosen
+    """At most `k` rows of `order` (best first), each kept apart from the others in the free parameters
+    (`cellmfg.recipe_search.keep_apart`)."""
+    return keep_apart(order, space.normalised(x[order]) if len(order) else np.empty((0, 0)), k)
 
 
 def _diverse_best(space: SearchSpace, x: np.ndarray, loss: np.ndarray, n: int) -> list[int]:

@@ -35,9 +35,9 @@ from typing import Any, Literal
 import numpy as np
 
 from cellmfg.domain import Kind
+from cellmfg.recipe_search import design_units, distinct_answers
 from service.design.search import (
     DesignInfeasibleError,
-    design_units,
     discrete_combinations,
     diverse,
     problem_detail,
@@ -213,11 +213,8 @@ def _ranked(problem: SuggestProblem, p: np.ndarray, spread: np.ndarray | None,
 
 
 def _distinct_answers(order: np.ndarray, p: np.ndarray, spread: np.ndarray | None) -> np.ndarray:
-    """`order` without candidates the models answer exactly like an earlier one: recipes that differ only in a
-    parameter the nets ignore (coating speed where the source data held it constant) are one experiment twice."""
-    answers = p if spread is None else np.concatenate([p, spread], axis=1)
-    _, first = np.unique(answers[order], axis=0, return_index=True)
-    return np.asarray(order[np.sort(first)])
+    """`order` without candidates answered exactly like an earlier one, spread included."""
+    return distinct_answers(order, p if spread is None else np.concatenate([p, spread], axis=1))
 
 
 def _chance_in_window(problem: SuggestProblem, p: np.ndarray, spread: np.ndarray,
