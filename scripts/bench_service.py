@@ -1,7 +1,8 @@
 """Benchmark the prediction service against onnxruntime alone and a minimal FastAPI app, in one run.
 
     .venv/bin/python scripts/bench_service.py [--bundle DIR] [--duration 5] [--workers 1] [--image cellmfg]
-                                              [--explain-only | --throughput-only | --start-only | --ledger-only]
+                                              [--explain-only | --throughput-only | --start-only | --ledger-only
+                                               | --floor]
                                               [--json out.json]
 
 Without --bundle it builds the fake bundle of testkit/fakes.py in a temporary directory; with one (for
@@ -18,6 +19,10 @@ endpoint for NMC (two ONNX models per request). Reported, side by side:
 Goals: throughput ratio service/FastAPI >= 1, 10,000 rows < 100 ms; explain adds < 1 ms for one row and
 < 0.3 ms/row at 1,000 rows, a 10,000-row explained request < 3 s; cold start < 3 s; image < 400 MB.
 --explain-only measures the explain costs (and the image) only.
+
+--floor measures what BentoML alone costs: the bare FastAPI app mounted in a BentoML service with our settings
+(`scripts/bench_bare_bento.py`) beside the bare app and our service (single-row req/s, alternating rounds), then its
+start to /readyz beside ours. Our service runs inside that much BentoML, so these bound the two goals of issue 28.
 
 --throughput-only runs the side-by-side rounds alone; --start-only the start alone (issue 28): the worker's import
 time in fresh interpreters, then --starts starts to /readyz on a new ledger and on an existing one (goal < 2 s on
