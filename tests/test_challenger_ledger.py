@@ -17,7 +17,13 @@ from sqlalchemy import select, text
 
 from service.ledger import Ledger, ModelOutputs, OutcomeItem, PredictionBatch, PredictionOutput, PredictionRecord
 from service.ledger.ids import new_prediction_ids
-from service.ledger.migrate import MIGRATIONS_DIR, create_ledger_engine, current_revision, write_engine
+from service.ledger.migrate import (
+    HEAD_REVISION,
+    MIGRATIONS_DIR,
+    create_ledger_engine,
+    current_revision,
+    write_engine,
+)
 from service.ledger.shadow import paired_outcomes
 from service.ledger.tables import PredictionRow
 
@@ -104,7 +110,7 @@ def test_a_ledger_from_before_shadows_is_upgraded_in_place(tmp_path: Path) -> No
     assert current_revision(engine) == "0001"
     engine.dispose()
     with Ledger.open(url) as ledger:
-        assert current_revision(ledger.engine) == "0002"
+        assert current_revision(ledger.engine) == HEAD_REVISION
         with ledger.engine.connect() as connection:
             rows = connection.execute(select(PredictionRow.prediction_id, PredictionRow.shadow_of)).all()
         assert rows == [(answered, None)]

@@ -45,7 +45,13 @@ from service.ledger import (
 )
 from service.ledger.ids import _Uuid7Clock, uuid7_from_parts, uuid7_unix_ms
 from service.ledger.live import FeatureReference
-from service.ledger.migrate import create_ledger_engine, current_revision, normalise_url, sqlite_url
+from service.ledger.migrate import (
+    HEAD_REVISION,
+    create_ledger_engine,
+    current_revision,
+    normalise_url,
+    sqlite_url,
+)
 from service.ledger.outcomes_http import outcomes_csv
 from service.ledger.tables import Base, OutcomeRow, OutputRow, PredictionRow
 from testkit.postgres import Cluster, pg_binary, postgres_cluster
@@ -201,7 +207,7 @@ def test_sqlite_ledger_runs_in_wal_with_full_sync_busy_timeout_and_foreign_keys(
 
 
 def test_the_migrated_schema_equals_the_table_models_at_the_head_revision(ledger: Ledger) -> None:
-    assert current_revision(ledger.engine) == "0002"
+    assert current_revision(ledger.engine) == HEAD_REVISION == "0003"
     with ledger.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
@@ -414,6 +420,24 @@ def test_scored_rows_are_per_version_and_recent_inputs_follow_the_model(ledger: 
     assert np.isnan(ledger.scored("density_nmc_onnx", version="2").interval_low).all()
     inputs = ledger.recent_inputs("density_nmc_onnx", limit=4)
     assert sorted(inputs) == sorted(NMC_INPUTS) and inputs["roll_gap_um"].tolist() == [100.0] * 4
+
+
+def test_a_versions_recent_inputs_are_its_newest_rows_read_off_the_model_index(ledger: Ledger) -> None:
+    from service.ledger.store import recent_inputs_query
+
+    # One row per record call, in time order (UUIDv7 ids); another version's rows interleaved must not count.
+    for gap in range(1, 31):
+        ledger.record([prediction(version="4", inputs={**NMC_INPUTS, "roll_gap_um": float(gap)})])
+        ledger.record([prediction(version="5", inputs={**NMC_INPUTS, "roll_gap_um": 1000.0 + gap})])
+    assert ledger.recent_inputs("density_nmc_onnx", "4", limit=5)["roll_gap_um"].tolist() == [26, 27, 28, 29, 30]
+    if ledger.engine.dialect.name != "sqlite":  # PostgreSQL's planner picks by statistics: a tiny table is scanned
+        return
+    # The plan SQLite runs: backwards along the (model, version, prediction_id) index, no sort of the version's rows.
+    statement = recent_inputs_query("density_nmc_onnx", "4", 500).compile(
+        ledger.engine, compile_kwargs={"literal_binds": True})
+    with ledger.engine.connect() as connection:
+        plan = " | ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}"))
+    assert "ix_prediction_outputs_model_recent" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_live_report_of_a_version_joins_predictions_outcomes_and_recent_inputs(ledger: Ledger) -> None:

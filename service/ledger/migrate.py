@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (tests/test_ledger.py checks it against Alembic's head): a ledger
 # already there is opened without importing Alembic (~0.2 s of a service's start, scripts/bench_service.py).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # FULL: a commit survives a power cut. NORMAL (in WAL): it survives the process being killed (the WAL write is in
 # the OS cache), and a power cut may lose the last commits but never corrupts the file; about half the commit time.

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, delete, func, insert, make_url, select, text, tuple_
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, make_url, select, text, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -663,13 +663,7 @@ class Ledger:
     def recent_inputs(self, model: str, version: str | None = None, limit: int = 500) -> dict[str, np.ndarray]:
         """Feature column -> values of the last `limit` rows `model` answered (for input drift)."""
         with self._engine.connect() as connection:
-            query = (select(PredictionRow.inputs)
-                     .join(OutputRow, OutputRow.prediction_id == PredictionRow.prediction_id)
-                     .where(OutputRow.model_name == model)
-                     .order_by(PredictionRow.prediction_id.desc()).limit(limit))
-            if version is not None:
-                query = query.where(OutputRow.model_version == version)
-            inputs = list(connection.execute(query).scalars())
+            inputs = list(connection.execute(recent_inputs_query(model, version, limit)).scalars())
         columns = sorted({column for row in inputs for column in row})
         return {column: np.array([row.get(column, np.nan) for row in reversed(inputs)], dtype=float)
                 for column in columns}
@@ -764,6 +758,17 @@ class _Inserter:
             connection.exec_driver_sql(self.sql, prepared)
         else:
             connection.execute(insert(self.table), prepared)
+
+
+def recent_inputs_query(model: str, version: str | None, limit: int) -> Select[Any]:
+    """The inputs of the last `limit` rows `model` (`version`) answered, newest first. With a version it reads
+    `limit` entries of the model index (model, version, prediction_id) backwards: no sort, whatever the ledger's
+    size (prediction ids are UUIDv7, in time order)."""
+    query = (select(PredictionRow.inputs)
+             .join(OutputRow, OutputRow.prediction_id == PredictionRow.prediction_id)
+             .where(OutputRow.model_name == model)
+             .order_by(OutputRow.prediction_id.desc()).limit(limit))
+    return query if version is None else query.where(OutputRow.model_version == version)
 
 
 def _batch_tuples(batch: PredictionBatch, predictions: _Inserter, outputs: _Inserter) -> tuple[list[Any], list[Any]]:

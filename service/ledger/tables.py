@@ -96,7 +96,8 @@ class OutputRow(Base):
     interval_low: Mapped[float | None] = mapped_column(Float())
     interval_high: Mapped[float | None] = mapped_column(Float())
 
-    __table_args__ = (Index("ix_prediction_outputs_model", "model_name", "model_version"),)
+    # Ends in prediction_id (UUIDv7, time order): a version's last N rows are read off the index, newest first.
+    __table_args__ = (Index("ix_prediction_outputs_model_recent", "model_name", "model_version", "prediction_id"),)
 
 
 class OutcomeRow(Base):
