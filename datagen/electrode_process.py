@@ -597,7 +597,7 @@ def _pieces(chemistry: str, rng: np.random.Generator) -> list[list[int]]:
     return out
 
 
-def _sheet_effects(chemistry: str, sheets: int, rng: np.random.Generator) -> SheetEffects:
+def sheet_effects(chemistry: str, sheets: int, rng: np.random.Generator) -> SheetEffects:
     s = SCATTER[chemistry]
     draws = rng.standard_normal((6, sheets))
     # Campaign drift: a stationary AR(1) over the coating order, so neighbouring sheets share most of it.
@@ -637,7 +637,7 @@ def design_campaign(chemistry: str, design_rng: np.random.Generator, effects_rng
     plan = DESIGN_PLANS[chemistry]
     sheets = _sheet_plan(chemistry, design_rng)
     pieces = _pieces(chemistry, design_rng)
-    effects = _sheet_effects(chemistry, len(sheets), effects_rng)
+    effects = sheet_effects(chemistry, len(sheets), effects_rng)
 
     gap_low, gap_high = spec.ranges["roll_gap_um"]
     speed_low, speed_high = spec.ranges["roll_speed_m_min"]
@@ -705,6 +705,30 @@ def group_label(chemistry: str, sheet: int) -> str:
     return f"{chemistry}-sheet{sheet + 1:03d}"
 
 
+def measure_discs(terms: dict[str, np.ndarray], scatter: ScatterConstants, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(density, mass loading) as a lab reads them off one punched disc per row of `terms` (`process_terms`),
+    before gross errors: the disc's own areal mass (punch scatter) at the sheet's calendered porosity, a gauged
+    thickness, the density scatter, and a re-measurement of any reading the recipe's solids cannot reach."""
+    rows = len(terms["am_loading_mg_cm2"])
+    punch = np.exp(scatter.punch_loading_log_sd * rng.standard_normal(rows))
+    loading = terms["am_loading_mg_cm2"] * punch
+    thickness = terms["thickness_um"] * punch
+    gauged = thickness + scatter.thickness_gauge_sd_um * rng.standard_normal(rows)
+    density = terms["density_g_cm3"] * thickness / gauged * np.exp(scatter.density_rel_sd * rng.standard_normal(rows))
+    # A reading above what the recipe's solids allow at their minimum porosity is physically impossible; a lab
+    # re-measures such a disc (thin coatings, where 1 µm of gauge error is several percent, are where it happens).
+    cap = terms["solid_density"] * (1.0 - terms["min_porosity"])
+    for _ in range(MAX_REMEASUREMENTS):
+        impossible = np.flatnonzero(density > cap)
+        if impossible.size == 0:
+            break
+        regauged = thickness[impossible] + scatter.thickness_gauge_sd_um * rng.standard_normal(impossible.size)
+        density[impossible] = (terms["density_g_cm3"][impossible] * thickness[impossible] / regauged
+                               * np.exp(scatter.density_rel_sd * rng.standard_normal(impossible.size)))
+    return np.minimum(density, cap), loading
+
+
 def generate_electrode(chemistry: str, seed: int) -> pd.DataFrame:
     """A complete dataset in CSV column order: ids, the six features and the measured targets.
 
@@ -717,25 +741,7 @@ def generate_electrode(chemistry: str, seed: int) -> pd.DataFrame:
     frame = campaign.features.copy()
     terms = process_terms(frame, chemistry, campaign.effects.take(campaign.sheet))
     rows = len(frame)
-
-    # One disc: its own areal mass (punch scatter) at the sheet's calendered porosity, and a gauged thickness.
-    punch = np.exp(scatter.punch_loading_log_sd * measure_rng.standard_normal(rows))
-    loading = terms["am_loading_mg_cm2"] * punch
-    thickness = terms["thickness_um"] * punch
-    gauged = thickness + scatter.thickness_gauge_sd_um * measure_rng.standard_normal(rows)
-    density = (terms["density_g_cm3"] * thickness / gauged
-               * np.exp(scatter.density_rel_sd * measure_rng.standard_normal(rows)))
-    # A reading above what the recipe's solids allow at their minimum porosity is physically impossible; a lab
-    # re-measures such a disc (thin coatings, where 1 µm of gauge error is several percent, are where it happens).
-    cap = terms["solid_density"] * (1.0 - terms["min_porosity"])
-    for _ in range(MAX_REMEASUREMENTS):
-        impossible = np.flatnonzero(density > cap)
-        if impossible.size == 0:
-            break
-        regauged = thickness[impossible] + scatter.thickness_gauge_sd_um * measure_rng.standard_normal(impossible.size)
-        density[impossible] = (terms["density_g_cm3"][impossible] * thickness[impossible] / regauged
-                               * np.exp(scatter.density_rel_sd * measure_rng.standard_normal(impossible.size)))
-    density = np.minimum(density, cap)
+    density, loading = measure_discs(terms, scatter, measure_rng)
 
     outliers = max(1, round(scatter.outlier_fraction * rows))
     low, high = scatter.outlier_rel_error

@@ -209,9 +209,9 @@ def measure_sheets(chemistry: str, target: Target, recipes: np.ndarray, rng: np.
                    ) -> Measured:
     """Make and measure one new sheet per recipe, with the generator's random effects and disc scatter.
 
-    Mirrors the measurement of `datagen.electrode_process.generate_electrode` for sheets the lab chooses: the
-    process model evaluated with freshly drawn sheet effects, then per disc the punch, gauge and density scatter,
-    the density cap with re-measurement and gross errors, every constant read from the generator now.
+    The measurement of `datagen.electrode_process.generate_electrode` for sheets the lab chooses: the process model
+    with freshly drawn sheet effects (`sheet_effects`), the generator's disc measurement (`measure_discs`), then
+    gross errors at its rate.
     """
     from datagen import electrode_process as lab
 
@@ -221,27 +221,15 @@ def measure_sheets(chemistry: str, target: Target, recipes: np.ndarray, rng: np.
     settings = pd.DataFrame(recipes, columns=feature_columns("electrode"))[columns]
     for column, decimals in lab.FEATURE_DECIMALS.items():
         settings[column] = settings[column].astype(float).round(decimals)  # what the lab writes down
-    effects = lab._sheet_effects(chemistry, len(settings), rng)  # the generator's own draw of sheet effects
+    effects = lab.sheet_effects(chemistry, len(settings), rng)  # the generator's own draw of sheet effects
     low, high = plan.replicates
     discs = rng.integers(low, high + 1, size=len(settings))
     sheet = np.repeat(np.arange(len(settings)), discs)
     frame = settings.iloc[sheet].reset_index(drop=True)
-    terms = lab.process_terms(frame, chemistry, effects.take(sheet))
+    density, loading = lab.measure_discs(lab.process_terms(frame, chemistry, effects.take(sheet)), scatter, rng)
     rows = len(frame)
-    punch = np.exp(scatter.punch_loading_log_sd * rng.standard_normal(rows))
-    loading = terms["am_loading_mg_cm2"] * punch
-    thickness = terms["thickness_um"] * punch
-    gauged = thickness + scatter.thickness_gauge_sd_um * rng.standard_normal(rows)
-    density = terms["density_g_cm3"] * thickness / gauged * np.exp(scatter.density_rel_sd * rng.standard_normal(rows))
-    cap = terms["solid_density"] * (1.0 - terms["min_porosity"])
-    for _ in range(lab.MAX_REMEASUREMENTS):
-        impossible = np.flatnonzero(density > cap)
-        if impossible.size == 0:
-            break
-        regauged = thickness[impossible] + scatter.thickness_gauge_sd_um * rng.standard_normal(impossible.size)
-        density[impossible] = (terms["density_g_cm3"][impossible] * thickness[impossible] / regauged
-                               * np.exp(scatter.density_rel_sd * rng.standard_normal(impossible.size)))
-    density = np.minimum(density, cap)
+    # Gross errors per disc at the generator's rate (it places exactly that share in a whole dataset; a round of a
+    # few sheets would otherwise always get one).
     low_error, high_error = scatter.outlier_rel_error
     for values, downward_only in ((density, True), (loading, False)):
         gross = np.flatnonzero(rng.random(rows) < scatter.outlier_fraction)
