@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -28,6 +29,21 @@ def settings_decimals(span: np.ndarray) -> np.ndarray:
     """Per parameter, the decimals its settings are rounded to: a thousandth of its searched range (0 where the
     range is a single value)."""
     return np.array([ROUND_DIGITS_OF_RANGE - math.floor(math.log10(s)) if s > 0 else 0 for s in span.tolist()])
+
+
+def setting_combinations(discrete: Mapping[int, np.ndarray]) -> list[tuple[float, ...]]:
+    """Every combination of the discrete parameters' settings (one empty combination when there are none)."""
+    return list(itertools.product(*(levels.tolist() for levels in discrete.values())))
+
+
+def round_settings(x: np.ndarray, continuous: np.ndarray, decimals: np.ndarray, low: np.ndarray, high: np.ndarray
+                   ) -> np.ndarray:
+    """A copy of rows `x` with the `continuous` columns rounded to their `decimals` (what a lab can dial in) and
+    kept inside [low, high]; other columns untouched."""
+    out = x.copy()
+    for j in continuous.tolist():
+        out[:, j] = np.clip(np.round(x[:, j], int(decimals[j])), low[j], high[j])
+    return out
 
 
 def design_units(dimensions: int, combinations: int) -> np.ndarray:

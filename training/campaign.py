@@ -40,7 +40,6 @@ two comparisons of each figure).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +57,8 @@ from cellmfg.recipe_search import (
     design_units,
     distinct_answers,
     keep_apart,
+    round_settings,
+    setting_combinations,
     settings_decimals,
 )
 from training import evaluate, fit, nets
@@ -107,13 +108,10 @@ class RecipeBox:
         return np.asarray((x[:, self.continuous] - self.low[self.continuous]) / np.where(span > 0, span, 1.0))
 
     def rounded(self, x: np.ndarray) -> np.ndarray:
-        out = x.copy()
-        for j in self.continuous.tolist():
-            out[:, j] = np.clip(np.round(x[:, j], int(self.decimals[j])), self.low[j], self.high[j])
-        return out
+        return round_settings(x, self.continuous, self.decimals, self.low, self.high)
 
     def combinations(self) -> list[tuple[float, ...]]:
-        return list(itertools.product(*(levels.tolist() for levels in self.discrete.values())))
+        return setting_combinations(self.discrete)
 
 
 def recipe_box(chemistry: str) -> RecipeBox:
@@ -131,8 +129,9 @@ def recipe_box(chemistry: str) -> RecipeBox:
 
 def suggestion_candidates(box: RecipeBox) -> np.ndarray:
     """Every candidate recipe /suggest scores (the same for every round: its Sobol seed is fixed)."""
-    units = design_units(len(box.continuous), len(box.combinations()))
-    return box.rounded(np.concatenate([box.rows(units, combo) for combo in box.combinations()]))
+    combos = box.combinations()
+    units = design_units(len(box.continuous), len(combos))
+    return box.rounded(np.concatenate([box.rows(units, combo) for combo in combos]))
 
 
 def suggest_by_spread(box: RecipeBox, candidates: np.ndarray, p: np.ndarray, spread: np.ndarray, k: int

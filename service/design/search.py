@@ -23,7 +23,6 @@ A design is deterministic: the Sobol scramble has a fixed seed, so the same requ
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 import time
@@ -34,7 +33,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from cellmfg.domain import Kind
-from cellmfg.recipe_search import DISCRETE_FEATURES, design_units, keep_apart, settings_decimals
+from cellmfg.recipe_search import (
+    DISCRETE_FEATURES,
+    design_units,
+    keep_apart,
+    round_settings,
+    setting_combinations,
+    settings_decimals,
+)
 from service.engine import metrics
 from service.engine.errors import RequestRejectedError
 from service.engine.model_store import ServedModel
@@ -145,10 +151,7 @@ class SearchSpace:
 
     def rounded(self, x: np.ndarray) -> np.ndarray:
         """Continuous settings rounded to a settable resolution, kept inside the box; others untouched."""
-        out = x.copy()
-        for j in self.continuous.tolist():
-            out[:, j] = np.clip(np.round(x[:, j], int(self.decimals[j])), self.low[j], self.high[j])
-        return out
+        return round_settings(x, self.continuous, self.decimals, self.low, self.high)
 
 
 @dataclass
@@ -328,7 +331,7 @@ def search_space(problem: SearchBox, models: list[ServedModel]) -> SearchSpace:
 
 
 def discrete_combinations(space: SearchSpace) -> list[tuple[float, ...]]:
-    return list(itertools.product(*(levels.tolist() for levels in space.discrete.values())))
+    return setting_combinations(space.discrete)
 
 
 def _relative_width(answering: list[Any], p: np.ndarray, target_index: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -142,9 +142,9 @@ class Suggester:
         evaluate = _EnsembleEvaluator(models)
 
         # 1. Quasi-random design of the box, every discrete combination, mean and spread in one call per model.
-        x = space.rounded(np.concatenate([space.rows(design_units(len(space.continuous),
-                                                                 len(discrete_combinations(space))), combo)
-                                          for combo in discrete_combinations(space)]))  # settable values
+        combos = discrete_combinations(space)
+        units = design_units(len(space.continuous), len(combos))
+        x = space.rounded(np.concatenate([space.rows(units, combo) for combo in combos]))  # settable values
         p, spread = evaluate.both(x)
 
         # 2. Scores; a window nothing in the box reaches is refused with the reachable range.

@@ -245,7 +245,7 @@ def write_csv(table: CsvTable, answer: dict[str, Any], targets: list[str], featu
     """The scored CSV: every input column as sent, then the answer's columns (see the module docstring)."""
     first = answer["predictions"][0] if answer["predictions"] else {}
     ids = "prediction_id" in first
-    # The spread is per target and model, the same for every row: the first row says which targets carry one.
+    # Whether a target carries a spread depends on its model, not on the row: the first row says which do.
     spread = [target for target in targets if target in first.get("spread", {})] if interval else []
     added = output_columns(targets, features, interval, explain, ids, spread)
     added_set = set(added)
